@@ -1,0 +1,70 @@
+/*
+ * ckptctl: inspect and operate ckptfs buckets and mounts without the engine.
+ */
+#include "ckptctl.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/log.h"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    { "store", cmd_store, "use the object store by hand: put, get, ls, rm, head, probe" },
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: ckptctl COMMAND [ARGS...]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\n'ckptctl COMMAND --help' describes a command.\n"
+               "Exit status: 0 success, 1 failure, 2 bad usage.\n");
+}
+
+static void vprint(const char *prefix, const char *fmt, va_list ap)
+{
+    char line[2048];
+    vsnprintf(line, sizeof line, fmt, ap);
+    fprintf(stderr, "ckptctl: %s%s\n", prefix, line);
+}
+
+int ctl_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vprint("error: ", fmt, ap);
+    va_end(ap);
+    return EXIT_FAIL;
+}
+
+int ctl_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vprint("", fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "Try 'ckptctl --help'.\n");
+    return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    log_init("ckptctl", LOG_WARN);
+    if (argc < 2)
+        return usage(stderr), EXIT_USAGE;
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+        return usage(stdout), EXIT_OK;
+    if (strcmp(argv[1], "--version") == 0)
+        return puts("ckptctl " CKPT_VERSION), EXIT_OK;
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
+    return ctl_usage_error("unknown command '%s'", argv[1]);
+}

@@ -1,0 +1,19 @@
+/*
+ * ckptctl's commands share this: each command is a function taking its own
+ * argv (argv[0] is the command's name) and returning the process exit status.
+ */
+#ifndef CKPT_TOOLS_CKPTCTL_H
+#define CKPT_TOOLS_CKPTCTL_H
+
+/* Exit statuses, as documented in ckptctl --help. */
+enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
+
+int cmd_store(int argc, char **argv);
+
+/* Prints "ckptctl: error: MESSAGE" and returns EXIT_FAIL. */
+int ctl_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Prints "ckptctl: MESSAGE" and a hint to --help, and returns EXIT_USAGE. */
+int ctl_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
