@@ -127,7 +127,7 @@ static int open_temp(const struct filestore *fs, const char *path, char *tmp)
         if (errno != ENOENT && errno != EEXIST)
             return sys_err(errno, "create", tmp);
         int rc = make_parents(fs, path);
-        if (rc)
+        if (rc && rc != -ENOENT) /* ENOENT: a delete pruned a parent meanwhile; go again */
             return rc;
     }
     return err_set(-EIO, "could not create a temporary file in %s", dir);
@@ -194,10 +194,11 @@ static int open_object(const struct filestore *fs, const char *key, char *path, 
     int rc = key_path(fs, key, path);
     if (rc)
         return rc;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NOFOLLOW: a symlink is not an object; O_NONBLOCK: nor is a FIFO to hang on. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0)
-        return errno == ENOTDIR ? err_set(-ENOENT, "%s: no such object", path)
-                                : sys_err(errno, "open", path);
+        return errno == ENOTDIR || errno == ELOOP ? err_set(-ENOENT, "%s: no such object", path)
+                                                  : sys_err(errno, "open", path);
     if (fstat(fd, st) || !S_ISREG(st->st_mode)) {
         close(fd);
         return err_set(-ENOENT, "%s: no such object", path);
@@ -236,7 +237,7 @@ static int f_get(void *impl, const char *key, uint64_t off, uint64_t len, struct
         return fd;
     uint64_t size = (uint64_t)st.st_size;
     int rc = 0;
-    if (off >= size && size > 0)
+    if (off >= size && (size > 0 || off > 0)) /* as S3: only offset 0 of nothing is fine */
         rc = err_set(-ERANGE, "range starts at %llu, past the end of %s (%llu bytes)",
                      (unsigned long long)off, path, (unsigned long long)size);
     else if (off < size)
@@ -382,29 +383,29 @@ static int deliver(struct walk *w, const char *fullpath, const char *key)
     return 0;
 }
 
+/* Recursion is as deep as the tree, so the path buffers live on the heap. */
 static int walk_dir(struct walk *w, const char *root, const char *rel)
 {
-    char dir[PATH_MAX];
+    char *dir = malloc(PATH_MAX), *child = malloc(PATH_MAX);
     struct entry *v = NULL;
     size_t n = 0;
-    int rc = join(dir, root, rel);
+    int rc = dir && child ? join(dir, root, rel) : -ENOMEM;
     if (rc == 0)
         rc = read_sorted(dir, &v, &n);
     for (size_t i = 0; rc == 0 && !w->user_rc && !w->full && i < n; i++) {
-        char child[PATH_MAX], full[PATH_MAX];
-        if ((size_t)snprintf(child, sizeof child, "%s%s", rel, v[i].name) >= sizeof child)
+        int len = snprintf(child, PATH_MAX, "%s%s", rel, v[i].name);
+        if (len < 0 || len >= PATH_MAX)
             continue;
-        size_t cl = strlen(child);
-        if (child[cl - 1] == '/') {
+        if (child[len - 1] == '/') {
             if (subtree_wanted(w, child))
                 rc = walk_dir(w, root, child);
-            continue;
+        } else if ((rc = join(dir, root, child)) == 0) {
+            rc = deliver(w, dir, child);
         }
-        rc = join(full, root, child);
-        if (rc == 0)
-            rc = deliver(w, full, child);
     }
     free(v);
+    free(dir);
+    free(child);
     return rc;
 }
 
@@ -426,6 +427,38 @@ static int f_list_page(void *impl, struct store_page *page)
     return 0;
 }
 
+/* copy_file_range where the kernel can (a reflink on some file systems),
+ * plain reads and writes where it cannot. */
+static int copy_bytes(int in, int out, off_t size, const char *src, const char *dst)
+{
+    int plain = 0;
+    char *bounce = NULL;
+    int rc = 0;
+    for (off_t done = 0; !rc && done < size;) {
+        size_t want = (size_t)(size - done);
+        ssize_t n = -1;
+        if (!plain) {
+            n = copy_file_range(in, NULL, out, NULL, want, 0);
+            plain = n < 0 &&
+                    (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP);
+            if (plain)
+                continue;
+        } else if (bounce || (bounce = malloc(1 << 20))) {
+            n = pread(in, bounce, want < (1 << 20) ? want : (1 << 20), done);
+            if (n > 0)
+                rc = write_all(out, bounce, (size_t)n, dst);
+        } else {
+            rc = -ENOMEM;
+        }
+        if (!rc && n <= 0)
+            rc = n == 0 ? err_set(-EIO, "%s shrank while being copied", src)
+                        : sys_err(errno, "copy to", dst);
+        done += n > 0 ? n : 0;
+    }
+    free(bounce);
+    return rc;
+}
+
 static int f_copy(void *impl, const char *from, const char *to)
 {
     struct filestore *fs = impl;
@@ -440,14 +473,7 @@ static int f_copy(void *impl, const char *from, const char *to)
         close(in);
         return out;
     }
-    for (off_t left = st.st_size; !rc && left > 0;) {
-        ssize_t n = copy_file_range(in, NULL, out, NULL, (size_t)left, 0);
-        if (n <= 0)
-            rc = n == 0 ? err_set(-EIO, "%s shrank while being copied", src)
-                        : sys_err(errno, "copy to", tmp);
-        else
-            left -= n;
-    }
+    rc = copy_bytes(in, out, st.st_size, src, tmp);
     if (!rc && fsync(out))
         rc = sys_err(errno, "fsync", tmp);
     close(in);

@@ -6,14 +6,20 @@
  * Policy:
  *  1. Transient failures (store_err_retryable: 5xx, 429, SlowDown, resets,
  *     refused or timed-out connections) are retried up to max_attempts in
- *     all, waiting a random time in [0, min(cap, base * 2^n)] before retry n
- *     ("full jitter"), so clients that failed together do not retry together.
+ *     all, waiting a random time in [0, min(cap, base * 2^(n-1))] before
+ *     retry n ("full jitter"), so clients that failed together do not retry
+ *     together.
  *  2. Everything else (403, 404, other 4xx, local errors) fails at once.
- *  3. Every operation here is idempotent, because objects are never
- *     modified in place (DESIGN.md), with one subtlety: a conditional put
- *     whose first attempt reached the server but whose answer was lost gets
- *     -EEXIST on the retry. If a retried conditional put meets -EEXIST and
- *     the object holds exactly our bytes, it was our own put: success.
+ *  3. Operations are idempotent, because objects are never modified in
+ *     place (DESIGN.md), with three subtleties when an attempt reached the
+ *     server but its answer was lost:
+ *     a. a retried conditional put meets -EEXIST: if the object holds
+ *        exactly our bytes, it was our own put, and that is success;
+ *     b. a retried multipart completion meets -ENOENT (NoSuchUpload): if
+ *        the object now exists, our completion consumed the upload: success;
+ *     c. a retried multipart start opens a second upload and the first is
+ *        orphaned; it costs storage until aborted, and a bucket lifecycle
+ *        rule (AbortIncompleteMultipartUpload) is the remedy (README).
  *  4. A failed attempt leaves no trace in the caller's buffer: a get that
  *     received half a body and then failed is rewound before the retry.
  *  5. A listing callback's own non-zero return is the caller's decision to
@@ -171,15 +177,35 @@ static int dispatch(struct store *in, struct call *c)
     }
 }
 
-/* Rule 3: after a lost answer, our own conditional put looks like someone else's. */
+static int run(struct retry *r, struct call *c);
+
+/* Rule 3a: after a lost answer, our own conditional put looks like someone else's. */
 static int was_our_put(struct retry *r, const struct call *c)
 {
     struct buf have = { 0 };
-    int rc = r->inner->ops->get(r->inner->impl, c->key, 0, STORE_TO_END, &have);
-    int same =
-        rc == 0 && have.len == c->len && (c->len == 0 || !memcmp(have.data, c->data, c->len));
+    struct call get = { .op = STORE_OP_GET, .key = c->key, .count = STORE_TO_END, .out = &have };
+    int same = run(r, &get) == 0 && have.len == c->len &&
+               (c->len == 0 || !memcmp(have.data, c->data, c->len));
     buf_free(&have);
     return same;
+}
+
+/* Rule 3b: the upload is gone because our lost-answer completion finished it. */
+static int was_our_completion(struct retry *r, const struct call *c)
+{
+    struct store_object obj;
+    struct call head = { .op = STORE_OP_HEAD, .key = c->key, .obj = &obj };
+    return run(r, &head) == 0;
+}
+
+/* Rule 3: an error after a retry that may be the echo of our own lost success. */
+static int echo_of_success(struct retry *r, const struct call *c, int rc)
+{
+    if (rc == -EEXIST && c->op == STORE_OP_PUT)
+        return was_our_put(r, c);
+    if (rc == -ENOENT && c->op == STORE_OP_PART && c->mp_kind == MP_COMPLETE)
+        return was_our_completion(r, c);
+    return 0;
 }
 
 static void note_failure(struct retry *r, int rc)
@@ -218,7 +244,7 @@ static int run(struct retry *r, struct call *c)
             if (c->out->data)
                 c->out->data[mark] = 0;
         }
-        if (rc == -EEXIST && attempt > 1 && c->op == STORE_OP_PUT && was_our_put(r, c))
+        if (rc && attempt > 1 && echo_of_success(r, c, rc))
             rc = 0;
         if (rc == 0 || c->stopped_by_callback || !store_err_retryable(rc) ||
             attempt >= o->max_attempts)

@@ -34,7 +34,9 @@
 #include "util/err.h"
 
 #define POOL_MAX       64
-#define MAX_ERROR_BODY (1u << 20)
+#define MAX_ERROR_BODY (64u << 10) /* kept of an error body: enough for any <Error> */
+#define MAX_XML_BODY   (16u << 20) /* a list page of 1000 keys is well under 1 MiB */
+#define MAX_RESERVE    (64u << 20) /* trust a server's size claim this far up front */
 #define EMPTY_SHA256   "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct s3 {
@@ -46,7 +48,7 @@ struct s3 {
     char *region;
     char *ca_bundle; /* AWS_CA_BUNDLE, used for https only */
     struct credentials cred;
-    struct store_options opt;
+    unsigned connect_timeout_ms, timeout_ms;
     pthread_mutex_t pool_lock;
     CURL *pool[POOL_MAX];
     int npool;
@@ -71,8 +73,10 @@ struct req {
     char etag[160];
     uint64_t content_length;
     int64_t last_modified;
-    size_t sent;  /* read-callback position in body */
-    int overflow; /* an error body too large, or out of memory */
+    uint64_t range_start; /* from Content-Range, UINT64_MAX if absent */
+    uint64_t received;    /* 2xx body bytes so far */
+    size_t sent;          /* read-callback position in body */
+    int overflow;         /* out of memory, or more body than can be right */
     char curl_err[CURL_ERROR_SIZE];
 };
 
@@ -102,19 +106,33 @@ static void pool_give(struct s3 *s, CURL *h)
 
 /* ---- curl callbacks ---- */
 
+/* A ranged 206 may not bring more than was asked for, and an XML answer no
+ * more than any real one holds: a server sending more is broken or hostile. */
+static int body_too_long(const struct req *r, size_t len)
+{
+    uint64_t total = r->received + len;
+    if (r->out)
+        return r->ranged && r->status == 206 && r->range_len != STORE_TO_END &&
+               total > r->range_len;
+    return total > MAX_XML_BODY;
+}
+
 static size_t on_body(char *p, size_t size, size_t n, void *arg)
 {
     struct req *r = arg;
     size_t len = size * n;
-    struct buf *dst = r->status / 100 == 2 && r->out ? r->out : &r->resp;
-    if (dst == &r->resp && r->resp.len + len > MAX_ERROR_BODY && !(r->status / 100 == 2)) {
+    if (r->status / 100 != 2) {
+        /* Keep the start of an error body (the <Error> is there), drop the rest. */
+        size_t keep = r->resp.len < MAX_ERROR_BODY ? MAX_ERROR_BODY - r->resp.len : 0;
+        if (buf_append(&r->resp, p, len < keep ? len : keep))
+            r->overflow = 1;
+        return r->overflow ? 0 : len;
+    }
+    if (body_too_long(r, len) || buf_append(r->out ? r->out : &r->resp, p, len)) {
         r->overflow = 1;
         return 0;
     }
-    if (buf_append(dst, p, len)) {
-        r->overflow = 1;
-        return 0;
-    }
+    r->received += len;
     return len;
 }
 
@@ -143,15 +161,24 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
         /* A new response (after a 100 Continue, say): forget the last one's headers. */
         sscanf(line, "HTTP/%*s %ld", &r->status);
         r->etag[0] = '\0';
+        r->range_start = UINT64_MAX;
     } else if (header_is(line, len, "etag")) {
         header_value(line, len, 4, r->etag, sizeof r->etag);
     } else if (header_is(line, len, "content-length")) {
         header_value(line, len, 14, v, sizeof v);
         r->content_length = strtoull(v, NULL, 10);
-        /* One allocation for the whole body instead of a chain of doublings. */
-        if (r->out && r->status / 100 == 2 && r->content_length <= SIZE_MAX / 2 &&
-            buf_reserve(r->out, (size_t)r->content_length))
+        /* One allocation for the whole body instead of a chain of doublings,
+         * as far as a size claim can be trusted before the bytes arrive. */
+        uint64_t want = r->content_length < MAX_RESERVE ? r->content_length : MAX_RESERVE;
+        if (r->out && r->status / 100 == 2 && buf_reserve(r->out, (size_t)want)) {
+            r->overflow = 1;
             return 0;
+        }
+    } else if (header_is(line, len, "content-range")) {
+        header_value(line, len, 13, v, sizeof v);
+        unsigned long long start;
+        if (sscanf(v, "bytes %llu-", &start) == 1)
+            r->range_start = start;
     } else if (header_is(line, len, "last-modified")) {
         header_value(line, len, 13, v, sizeof v);
         r->last_modified = (int64_t)curl_getdate(v, NULL);
@@ -268,12 +295,12 @@ static void set_method(CURL *h, struct req *r)
 static void set_options(const struct s3 *s, CURL *h, struct req *r, const char *url,
                         struct curl_slist *list)
 {
-    long idle_s = (long)((s->opt.timeout_ms + 999) / 1000);
+    long idle_s = (long)((s->timeout_ms + 999) / 1000);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
     curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)s->opt.connect_timeout_ms);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)s->connect_timeout_ms);
     /* An idle limit, not a total one: a large transfer may take long, a stalled one may not. */
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
@@ -303,9 +330,9 @@ static int curl_errno(CURLcode c)
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_PARTIAL_FILE:
+    case CURLE_SSL_CONNECT_ERROR: /* also a reset during the handshake: worth a retry */
         return -ECONNRESET;
     case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CONNECT_ERROR:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CACERT_BADFILE:
         return -EACCES;
@@ -316,12 +343,23 @@ static int curl_errno(CURLcode c)
     }
 }
 
+/* Error codes that mean "try again" whatever the status, as AWS's SDKs treat them. */
+static int code_transient(const char *code)
+{
+    static const char *const codes[] = { "SlowDown", "RequestTimeout", "InternalError",
+                                         "ServiceUnavailable", "ConditionalRequestConflict" };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (strcmp(code, codes[i]) == 0)
+            return 1;
+    return 0;
+}
+
 static int http_errno(long status, const char *code)
 {
-    if (!strcmp(code, "SlowDown") || !strcmp(code, "RequestTimeout") ||
-        !strcmp(code, "InternalError") || status == 429 || status >= 500) {
-        return status == 501 ? -ENOTSUP : -EAGAIN;
-    }
+    if (status == 501)
+        return -ENOTSUP;
+    if (code_transient(code) || status == 429 || status >= 500)
+        return -EAGAIN;
     if (status == 404)
         return strcmp(code, "NoSuchBucket") == 0 ? -ENXIO : -ENOENT;
     if (status == 401 || status == 403)
@@ -372,8 +410,16 @@ static int fail_curl(const struct s3 *s, const struct req *r, CURLcode c)
 static int outcome(const struct s3 *s, struct req *r, CURLcode c)
 {
     struct s3_error e = { 0 };
-    if (r->overflow && c == CURLE_WRITE_ERROR)
-        return err_set(-ENOMEM, "%s: out of memory or oversized answer", r->method);
+    if (r->overflow && c == CURLE_WRITE_ERROR) {
+        struct buf name = { 0 };
+        int rc = err_set(-EBADMSG, "%s %s: the answer from %s is larger than the request allows",
+                         r->method, object_name(s, r, &name), s->origin);
+        buf_free(&name);
+        return rc;
+    }
+    if (c == CURLE_OK && r->status == 206 && r->range_start != r->range_off)
+        return err_set(-EBADMSG, "%s: %s sent a range other than the one asked for", r->method,
+                       s->origin);
     if (c != CURLE_OK)
         return fail_curl(s, r, c);
     if (r->status / 100 == 2)
@@ -435,14 +481,20 @@ static int s_put(void *impl, const char *key, const void *data, size_t len, unsi
 }
 
 /* A server that ignored our Range sent the whole object: keep only the range. */
-static void cut_to_range(struct req *r, size_t mark)
+static int cut_to_range(struct req *r, size_t mark)
 {
     size_t got = r->out->len - mark;
-    uint64_t off = r->range_off < got ? r->range_off : got;
-    uint64_t n = got - off < r->range_len ? got - off : r->range_len;
-    memmove(r->out->data + mark, r->out->data + mark + off, n);
+    if (r->range_off >= got && (got > 0 || r->range_off > 0))
+        return err_set(-ERANGE, "range starts at %llu, past the end of %s (%zu bytes)",
+                       (unsigned long long)r->range_off, r->key, got);
+    size_t off = (size_t)r->range_off;
+    size_t n = got - off < r->range_len ? got - off : (size_t)r->range_len;
+    if (n)
+        memmove(r->out->data + mark, r->out->data + mark + off, n);
     r->out->len = mark + n;
-    r->out->data[r->out->len] = 0;
+    if (r->out->data)
+        r->out->data[r->out->len] = 0;
+    return 0;
 }
 
 static int s_get(void *impl, const char *key, uint64_t off, uint64_t len, struct buf *out)
@@ -458,14 +510,14 @@ static int s_get(void *impl, const char *key, uint64_t off, uint64_t len, struct
             snprintf(range, sizeof range, "bytes=%llu-%llu", (unsigned long long)off,
                      (unsigned long long)(off + len - 1));
         r.extra[r.nextra++] = (struct sigv4_header){ "Range", range };
-        if (len != STORE_TO_END && len <= SIZE_MAX && buf_reserve(out, (size_t)len))
-            return -ENOMEM;
     }
     int rc = perform(impl, &r);
     if (rc == 0 && r.ranged && r.status == 200)
-        cut_to_range(&r, mark);
+        rc = cut_to_range(&r, mark);
     if (rc == -ERANGE && off == 0)
         rc = 0; /* bytes=0-N of an empty object: empty, not an error */
+    if (rc)
+        out->len = mark;
     req_free(&r);
     return rc;
 }
@@ -491,12 +543,22 @@ static int s_del(void *impl, const char *key)
     return rc == -ENOENT ? 0 : rc;
 }
 
-static void content_md5(const void *data, size_t len, char b64[32])
+static int content_md5(const void *data, size_t len, char b64[32])
 {
     unsigned char md[16];
     unsigned int n = 0;
-    EVP_Digest(data, len, md, &n, EVP_md5(), NULL);
+    if (EVP_Digest(data, len, md, &n, EVP_md5(), NULL) != 1)
+        return err_set(-EIO, "MD5 is not available (FIPS mode?): batch delete needs it");
     EVP_EncodeBlock((unsigned char *)b64, md, 16);
+    return 0;
+}
+
+/* A batch delete answers 200 and lists the keys it could not delete. */
+static int key_errno(const char *code)
+{
+    if (code_transient(code))
+        return -EAGAIN;
+    return strcmp(code, "AccessDenied") == 0 ? -EACCES : -EIO;
 }
 
 static int s_del_many(void *impl, const char *const *keys, size_t n)
@@ -505,20 +567,20 @@ static int s_del_many(void *impl, const char *const *keys, size_t n)
     struct buf body = { 0 };
     char md5[32];
     int rc = s3_xml_delete_body(&body, s->prefix, keys, n);
-    if (rc)
-        return rc;
-    content_md5(body.data, body.len, md5);
+    if (rc == 0)
+        rc = content_md5(body.data, body.len, md5);
     struct req r = { .method = "POST", .query = "delete", .body = body.data, .body_len = body.len };
     r.extra[r.nextra++] = (struct sigv4_header){ "Content-MD5", md5 };
-    rc = perform(s, &r);
+    if (rc == 0)
+        rc = perform(s, &r);
     struct s3_error e;
     int found = rc ? 0 : s3_xml_delete_result((const char *)r.resp.data, r.resp.len, &e);
     if (found < 0)
-        rc = err_set(-EBADMSG, "batch delete in s3://%s: unreadable answer", s->bucket);
+        rc = err_set(-EAGAIN, "batch delete in s3://%s: unreadable answer from %s", s->bucket,
+                     s->origin);
     else if (found > 0)
-        rc = err_set(http_errno(403, e.code) == -EACCES && !strcmp(e.code, "AccessDenied") ? -EACCES
-                                                                                           : -EIO,
-                     "delete s3://%s/%s: %s: %s", s->bucket, e.key, e.code, e.message);
+        rc = err_set(key_errno(e.code), "delete s3://%s/%s: %s: %s", s->bucket, e.key, e.code,
+                     e.message);
     req_free(&r);
     buf_free(&body);
     return rc;
@@ -526,19 +588,22 @@ static int s_del_many(void *impl, const char *const *keys, size_t n)
 
 static int list_query(const struct s3 *s, const struct store_page *p, struct buf *q)
 {
-    char full[2048];
-    snprintf(full, sizeof full, "%s%s", s->prefix, p->prefix ? p->prefix : "");
-    int rc = buf_printf(q, "list-type=2&max-keys=%u&prefix=", p->max_keys);
+    struct buf full = { 0 };
+    int rc = buf_printf(&full, "%s%s", s->prefix, p->prefix ? p->prefix : "");
     if (rc == 0)
-        rc = sigv4_uri_encode(q, full, strlen(full), 0);
+        rc = buf_printf(q, "list-type=2&max-keys=%u&prefix=", p->max_keys);
+    if (rc == 0)
+        rc = sigv4_uri_encode(q, (char *)full.data, full.len, 0);
     if (rc == 0 && p->marker) {
         rc = buf_printf(q, "&continuation-token=");
         if (rc == 0)
             rc = sigv4_uri_encode(q, p->marker, strlen(p->marker), 0);
     }
+    buf_free(&full);
     return rc;
 }
 
+/* Only keys under the store's prefix are ours; store_list checks the rest. */
 static int deliver_page(const struct s3 *s, const struct s3_list *l, struct store_page *p)
 {
     size_t skip = strlen(s->prefix);
@@ -574,15 +639,22 @@ static int s_list_page(void *impl, struct store_page *p)
     return rc;
 }
 
-/* CopyObject and CompleteMultipartUpload can fail after answering 200. */
-static int error_in_ok_body(const struct s3 *s, struct req *r)
+/* CopyObject and CompleteMultipartUpload can fail after answering 200: only
+ * their own result document means success. */
+static int check_result(const struct s3 *s, struct req *r, const char *root)
 {
     struct s3_error e;
-    if (r->resp.len && s3_xml_error((const char *)r->resp.data, r->resp.len, &e) == 0) {
-        r->status = strcmp(e.code, "InternalError") == 0 ? 500 : 400;
+    int rc = s3_xml_result((const char *)r->resp.data, r->resp.len, root, &e);
+    if (rc == 1) {
+        r->status = code_transient(e.code) ? 500 : 400;
         return fail_http(s, r, &e);
     }
-    return 0;
+    struct buf name = { 0 };
+    if (rc)
+        rc = err_set(-EAGAIN, "%s %s: unreadable answer from %s (no %s)", r->method,
+                     object_name(s, r, &name), s->origin, root);
+    buf_free(&name);
+    return rc;
 }
 
 static int s_copy(void *impl, const char *from, const char *to)
@@ -599,7 +671,7 @@ static int s_copy(void *impl, const char *from, const char *to)
     if (rc == 0)
         rc = perform(s, &r);
     if (rc == 0)
-        rc = error_in_ok_body(s, &r);
+        rc = check_result(s, &r, "CopyObjectResult");
     req_free(&r);
     buf_free(&src);
     return rc;
@@ -657,7 +729,7 @@ static int s_mp_complete(void *impl, const char *key, const char *upload_id, cha
     if (rc == 0)
         rc = perform(impl, &r);
     if (rc == 0)
-        rc = error_in_ok_body(impl, &r);
+        rc = check_result(impl, &r, "CompleteMultipartUploadResult");
     req_free(&r);
     buf_free(&q);
     buf_free(&body);
@@ -751,8 +823,12 @@ static int parse_url(struct s3 *s, const char *url)
     size_t n = strlen(p);
     while (n && p[n - 1] == '/')
         n--;
-    if (rc == 0 && n && store_check_key(p) != 0)
+    char *trimmed = strndup(p, n);
+    if (rc == 0 && !trimmed)
+        rc = -ENOMEM;
+    if (rc == 0 && n && store_check_key(trimmed) != 0)
         rc = err_set(-EINVAL, "'%s': the prefix has empty, '.' or '..' segments", url);
+    free(trimmed);
     if (rc == 0 && asprintf(&s->prefix, "%.*s%s", (int)n, p, n ? "/" : "") < 0)
         rc = -ENOMEM;
     return rc;
@@ -812,7 +888,8 @@ int s3_store_open(const char *url, const struct store_options *opt, struct store
     if (!s)
         return -ENOMEM;
     pthread_mutex_init(&s->pool_lock, NULL);
-    s->opt = *opt;
+    s->connect_timeout_ms = opt->connect_timeout_ms;
+    s->timeout_ms = opt->timeout_ms;
     const char *region = opt->region ? opt->region : env_first("AWS_REGION", "AWS_DEFAULT_REGION");
     const char *endpoint =
         opt->endpoint ? opt->endpoint : env_first("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL");

@@ -12,11 +12,13 @@
 typedef void (*leaf_fn)(void *arg, const char *path, const char *text);
 
 struct walker {
+    XML_Parser parser;
     char path[512];
     struct buf text;
     leaf_fn leaf;
     void *arg;
     int oom;
+    int too_deep; /* a path that does not fit: stop, rather than lose track of where we are */
 };
 
 static void XMLCALL on_start(void *u, const XML_Char *name, const XML_Char **attrs)
@@ -26,7 +28,12 @@ static void XMLCALL on_start(void *u, const XML_Char *name, const XML_Char **att
     const char *local = strrchr(name, ':'); /* tolerate prefixed names */
     local = local ? local + 1 : name;
     size_t len = strlen(w->path);
-    snprintf(w->path + len, sizeof w->path - len, "%s%s", len ? "/" : "", local);
+    int n = snprintf(w->path + len, sizeof w->path - len, "%s%s", len ? "/" : "", local);
+    if (n < 0 || (size_t)n >= sizeof w->path - len) {
+        w->too_deep = 1;
+        XML_StopParser(w->parser, XML_FALSE);
+        return;
+    }
     buf_reset(&w->text);
 }
 
@@ -50,18 +57,25 @@ static void XMLCALL on_text(void *u, const XML_Char *s, int len)
 static int walk(const char *doc, size_t len, leaf_fn leaf, void *arg)
 {
     struct walker w = { .leaf = leaf, .arg = arg };
+    /* Some servers send whitespace before the XML declaration to keep a slow
+     * request alive; expat rejects it there. */
+    while (len && (*doc == ' ' || *doc == '\t' || *doc == '\r' || *doc == '\n')) {
+        doc++;
+        len--;
+    }
     if (len > INT32_MAX)
         return -EBADMSG;
     XML_Parser p = XML_ParserCreate(NULL);
     if (!p)
         return -ENOMEM;
+    w.parser = p;
     XML_SetUserData(p, &w);
     XML_SetElementHandler(p, on_start, on_end);
     XML_SetCharacterDataHandler(p, on_text);
     int ok = XML_Parse(p, doc, (int)len, 1) == XML_STATUS_OK;
     XML_ParserFree(p);
     buf_free(&w.text);
-    return w.oom ? -ENOMEM : ok ? 0 : -EBADMSG;
+    return w.oom ? -ENOMEM : ok && !w.too_deep ? 0 : -EBADMSG;
 }
 
 static void copy_text(char *dst, size_t n, const char *text)
@@ -95,6 +109,37 @@ int s3_xml_error(const char *doc, size_t len, struct s3_error *err)
     memset(err, 0, sizeof *err);
     int rc = walk(doc, len, error_leaf, &c);
     return rc ? rc : c.seen ? 0 : -EBADMSG;
+}
+
+/* ---- a 200 answer that may still be a failure ---- */
+
+struct result_ctx {
+    const char *want;
+    char root[64];
+    struct s3_error *err;
+};
+
+static void result_leaf(void *arg, const char *path, const char *text)
+{
+    struct result_ctx *c = arg;
+    if (!strchr(path, '/'))
+        copy_text(c->root, sizeof c->root, path);
+    else if (strcmp(path, "Error/Code") == 0)
+        copy_text(c->err->code, sizeof c->err->code, text);
+    else if (strcmp(path, "Error/Message") == 0)
+        copy_text(c->err->message, sizeof c->err->message, text);
+}
+
+int s3_xml_result(const char *doc, size_t len, const char *root, struct s3_error *err)
+{
+    struct result_ctx c = { .want = root, .err = err };
+    memset(err, 0, sizeof *err);
+    int rc = walk(doc, len, result_leaf, &c);
+    if (rc)
+        return rc;
+    if (strcmp(c.root, root) == 0)
+        return 0;
+    return strcmp(c.root, "Error") == 0 ? 1 : -EBADMSG;
 }
 
 /* ---- ListBucketResult ---- */
@@ -148,8 +193,10 @@ static void list_leaf(void *arg, const char *path, const char *text)
         c->cur.size = strtoull(text, NULL, 10);
     } else if (strcmp(path, "/Contents/LastModified") == 0) {
         c->cur.mtime = parse_iso8601(text);
-    } else if (strcmp(path, "/Contents") == 0 && c->cur.key) {
-        list_push(c);
+    } else if (strcmp(path, "/Contents") == 0) {
+        if (c->cur.key)
+            list_push(c);
+        c->cur = (struct s3_list_item){ 0 }; /* nothing of a keyless entry carries over */
     } else if (strcmp(path, "/IsTruncated") == 0) {
         c->l->truncated = strcmp(text, "true") == 0;
     } else if (strcmp(path, "/NextContinuationToken") == 0) {

@@ -36,6 +36,11 @@ struct s3_list {
  * XML or holds no <Error> (err is then left with empty strings). */
 int s3_xml_error(const char *doc, size_t len, struct s3_error *err);
 
+/* Checks the answer of a request that can fail after its 200 status
+ * (CopyObject, CompleteMultipartUpload): 0 if its root element is root, 1 if
+ * it is an <Error> (then in *err), -EBADMSG if it is neither or unreadable. */
+int s3_xml_result(const char *doc, size_t len, const char *root, struct s3_error *err);
+
 /* Reads a ListBucketResult (ListObjectsV2). Returns 0, -EBADMSG, -ENOMEM.
  * Free with s3_list_free() whatever the result. */
 int s3_xml_list(const char *doc, size_t len, struct s3_list *out);

@@ -210,17 +210,9 @@ static int canonical_headers(const struct sigv4_request *r, struct buf *out,
     return rc;
 }
 
-static int signed_headers_of(const struct sigv4_request *r, struct buf *list)
+/* The canonical request into out, and the signed header list into signed_list. */
+static int canonical(const struct sigv4_request *r, struct buf *out, struct buf *signed_list)
 {
-    struct buf ignore = { 0 };
-    int rc = canonical_headers(r, &ignore, list);
-    buf_free(&ignore);
-    return rc;
-}
-
-int sigv4_canonical_request(const struct sigv4_request *r, struct buf *out)
-{
-    struct buf signed_list = { 0 };
     int rc = buf_printf(out, "%s\n", r->method);
     if (rc == 0)
         rc = reencode(out, r->path, strlen(r->path), 1);
@@ -231,9 +223,16 @@ int sigv4_canonical_request(const struct sigv4_request *r, struct buf *out)
     if (rc == 0)
         rc = buf_append(out, "\n", 1);
     if (rc == 0)
-        rc = canonical_headers(r, out, &signed_list);
+        rc = canonical_headers(r, out, signed_list);
     if (rc == 0)
-        rc = buf_printf(out, "%s\n%s", (char *)signed_list.data, r->payload_hash);
+        rc = buf_printf(out, "%s\n%s", (char *)signed_list->data, r->payload_hash);
+    return rc;
+}
+
+int sigv4_canonical_request(const struct sigv4_request *r, struct buf *out)
+{
+    struct buf signed_list = { 0 };
+    int rc = canonical(r, out, &signed_list);
     buf_free(&signed_list);
     return rc;
 }
@@ -252,20 +251,26 @@ static void hmac(const void *key, size_t klen, const char *msg, unsigned char ou
     HMAC(EVP_sha256(), key, (int)klen, (const unsigned char *)msg, strlen(msg), out, &n);
 }
 
-void sigv4_signature(const struct sigv4_scope *sc, const char *sts, char hex[SIGV4_HEX_LEN])
+int sigv4_signature(const struct sigv4_scope *sc, const char *sts, char hex[SIGV4_HEX_LEN])
 {
-    char secret[256], date[9];
+    char date[9];
     unsigned char k[32], sig[32];
-    snprintf(secret, sizeof secret, "AWS4%s", sc->secret_key);
+    size_t n = strlen(sc->secret_key) + 5;
+    char *secret = malloc(n);
     snprintf(date, sizeof date, "%.8s", sc->amz_date);
-    hmac(secret, strlen(secret), date, k);
+    if (!secret)
+        return -ENOMEM;
+    snprintf(secret, n, "AWS4%s", sc->secret_key);
+    hmac(secret, n - 1, date, k);
     hmac(k, 32, sc->region, k);
     hmac(k, 32, sc->service, k);
     hmac(k, 32, "aws4_request", k);
     hmac(k, 32, sts, sig);
     hex_encode(sig, 32, hex);
-    OPENSSL_cleanse(secret, sizeof secret);
+    OPENSSL_cleanse(secret, n);
     OPENSSL_cleanse(k, sizeof k);
+    free(secret);
+    return 0;
 }
 
 int sigv4_authorization(const struct sigv4_scope *sc, const struct sigv4_request *r,
@@ -273,13 +278,12 @@ int sigv4_authorization(const struct sigv4_scope *sc, const struct sigv4_request
 {
     struct buf creq = { 0 }, sts = { 0 }, list = { 0 };
     char sig[SIGV4_HEX_LEN];
-    int rc = sigv4_canonical_request(r, &creq);
+    int rc = canonical(r, &creq, &list);
     if (rc == 0)
         rc = sigv4_string_to_sign(sc, (char *)creq.data, &sts);
     if (rc == 0)
-        rc = signed_headers_of(r, &list);
+        rc = sigv4_signature(sc, (char *)sts.data, sig);
     if (rc == 0) {
-        sigv4_signature(sc, (char *)sts.data, sig);
         rc = buf_printf(out,
                         "AWS4-HMAC-SHA256 Credential=%s/%.8s/%s/%s/aws4_request, "
                         "SignedHeaders=%s, Signature=%s",

@@ -46,9 +46,9 @@ int sigv4_canonical_request(const struct sigv4_request *r, struct buf *out);
 int sigv4_string_to_sign(const struct sigv4_scope *sc, const char *canonical_request,
                          struct buf *out);
 
-/* The hex signature of a string to sign. */
-void sigv4_signature(const struct sigv4_scope *sc, const char *string_to_sign,
-                     char hex[SIGV4_HEX_LEN]);
+/* The hex signature of a string to sign. Returns 0 or -ENOMEM. */
+int sigv4_signature(const struct sigv4_scope *sc, const char *string_to_sign,
+                    char hex[SIGV4_HEX_LEN]);
 
 /* The whole Authorization header value ("AWS4-HMAC-SHA256 Credential=...").
  * Returns 0, -EINVAL or -ENOMEM. */

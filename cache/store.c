@@ -13,10 +13,12 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "util/err.h"
+#include "util/log.h"
 
 #define MIB          ((size_t)1 << 20)
 #define S3_MIN_PART  (5 * MIB)
@@ -63,6 +65,8 @@ struct store *store_new(const struct store_ops *ops, void *impl, const char *url
     s->url = u;
     if (opt)
         s->opt = *opt;
+    /* Only the numbers are used after opening; the caller's strings may not outlive it. */
+    s->opt.endpoint = s->opt.region = s->opt.profile = s->opt.credentials_file = NULL;
     fill_defaults(&s->opt);
     return s;
 }
@@ -210,7 +214,11 @@ static int put_multipart(struct store *s, const char *key, const void *data, siz
              */
             char keep[512];
             snprintf(keep, sizeof keep, "%s", err_msg(rc));
-            s->ops->mp_abort(s->impl, key, upload_id);
+            int arc = s->ops->mp_abort(s->impl, key, upload_id);
+            if (arc)
+                log_warn("could not abort the multipart upload of %s (%s): its parts stay in the "
+                         "bucket until a lifecycle rule removes them",
+                         key, err_msg(arc));
             err_set(rc, "%s", keep);
         }
     }
@@ -282,21 +290,58 @@ static int check_prefix(const char *prefix)
               : 0;
 }
 
+/* What a listing delivers is checked here, for every backend alike: only
+ * keys under the prefix, only well-formed keys (a console's "folder/" object
+ * or a hostile "../x" is skipped), and in strictly increasing order, so a
+ * server that repeats itself cannot make the caller see an object twice. */
+struct list_guard {
+    const char *prefix;
+    size_t prefix_len;
+    store_list_fn fn;
+    void *arg;
+    struct buf last; /* the previous key delivered */
+};
+
+static int guarded(void *arg, const struct store_object *o)
+{
+    struct list_guard *g = arg;
+    if (strncmp(o->key, g->prefix, g->prefix_len) != 0)
+        return 0;
+    if (store_check_key(o->key) != 0) {
+        log_warn("listing: skipping object '%s': not a key this store can name", o->key);
+        return 0;
+    }
+    if (g->last.len && strcmp(o->key, (char *)g->last.data) <= 0)
+        return err_set(-EBADMSG, "the server listed '%s' after '%s': out of order", o->key,
+                       (char *)g->last.data);
+    buf_reset(&g->last);
+    if (buf_append(&g->last, o->key, strlen(o->key) + 1))
+        return -ENOMEM;
+    return g->fn(g->arg, o);
+}
+
 int store_list(struct store *s, const char *prefix, store_list_fn fn, void *arg)
 {
+    struct list_guard g = { prefix ? prefix : "", 0, fn, arg, { 0 } };
     char *marker = NULL;
-    int rc = check_prefix(prefix);
-    if (rc)
-        return rc;
-    do {
-        struct store_page page = {
-            .prefix = prefix, .marker = marker, .max_keys = s->opt.list_page, .fn = fn, .arg = arg
-        };
+    int rc = check_prefix(g.prefix);
+    g.prefix_len = strlen(g.prefix);
+    while (rc == 0) {
+        struct store_page page = { .prefix = g.prefix,
+                                   .marker = marker,
+                                   .max_keys = s->opt.list_page,
+                                   .fn = guarded,
+                                   .arg = &g };
         rc = s->ops->list_page(s->impl, &page);
+        if (rc == 0 && page.next && marker && strcmp(page.next, marker) == 0)
+            rc = err_set(-EBADMSG, "listing %s: the server's pages do not advance", s->url);
         free(marker);
         marker = page.next;
-    } while (rc == 0 && marker);
+        if (!marker)
+            break;
+    }
     free(marker);
+    buf_free(&g.last);
     return rc;
 }
 
@@ -323,16 +368,16 @@ int store_probe(struct store *s, unsigned *caps)
     probe_key(key, sizeof key);
     *caps = 0;
     int rc = s->ops->put(s->impl, key, "1", 1, STORE_IF_ABSENT);
-    if (rc == -ENOTSUP || rc == -EINVAL) /* 501, or a 400 from a server that rejects the header */
+    if (rc == -ENOTSUP) /* 501: the server says it does not implement the header */
         return 0;
     if (rc)
         return rc;
+    /* A server that ignores the header lets this second put overwrite. */
     rc = s->ops->put(s->impl, key, "2", 1, STORE_IF_ABSENT);
     if (rc == -EEXIST)
         *caps |= STORE_CAP_IF_ABSENT;
-    else if (rc && rc != -ENOTSUP)
-        return rc;
-    return s->ops->del(s->impl, key);
+    int del = s->ops->del(s->impl, key);
+    return rc && rc != -EEXIST ? rc : del;
 }
 
 void store_get_stats(struct store *s, struct store_stats *st)
@@ -349,16 +394,36 @@ const char *store_op_name(enum store_op op)
     return op < STORE_OP_COUNT ? names[op] : "?";
 }
 
+/* The deepest existing directory above path, so that tools working on one
+ * object never create or prune directories outside what they were given. */
+static size_t existing_parent(const char *path)
+{
+    char *dir = strdup(path);
+    size_t n = 1;
+    for (char *slash; dir && (slash = strrchr(dir, '/')) != NULL && slash != dir;) {
+        *slash = '\0';
+        struct stat st;
+        if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
+            n = strlen(dir);
+            break;
+        }
+    }
+    free(dir);
+    return n;
+}
+
 int store_url_split(const char *object_url, char **store_url, char **key)
 {
-    size_t base;
+    size_t base, skip;
     if (strncmp(object_url, "s3://", 5) == 0) {
         const char *slash = strchr(object_url + 5, '/');
         base = slash ? (size_t)(slash - object_url) : strlen(object_url);
         if (base == 5)
             return err_set(-EINVAL, "'%s' names no bucket", object_url);
+        skip = slash ? 1 : 0;
     } else if (strncmp(object_url, "file:///", 8) == 0) {
-        base = 7; /* file:// + the root directory '/' */
+        base = 7 + existing_parent(object_url + 7);
+        skip = object_url[base] == '/' ? 1 : 0;
     } else if (strncmp(object_url, "file://", 7) == 0) {
         return err_set(-EINVAL, "'%s': a file URL needs an absolute path (file:///DIR)",
                        object_url);
@@ -368,11 +433,8 @@ int store_url_split(const char *object_url, char **store_url, char **key)
                        "file:///ABSOLUTE/PATH)",
                        object_url);
     }
-    const char *k = object_url + base;
-    if (*k == '/')
-        k++;
-    *store_url = strndup(object_url, base == 7 ? 8 : base);
-    *key = strdup(k);
+    *store_url = strndup(object_url, base);
+    *key = strdup(object_url + base + skip);
     if (!*store_url || !*key) {
         free(*store_url);
         free(*key);

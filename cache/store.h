@@ -29,8 +29,13 @@
  *   -ERANGE      a byte range starting past the end of the object
  *   -EBADMSG     the server's answer could not be understood, or a body was damaged
  *   -EAGAIN      a transient failure (5xx, 429, SlowDown, network) that outlived the retries
+ *   -ENOSPC      the file backend's disk is full
  *   -ENOMEM      out of memory
  *   -EIO         anything else
+ *
+ * A large put that fails can leave an unfinished multipart upload behind
+ * (always when a retried start lost its answer, see retry.c); a bucket
+ * lifecycle rule AbortIncompleteMultipartUpload reclaims such parts.
  */
 #ifndef CKPT_CACHE_STORE_H
 #define CKPT_CACHE_STORE_H
@@ -86,7 +91,8 @@ int store_put(struct store *s, const char *key, const void *data, size_t len, un
 
 /* Appends bytes [off, off+len) of the object to out; len STORE_TO_END reads to
  * the end. A range running past the end is cut short (as HTTP does); one that
- * starts past the end of a non-empty object is -ERANGE. */
+ * starts at or past the end is -ERANGE, except offset 0 of an empty object.
+ * On failure out is as it was. */
 #define STORE_TO_END UINT64_MAX
 int store_get(struct store *s, const char *key, uint64_t off, uint64_t len, struct buf *out);
 
@@ -97,7 +103,8 @@ struct store_object {
     int64_t mtime; /* seconds since the epoch */
 };
 
-/* Fills *obj (obj->key points at the caller's key). -ENOENT if missing. */
+/* Fills *obj (obj->key points at the caller's key). -ENOENT if missing (a
+ * HEAD answer has no body, so a missing bucket is -ENOENT here too). */
 int store_head(struct store *s, const char *key, struct store_object *obj);
 
 /* Deletes key. Deleting a missing key succeeds, as in S3. */
@@ -109,7 +116,11 @@ int store_delete_many(struct store *s, const char *const *keys, size_t n);
 
 /* Calls fn for every object whose key starts with prefix, in byte order of
  * keys, fetching pages as it goes. fn's object is valid only during the call;
- * a non-zero return from fn stops the listing and is returned. */
+ * a non-zero return from fn stops the listing and is returned. What a server
+ * lists is checked: keys outside the prefix or not well-formed (store.h's
+ * rule; S3 consoles make "dir/" objects) are skipped, and keys out of order
+ * or pages that do not advance are -EBADMSG, so fn never sees an object
+ * twice. -EINVAL for a prefix whose directory part is not well-formed. */
 typedef int (*store_list_fn)(void *arg, const struct store_object *obj);
 int store_list(struct store *s, const char *prefix, store_list_fn fn, void *arg);
 
@@ -158,7 +169,9 @@ void store_get_stats(struct store *s, struct store_stats *st);
 const char *store_op_name(enum store_op op);
 
 /* Splits OBJECT-URL into the store's URL and a key, for tools that name one
- * object: s3://BUCKET/KEY -> s3://BUCKET + KEY; file:///A/B -> file:/// + A/B.
+ * object: s3://BUCKET/KEY -> s3://BUCKET + KEY; file:///A/B/C -> file://DIR +
+ * the rest, where DIR is the deepest existing directory above C, so a tool
+ * never creates or prunes directories outside what it was given.
  * Returns 0 with *store_url and *key malloc'ed (key may be ""), or -EINVAL. */
 int store_url_split(const char *object_url, char **store_url, char **key);
 

@@ -3,6 +3,7 @@
  */
 #include "ckptctl.h"
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -57,6 +58,8 @@ int ctl_usage_error(const char *fmt, ...)
 int main(int argc, char **argv)
 {
     log_init("ckptctl", LOG_WARN);
+    /* A closed pipe or connection is an error to report, not a reason to die mid-upload. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2)
         return usage(stderr), EXIT_USAGE;
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)

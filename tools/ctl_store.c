@@ -151,7 +151,8 @@ static int load_input(const char *path, struct input *in)
     if (fd < 0)
         return err_set(-errno, "cannot open %s: %s", path, strerror(errno));
     int rc = 0;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+    /* Standard input may be a file read from its middle: read it, never map it. */
+    if (fd != STDIN_FILENO && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
         /* Map rather than copy: the file may be larger than we would like to hold twice. */
         in->len = (size_t)st.st_size;
         in->data = mmap(NULL, in->len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -253,27 +254,20 @@ static int do_get(struct store *s, const char *key, char **files, const struct a
 
 /* ---- ls, rm, head, probe ---- */
 
-struct ls_ctx {
-    size_t strip;
-};
-
 static int print_object(void *arg, const struct store_object *o)
 {
-    const struct ls_ctx *c = arg;
-    printf("%s\t%llu\n", o->key + c->strip, (unsigned long long)o->size);
+    (void)arg;
+    printf("%s\t%llu\n", o->key, (unsigned long long)o->size);
     return ferror(stdout) ? -EIO : 0;
 }
 
+/* The URL is opened as a store, so keys come relative to it. */
 static int do_ls(struct store *s, const char *key, char **rest, const struct args *a)
 {
+    (void)key;
     (void)rest;
     (void)a;
-    /* The URL names a bucket or a "directory": list below it. */
-    char prefix[4096];
-    size_t n = strlen(key);
-    snprintf(prefix, sizeof prefix, "%s%s", key, n && key[n - 1] != '/' ? "/" : "");
-    struct ls_ctx c = { strlen(prefix) };
-    int rc = store_list(s, prefix, print_object, &c);
+    int rc = store_list(s, "", print_object, NULL);
     if (fflush(stdout) && !rc)
         rc = err_set(-EIO, "cannot write the listing: %s", strerror(errno));
     return rc;
@@ -306,7 +300,7 @@ static int do_probe(struct store *s, const char *key, char **rest, const struct 
 struct sub {
     const char *name;
     int operands; /* after the URL; -1: one or more URLs (rm) */
-    int key_required;
+    int object;   /* the URL names an object (URL/KEY), not a store */
     int (*run)(struct store *s, const char *key, char **rest, const struct args *a);
 };
 
@@ -319,8 +313,8 @@ static int run_one(const struct sub *sub, const char *url, char **rest, const st
 {
     struct store *s = NULL;
     char *key = NULL;
-    int rc = open_object(url, a, &s, &key);
-    if (rc == 0 && sub->key_required && !*key)
+    int rc = sub->object ? open_object(url, a, &s, &key) : store_open(url, &a->opt, &s);
+    if (rc == 0 && sub->object && !*key)
         rc = err_set(-EINVAL, "'%s' names no object (expected URL/KEY)", url);
     if (rc == 0)
         rc = sub->run ? sub->run(s, key, rest, a) : store_delete(s, key);

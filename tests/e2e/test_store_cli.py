@@ -115,8 +115,9 @@ def test_credentials_file_and_profile(bucket, s3env, s3server, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["ls", "s3:/bucket"], ["not an object URL"]),
-    (["ls", "ftp://host/x"], ["not an object URL"]),
+    (["ls", "s3:/bucket"], ["not a store URL"]),
+    (["rm", "s3:/bucket/k"], ["not an object URL"]),
+    (["head", "ftp://host/x"], ["not an object URL"]),
     (["ls", "file://relative/path"], ["absolute path"]),
     (["ls", "s3://Bad_Bucket!"], ["not a valid bucket name"]),
     (["head", "s3://BUCKET"], ["names no object"]),
@@ -163,3 +164,27 @@ def test_unreachable_endpoint(s3env):
     msg = [l for l in p.stderr.decode().splitlines() if l.startswith("ckptctl:")]
     assert len(msg) == 1 and "connect" in msg[0].lower() and str(port) in msg[0]
     assert stats_of(p)["list"]["requests"] == 3  # retried: the network may come back
+
+
+def test_tools_stay_inside_what_they_are_given(tmp_path, bucket, s3env, s3server):
+    """rm never prunes directories above the object; probe writes only under its URL."""
+    home = tmp_path / "home" / "user" / "emptydir" / "sub"
+    home.mkdir(parents=True)
+    (home / "f").write_bytes(b"x")
+    assert ckptctl("store", "rm", f"file://{home}/f").returncode == 0
+    assert home.is_dir() and list(home.iterdir()) == []  # the user's directories stay
+    probe_dir = tmp_path / "store"
+    probe_dir.mkdir()
+    before = set(tmp_path.iterdir())
+    assert ckptctl("store", "probe", f"file://{probe_dir}").returncode == 0
+    assert set(tmp_path.iterdir()) == before and list(probe_dir.iterdir()) == []
+    mark = s3server.mark()
+    assert ckptctl("store", "probe", f"s3://{bucket}/team/a/", env=s3env).returncode == 0
+    writes = [r.path for r in s3server.requests(since=mark) if r.method in ("PUT", "DELETE")]
+    assert writes and all(p.startswith(f"/{bucket}/team/a/.ckptfs-probe-") for p in writes)
+
+
+def test_prefix_with_trailing_slash(bucket, s3env):
+    assert ckptctl("store", "put", f"s3://{bucket}/p/k", "-", env=s3env, input=b"1").returncode == 0
+    p = ckptctl("store", "ls", f"s3://{bucket}/p/", env=s3env)
+    assert p.returncode == 0 and p.stdout == b"k\t1\n"

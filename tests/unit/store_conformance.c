@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cache/store.h"
 #include "cache/store_options.h"
@@ -67,6 +68,7 @@ static void check_objects(void)
     CHECK_EQ(store_put(s, "empty", "", 0, 0), 0);
     check_get("empty", 0, STORE_TO_END, "", 0);
     check_get("empty", 0, 10, "", 0);
+    CHECK_EQ(store_get(s, "empty", 1, 1, &b), -ERANGE);
     CHECK_EQ(store_head(s, "empty", &o), 0);
     CHECK_EQ(o.size, 0);
     CHECK_EQ(store_get(s, "missing", 0, STORE_TO_END, &b), -ENOENT);
@@ -223,6 +225,59 @@ static void check_concurrency(void)
         pthread_join(t[i], NULL);
 }
 
+/* Puts and deletes under shared parent directories, all at once: the file
+ * backend prunes emptied directories while other threads create them. */
+struct race {
+    unsigned id, rounds;
+};
+
+static void *racer(void *arg)
+{
+    struct race *r = arg;
+    char key[64];
+    snprintf(key, sizeof key, "race/a/b/%u/k", r->id); /* own leaf, shared parents */
+    for (unsigned i = 0; i < r->rounds; i++) {
+        CHECK_EQ(store_put(s, key, "x", 1, 0), 0);
+        CHECK_EQ(store_delete(s, key), 0);
+    }
+    return NULL;
+}
+
+static void check_put_delete_race(unsigned rounds)
+{
+    pthread_t t[4];
+    struct race r[4];
+    printf("puts racing deletes under shared directories (%u rounds)\n", rounds);
+    for (unsigned i = 0; i < 4; i++) {
+        r[i] = (struct race){ i, rounds };
+        pthread_create(&t[i], NULL, racer, &r[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    check_list("race/", "");
+}
+
+/* File backend only: trees deeper than S3 keys may be, and symlinks. */
+static void check_file_specifics(const char *root)
+{
+    struct buf key = { 0 }, b = { 0 };
+    printf("file backend: a 1000-level tree, symlinks are not objects\n");
+    buf_printf(&key, "deep");
+    for (int i = 0; i < 1000; i++)
+        buf_printf(&key, "/d");
+    CHECK_EQ(store_put(s, (char *)key.data, "z", 1, 0), 0);
+    buf_printf(&b, "%s 1\n", (char *)key.data);
+    check_list("", (char *)b.data);
+    CHECK_EQ(store_delete(s, (char *)key.data), 0);
+    buf_reset(&b);
+    buf_printf(&b, "%s/link", root);
+    CHECK_EQ(symlink("/etc/hostname", (char *)b.data), 0);
+    CHECK_EQ(store_get(s, "link", 0, STORE_TO_END, &key), -ENOENT);
+    unlink((char *)b.data);
+    buf_free(&key);
+    buf_free(&b);
+}
+
 static int is_empty(void *arg, const struct store_object *o)
 {
     fprintf(stderr, "store_conformance: the store is not empty: %s\n", o->key);
@@ -267,6 +322,10 @@ int main(int argc, char **argv)
     check_copy();
     check_large();
     check_concurrency();
+    int file = strncmp(url, "file://", 7) == 0;
+    check_put_delete_race(file ? 2000 : 5);
+    if (file)
+        check_file_specifics(url + 7);
     struct store_stats st;
     store_get_stats(s, &st);
     CHECK(st.op[STORE_OP_PUT].requests > 100);

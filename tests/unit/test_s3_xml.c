@@ -95,6 +95,55 @@ static void check_upload_and_delete(void)
     CHECK_EQ(s3_xml_delete_result(DOC("<Other/>"), &e), -EBADMSG);
 }
 
+/* Review findings: shapes of answers that once slipped through. */
+static void check_hostile_shapes(void)
+{
+    struct s3_list l;
+    struct s3_error e;
+    /* Keep-alive whitespace before the declaration, as some servers send. */
+    CHECK_EQ(s3_xml_error(DOC("  \n\t<?xml version=\"1.0\"?><Error><Code>InternalError</Code>"
+                              "</Error>"),
+                          &e),
+             0);
+    CHECK_STR(e.code, "InternalError");
+    /* A size from a <Contents> without a key must not carry over to the next. */
+    CHECK_EQ(s3_xml_list(DOC("<ListBucketResult><Contents><Size>99</Size></Contents>"
+                             "<Contents><Key>k</Key></Contents></ListBucketResult>"),
+                         &l),
+             0);
+    CHECK_EQ(l.n, 1);
+    CHECK_EQ(l.n == 1 ? l.items[0].size : 1, 0);
+    s3_list_free(&l);
+    /* Nesting deeper than the walker tracks: an error, never a silently shorter listing. */
+    struct buf deep = { 0 };
+    buf_printf(&deep, "<ListBucketResult>");
+    for (int i = 0; i < 200; i++)
+        buf_printf(&deep, "<junk>");
+    for (int i = 0; i < 200; i++)
+        buf_printf(&deep, "</junk>");
+    buf_printf(&deep, "<Contents><Key>after</Key></Contents><IsTruncated>true</IsTruncated>"
+                      "<NextContinuationToken>t</NextContinuationToken></ListBucketResult>");
+    CHECK_EQ(s3_xml_list((char *)deep.data, deep.len, &l), -EBADMSG);
+    s3_list_free(&l);
+    buf_free(&deep);
+}
+
+static void check_result(void)
+{
+    struct s3_error e;
+    CHECK_EQ(s3_xml_result(DOC("<CompleteMultipartUploadResult><ETag>x</ETag>"
+                               "</CompleteMultipartUploadResult>"),
+                           "CompleteMultipartUploadResult", &e),
+             0);
+    CHECK_EQ(s3_xml_result(DOC("\n   <?xml version=\"1.0\"?><Error><Code>InternalError</Code>"
+                               "<Message>try again</Message></Error>"),
+                           "CompleteMultipartUploadResult", &e),
+             1);
+    CHECK_STR(e.code, "InternalError");
+    CHECK_EQ(s3_xml_result(DOC(""), "CopyObjectResult", &e), -EBADMSG);
+    CHECK_EQ(s3_xml_result(DOC("<Something/>"), "CopyObjectResult", &e), -EBADMSG);
+}
+
 static void check_bodies(void)
 {
     struct buf b = { 0 };
@@ -119,5 +168,7 @@ int main(void)
     check_error();
     check_upload_and_delete();
     check_bodies();
+    check_hostile_shapes();
+    check_result();
     return check_done("test_s3_xml");
 }
