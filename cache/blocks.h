@@ -1,0 +1,111 @@
+/*
+ * The disk tier: the bytes of every file of the mount, kept locally and
+ * persisted as content-named chunks through the remote tier. It knows
+ * inodes (numbers) and byte ranges, never file names; the file sizes are
+ * the caller's and are passed in.
+ *
+ * Snapshots: the caller freezes (blocks_freeze) at an instant when no write
+ * is in progress; from then until blocks_commit or blocks_abort, every block
+ * that was dirty at the freeze keeps its bytes of that instant for the
+ * snapshot, whatever is written afterwards (blocks.c, "Freezing").
+ *
+ * Errors: negative errno with the thread's message set (util/err.h); -EIO
+ * for local I/O, and the store's errors when a chunk must be fetched.
+ */
+#ifndef CKPT_CACHE_BLOCKS_H
+#define CKPT_CACHE_BLOCKS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "cache/codec.h"
+#include "cache/remote.h"
+#include "util/db.h"
+#include "util/pool.h"
+
+#define BLOCKS_DEFAULT_SIZE ((size_t)4 << 20)
+
+struct blocks;
+
+struct blocks_stats {
+    uint64_t dirty_blocks; /* blocks not yet in the bucket */
+    uint64_t dirty_bytes;  /* at most dirty_blocks * block size */
+    uint64_t fetches;      /* chunks fetched to serve reads and writes */
+};
+
+/* Keeps data files under dir (created if missing); db and remote must
+ * outlive it. Blocks left dirty by an earlier run are dirty again. */
+int blocks_open(struct db *db, struct remote *remote, const char *dir, size_t block_size,
+                struct blocks **out);
+void blocks_close(struct blocks *b);
+
+size_t blocks_block_size(const struct blocks *b);
+
+/* Reads up to len bytes at off of a file of size bytes into out, fetching
+ * what is not local. Returns the byte count (0 at or past the end). */
+ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
+                    void *out);
+
+/* Writes len bytes at off of a file that had size bytes before the write. */
+int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, const void *data,
+                 size_t len);
+
+/* The file changes from old_size to new_size bytes. */
+int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t new_size);
+
+/* Bytes the file's blocks hold (at most size): st_blocks, so sparse files look sparse. */
+uint64_t blocks_allocated(struct blocks *b, uint64_t ino, uint64_t size);
+
+/* Makes the file's local bytes durable (the caller syncs the database). */
+int blocks_fsync(struct blocks *b, uint64_t ino);
+
+/* The file is gone: its bytes and block states are dropped (a block frozen
+ * for a snapshot in progress keeps its bytes until that snapshot is done). */
+int blocks_remove(struct blocks *b, uint64_t ino);
+
+/* The caller will not touch the file for a while: release its descriptor. */
+void blocks_forget(struct blocks *b, uint64_t ino);
+
+/* Forgets every block (before a snapshot is loaded in its place). Caller
+ * holds the database lock inside a transaction; no file may be in use. */
+int blocks_clear_locked(struct blocks *b);
+
+/* Records that block idx of ino is chunk name, in the bucket and not here
+ * (a mount starting from a snapshot). Caller holds the database lock inside
+ * a transaction. */
+int blocks_set_remote(struct blocks *b, uint64_t ino, uint64_t idx,
+                      const uint8_t name[CODEC_NAME_LEN]);
+
+/* ---- snapshots ---- */
+
+/* Marks every dirty block as frozen. The caller guarantees no write,
+ * truncate or remove runs during the call. Returns the number frozen. */
+size_t blocks_freeze(struct blocks *b);
+
+/* For a frozen block: the file's size at the freeze, or -ENOENT if the file
+ * is not in the snapshot. */
+typedef int (*blocks_size_fn)(void *arg, uint64_t ino, uint64_t *size);
+
+/* Captures every frozen block's bytes of the freeze instant, names them and
+ * makes them present in the bucket, using pool for parallel uploads.
+ * size_of is called from this thread only. */
+int blocks_seal(struct blocks *b, struct pool *pool, blocks_size_fn size_of, void *arg);
+
+/* Calls fn(ino, idx, name) for each block that has bytes, ordered by inode
+ * and index, as of the read transaction open on reader (a connection to the
+ * same database, inside BEGIN): dirty blocks give their sealed names. */
+typedef int (*blocks_list_fn)(void *arg, uint64_t ino, uint64_t idx,
+                              const uint8_t name[CODEC_NAME_LEN]);
+int blocks_scan_at(struct blocks *b, sqlite3 *reader, blocks_list_fn fn, void *arg);
+
+/* The snapshot naming the sealed blocks is in the bucket: sealed blocks not
+ * written since become clean. */
+int blocks_commit(struct blocks *b);
+
+/* The snapshot failed: forget the seals; the blocks stay dirty. */
+void blocks_abort(struct blocks *b);
+
+void blocks_get_stats(struct blocks *b, struct blocks_stats *st);
+
+#endif

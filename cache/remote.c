@@ -1,0 +1,137 @@
+#include "remote.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "util/err.h"
+
+struct remote {
+    struct store *store;
+    struct codec *codec;
+    struct db *db;
+    sqlite3_stmt *is_known, *add_known;
+    struct remote_stats st;
+};
+
+int remote_open(struct store *store, struct codec *codec, struct db *db, struct remote **out)
+{
+    struct remote *r = calloc(1, sizeof *r);
+    if (!r)
+        return -ENOMEM;
+    *r = (struct remote){ .store = store, .codec = codec, .db = db };
+    db_lock(db);
+    int rc = db_exec(db, "CREATE TABLE IF NOT EXISTS chunks(name BLOB PRIMARY KEY) WITHOUT ROWID");
+    if (rc == 0)
+        rc = db_prepare(db, "SELECT 1 FROM chunks WHERE name = ?", &r->is_known);
+    if (rc == 0)
+        rc = db_prepare(db, "INSERT OR IGNORE INTO chunks(name) VALUES(?)", &r->add_known);
+    db_unlock(db);
+    if (rc) {
+        remote_close(r);
+        return rc;
+    }
+    *out = r;
+    return 0;
+}
+
+void remote_close(struct remote *r)
+{
+    if (!r)
+        return;
+    sqlite3_finalize(r->is_known);
+    sqlite3_finalize(r->add_known);
+    free(r);
+}
+
+void remote_chunk_key(const uint8_t name[CODEC_NAME_LEN], char key[82])
+{
+    char hex[2 * CODEC_NAME_LEN + 1];
+    codec_name_hex(name, hex);
+    snprintf(key, 82, "chunks/%.2s/%s", hex, hex);
+}
+
+int remote_name(struct remote *r, const void *data, size_t len, uint8_t name[CODEC_NAME_LEN])
+{
+    return codec_name(r->codec, data, len, name);
+}
+
+static int known(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
+{
+    db_lock(r->db);
+    sqlite3_bind_blob(r->is_known, 1, name, CODEC_NAME_LEN, SQLITE_STATIC);
+    int found = sqlite3_step(r->is_known) == SQLITE_ROW;
+    sqlite3_reset(r->is_known);
+    db_unlock(r->db);
+    return found;
+}
+
+int remote_mark_known_locked(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
+{
+    sqlite3_bind_blob(r->add_known, 1, name, CODEC_NAME_LEN, SQLITE_STATIC);
+    return db_run(r->add_known);
+}
+
+int remote_mark_known(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
+{
+    db_lock(r->db);
+    int rc = remote_mark_known_locked(r, name);
+    db_unlock(r->db);
+    return rc;
+}
+
+static void add(uint64_t *counter, uint64_t n)
+{
+    __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
+}
+
+int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void *data, size_t len)
+{
+    if (known(r, name)) {
+        add(&r->st.chunks_deduped, 1);
+        add(&r->st.bytes_deduped, len);
+        return 0;
+    }
+    struct buf enc = { 0 };
+    char key[82];
+    remote_chunk_key(name, key);
+    int rc = codec_encode(r->codec, data, len, name, &enc);
+    if (rc == 0)
+        rc = store_put(r->store, key, enc.data, enc.len, 0);
+    buf_free(&enc);
+    /* Known only once the store said it is there: a snapshot never names a chunk in doubt. */
+    if (rc == 0)
+        rc = remote_mark_known(r, name);
+    if (rc == 0) {
+        add(&r->st.chunks_put, 1);
+        add(&r->st.bytes_put, len);
+    }
+    return rc;
+}
+
+int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out)
+{
+    struct buf enc = { 0 };
+    char key[82];
+    remote_chunk_key(name, key);
+    size_t before = out->len;
+    int rc = store_get(r->store, key, 0, STORE_TO_END, &enc);
+    if (rc == 0)
+        rc = codec_decode(r->codec, enc.data, enc.len, name, out);
+    if (rc)
+        err_wrap(rc, "chunk %s", key);
+    buf_free(&enc);
+    if (rc == 0) {
+        add(&r->st.chunks_got, 1);
+        add(&r->st.bytes_got, out->len - before);
+    }
+    return rc;
+}
+
+void remote_get_stats(struct remote *r, struct remote_stats *st)
+{
+    const uint64_t *src = (const uint64_t *)&r->st;
+    uint64_t *dst = (uint64_t *)st;
+    for (size_t i = 0; i < sizeof *st / sizeof(uint64_t); i++)
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}

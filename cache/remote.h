@@ -1,0 +1,51 @@
+/*
+ * The remote tier: chunks in the bucket, named by their content (codec.h),
+ * under chunks/NN/NAME where NAME is 64 hex digits and NN its first two.
+ * Chunks are immutable, so a chunk known to be in the bucket is never sent
+ * again: meta.db's table chunks(name) lists the ones we uploaded or saw
+ * named by a snapshot. That is the deduplication.
+ */
+#ifndef CKPT_CACHE_REMOTE_H
+#define CKPT_CACHE_REMOTE_H
+
+#include <stdint.h>
+
+#include "cache/codec.h"
+#include "cache/store.h"
+#include "util/buf.h"
+#include "util/db.h"
+
+struct remote;
+
+struct remote_stats {
+    uint64_t chunks_put, bytes_put;         /* uploaded (bytes before encoding) */
+    uint64_t chunks_deduped, bytes_deduped; /* not uploaded: already in the bucket */
+    uint64_t chunks_got, bytes_got;         /* fetched (bytes after decoding) */
+};
+
+/* Uses store, codec and db, which must outlive it. Returns 0 or -EIO. */
+int remote_open(struct store *store, struct codec *codec, struct db *db, struct remote **out);
+void remote_close(struct remote *r);
+
+/* Names data (codec_name). */
+int remote_name(struct remote *r, const void *data, size_t len, uint8_t name[CODEC_NAME_LEN]);
+
+/* Makes chunk name, whose plaintext is data, present in the bucket: uploads
+ * it unless it is known to be there. Safe to call for the same chunk from
+ * several threads. Returns 0 or a store/codec error. */
+int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void *data, size_t len);
+
+/* Appends the plaintext of chunk name to out, verified against its name. */
+int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out);
+
+/* Records that chunk name is in the bucket (it is named by a snapshot there).
+ * The _locked form is for a caller holding the database lock. */
+int remote_mark_known(struct remote *r, const uint8_t name[CODEC_NAME_LEN]);
+int remote_mark_known_locked(struct remote *r, const uint8_t name[CODEC_NAME_LEN]);
+
+/* The object key of a chunk: "chunks/NN/NAME" (room for 82 bytes). */
+void remote_chunk_key(const uint8_t name[CODEC_NAME_LEN], char key[82]);
+
+void remote_get_stats(struct remote *r, struct remote_stats *st);
+
+#endif

@@ -1,0 +1,281 @@
+/*
+ * Start-up of a writable mount (order and reasons in bootstrap.h).
+ *
+ * The marker object, PREFIX/ckptfs (JSON, format 1):
+ *   {"format": 1, "block_size": 4194304, "encrypted": false}
+ * Every mount of the prefix must agree with it: same block size (chunks
+ * are blocks), and a key exactly when the bucket is encrypted.
+ *
+ * The cache directory's meta table keeps: url, mount_id, epoch, seq (the
+ * last snapshot published from it), clean (1 after an unmount that
+ * published everything).
+ */
+#include "bootstrap.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fs/snapshot.h"
+#include "util/err.h"
+#include "util/hex.h"
+#include "util/log.h"
+
+#define MIN_BLOCK (64u << 10)
+#define MAX_BLOCK (64u << 20)
+
+/* ---- 1. the marker ---- */
+
+static int read_marker(struct fs *fs, const struct buf *b, int encrypted, size_t *block_size)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb((const char *)b->data, b->len, 0, &jerr);
+    json_int_t format = 0, bs = 0;
+    int enc = 0;
+    int rc = 0;
+    if (!j ||
+        json_unpack(j, "{s:I, s:I, s:b}", "format", &format, "block_size", &bs, "encrypted", &enc))
+        rc = err_set(-EBADMSG, "%s/%s is not a ckptfs marker (%s)", fs->url, MARKER_KEY,
+                     j ? "fields missing" : jerr.text);
+    else if (format != 1)
+        rc = err_set(-EPROTONOSUPPORT, "%s uses ckptfs format %lld; this build reads format 1",
+                     fs->url, (long long)format);
+    else if (bs < MIN_BLOCK || bs > MAX_BLOCK)
+        rc = err_set(-EBADMSG, "%s/%s names an impossible block size %lld", fs->url, MARKER_KEY,
+                     (long long)bs);
+    else if (enc && !encrypted)
+        rc = err_set(-EINVAL, "%s is encrypted: mount it with --encrypt-key FILE", fs->url);
+    else if (!enc && encrypted)
+        rc = err_set(-EINVAL, "%s is not encrypted, but --encrypt-key was given", fs->url);
+    *block_size = (size_t)bs;
+    json_decref(j);
+    return rc;
+}
+
+static int stop_at_first(void *arg, const struct store_object *o)
+{
+    snprintf(arg, 256, "%s", o->key);
+    return 1;
+}
+
+static int write_marker(struct fs *fs, int encrypted, size_t block_size)
+{
+    char first[256] = "";
+    int rc = store_list(fs->store, "", stop_at_first, first);
+    if (rc < 0)
+        return rc;
+    if (first[0])
+        return err_set(-EEXIST,
+                       "%s holds objects that are not ckptfs's (such as '%s'): mount an empty "
+                       "bucket or prefix",
+                       fs->url, first);
+    json_t *j = json_pack("{s:i, s:I, s:b}", "format", 1, "block_size", (json_int_t)block_size,
+                          "encrypted", encrypted);
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    rc = text ? store_put(fs->store, MARKER_KEY, text, strlen(text), 0) : -ENOMEM;
+    free(text);
+    json_decref(j);
+    return rc;
+}
+
+static int check_marker(struct fs *fs, int encrypted, size_t *block_size)
+{
+    struct buf b = { 0 };
+    int rc = store_get(fs->store, MARKER_KEY, 0, STORE_TO_END, &b);
+    if (rc == 0)
+        rc = read_marker(fs, &b, encrypted, block_size);
+    else if (rc == -ENOENT)
+        rc = write_marker(fs, encrypted, *block_size = BLOCKS_DEFAULT_SIZE);
+    buf_free(&b);
+    return rc;
+}
+
+/* ---- 3. the cache directory ---- */
+
+static int make_dirs(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) && errno != EEXIST)
+            return err_set(-errno, "cannot create %s: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) && errno != EEXIST)
+        return err_set(-errno, "cannot create %s: %s", tmp, strerror(errno));
+    return 0;
+}
+
+/* Returns 1 for a new cache, 0 for one of ours, or an error. */
+static int open_cache(struct fs *fs, char *mount_id, size_t n)
+{
+    char url[4096];
+    int rc = make_dirs(fs->cache_dir);
+    if (rc == 0 && asprintf(&fs->db_path, "%s/meta.db", fs->cache_dir) < 0)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = db_open(fs->db_path, &fs->db);
+    if (rc)
+        return rc;
+    rc = db_meta_get_text(fs->db, "url", url, sizeof url);
+    if (rc == 0 && strcmp(url, fs->url) != 0)
+        return err_set(-EINVAL,
+                       "cache directory %s belongs to %s, not %s: give another --cache-dir",
+                       fs->cache_dir, url, fs->url);
+    int fresh = rc == -ENOENT;
+    if (rc && !fresh)
+        return rc;
+    if (db_meta_get_text(fs->db, "mount_id", mount_id, n) == -ENOENT) {
+        uint8_t r[8] = { 0 };
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+            return err_set(-EIO, "no randomness for a mount id");
+        hex_encode(r, sizeof r, mount_id);
+        rc = db_meta_set_text(fs->db, "mount_id", mount_id);
+    }
+    return rc ? rc : fresh;
+}
+
+static void delete_orphan(void *arg, uint64_t ino)
+{
+    struct fs *fs = arg;
+    if (blocks_remove(fs->blocks, ino) == 0)
+        ns_delete_inode(fs->ns, ino);
+}
+
+static int open_tables(struct fs *fs, size_t block_size)
+{
+    int rc = ns_open(fs->db, (uint32_t)getuid(), (uint32_t)getgid(), &fs->ns);
+    if (rc == 0)
+        rc = remote_open(fs->store, fs->codec, fs->db, &fs->remote);
+    if (rc == 0) {
+        char data[4096];
+        snprintf(data, sizeof data, "%s", fs->cache_dir);
+        rc = blocks_open(fs->db, fs->remote, data, block_size, &fs->blocks);
+    }
+    if (rc == 0) /* files unlinked while open when the last run died */
+        rc = ns_orphans(fs->ns, delete_orphan, fs);
+    return rc;
+}
+
+/* ---- 5. the tree ---- */
+
+static int load_latest(struct fs *fs, struct snapshot_id latest)
+{
+    struct buf plain = { 0 };
+    struct snapshot_info info;
+    int rc = snapshot_fetch(fs->store, fs->codec, latest, &plain);
+    if (rc == 0)
+        rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, fs->remote, &info);
+    buf_free(&plain);
+    if (rc == 0)
+        log_info("starting from snapshot %08llx-%012llx: %llu files, %llu bytes",
+                 (unsigned long long)latest.epoch, (unsigned long long)latest.seq,
+                 (unsigned long long)info.inodes, (unsigned long long)info.bytes);
+    return rc;
+}
+
+static int older(struct snapshot_id a, struct snapshot_id b)
+{
+    return a.epoch != b.epoch ? a.epoch < b.epoch : a.seq < b.seq;
+}
+
+/* Where the tree comes from, and which snapshot id comes next. */
+static int settle_tree(struct fs *fs, struct bootstrap *b, int fresh)
+{
+    struct snapshot_id latest = { 0, 0 }, ours = { 0, 0 };
+    int64_t v;
+    int rc = snapshot_latest(fs->store, &latest);
+    int have_latest = rc == 0;
+    if (rc && rc != -ENOENT)
+        return rc;
+    if (!fresh && db_meta_get_int(fs->db, "epoch", &v) == 0)
+        ours.epoch = (uint64_t)v;
+    if (!fresh && db_meta_get_int(fs->db, "seq", &v) == 0)
+        ours.seq = (uint64_t)v;
+    if (fresh && have_latest && (rc = load_latest(fs, latest)) != 0)
+        return rc;
+    if (!fresh && have_latest && older(ours, latest) && latest.epoch >= b->claim.epoch)
+        return err_set(-ESTALE,
+                       "%s has snapshot %08llx-%012llx, newer than any this cache published: "
+                       "another writer used the bucket; mount with a fresh --cache-dir",
+                       fs->url, (unsigned long long)latest.epoch, (unsigned long long)latest.seq);
+    uint64_t seq = ours.seq;
+    if (have_latest && latest.epoch == b->claim.epoch && latest.seq > seq)
+        seq = latest.seq;
+    b->pub.next = (struct snapshot_id){ b->claim.epoch, seq + 1 };
+    return 0;
+}
+
+static int remember(struct fs *fs, const struct bootstrap *b, int fresh)
+{
+    int64_t clean = 0;
+    int rc = db_meta_set_text(fs->db, "url", fs->url);
+    if (rc == 0)
+        rc = db_meta_set_int(fs->db, "epoch", (int64_t)b->claim.epoch);
+    if (rc == 0 && !fresh && db_meta_get_int(fs->db, "clean", &clean) != 0)
+        clean = 0;
+    if (rc == 0)
+        rc = db_meta_set_int(fs->db, "clean", 0); /* until an unmount publishes everything */
+    return rc ? rc : fresh ? 0 : clean != 1;
+}
+
+int bootstrap_open(struct fs *fs, struct bootstrap *b)
+{
+    size_t block_size = 0;
+    int rc = check_marker(fs, fs->codec_keyed, &block_size);
+    if (rc == 0)
+        rc = store_probe(fs->store, &fs->caps);
+    if (rc == 0 && !(fs->caps & STORE_CAP_IF_ABSENT))
+        log_warn("the server does not honour conditional puts (If-None-Match): two writers "
+                 "could publish one snapshot sequence; ckptfs relies on the owner object and "
+                 "epochs alone");
+    int fresh = rc ? rc : open_cache(fs, b->claim.mount_id, sizeof b->claim.mount_id);
+    rc = fresh < 0 ? fresh : 0;
+    if (rc == 0) {
+        int64_t epoch = 1;
+        db_meta_get_int(fs->db, "epoch", &epoch);
+        b->claim.epoch = (uint64_t)epoch;
+        b->claim.force = b->force;
+        b->claim.if_absent = (fs->caps & STORE_CAP_IF_ABSENT) != 0;
+        rc = owner_acquire(fs->store, &b->claim);
+    }
+    int owned = rc == 0;
+    if (rc == 0)
+        rc = open_tables(fs, block_size);
+    if (rc == 0)
+        rc = settle_tree(fs, b, fresh);
+    int pending = rc ? rc : remember(fs, b, fresh);
+    if (pending < 0) {
+        if (owned) { /* give the bucket back: this mount never started */
+            char keep[512];
+            snprintf(keep, sizeof keep, "%s", err_msg(pending));
+            owner_release(fs->store, &b->claim);
+            err_set(pending, "%s", keep);
+        }
+        bootstrap_close(fs);
+        return pending;
+    }
+    b->pub.pending = pending;
+    b->pub.if_absent = b->claim.if_absent;
+    return 0;
+}
+
+void bootstrap_close(struct fs *fs)
+{
+    blocks_close(fs->blocks);
+    remote_close(fs->remote);
+    ns_close(fs->ns);
+    db_close(fs->db);
+    fs->blocks = NULL;
+    fs->remote = NULL;
+    fs->ns = NULL;
+    fs->db = NULL;
+}

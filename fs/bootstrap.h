@@ -1,0 +1,37 @@
+/*
+ * Start-up of a writable mount: everything between "the command line is
+ * good" and "the FUSE session may start", in an order that reads before it
+ * writes, so a wrong URL, wrong credentials or a foreign prefix fail with a
+ * clear message and nothing written:
+ *
+ *   1. the marker object PREFIX/ckptfs says this prefix is ckptfs's (format,
+ *      block size, encryption); a prefix without it must be empty, and then
+ *      gets one;
+ *   2. the server's capabilities (conditional put) are probed;
+ *   3. the cache directory is opened (or created), and must belong to URL;
+ *   4. ownership is claimed (owner.h);
+ *   5. a new cache starts from the newest snapshot in the bucket.
+ */
+#ifndef CKPT_FS_BOOTSTRAP_H
+#define CKPT_FS_BOOTSTRAP_H
+
+#include "fs/fs.h"
+#include "fs/owner.h"
+#include "fs/publisher.h"
+
+#define MARKER_KEY "ckptfs"
+
+struct bootstrap {
+    int force; /* --force */
+    struct owner_claim claim;
+    struct publisher_options pub;
+};
+
+/* Fills fs (whose url, cache_dir, store and codec are set) and b. On error
+ * everything opened is closed again (bootstrap_close). */
+int bootstrap_open(struct fs *fs, struct bootstrap *b);
+
+/* Closes what bootstrap_open opened (NULL-safe field by field). */
+void bootstrap_close(struct fs *fs);
+
+#endif

@@ -1,0 +1,94 @@
+/*
+ * The daemon's state, shared by the files of fs/: what ops.c serves FUSE
+ * requests from, what publisher.c publishes, what control.c reports.
+ *
+ * Locks, in the order they may be taken: fs->freeze (shared by every
+ * operation that changes files or the tree, exclusive while a snapshot is
+ * frozen), an inode's lock, then the locks inside namespace, blocks and db.
+ */
+#ifndef CKPT_FS_FS_H
+#define CKPT_FS_FS_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "cache/blocks.h"
+#include "cache/codec.h"
+#include "cache/remote.h"
+#include "cache/store.h"
+#include "fs/namespace.h"
+#include "util/db.h"
+#include "util/hmap.h"
+#include "util/pool.h"
+
+struct publisher;
+
+enum sync_mode { SYNC_LOCAL, SYNC_REMOTE };
+
+/* An inode the kernel knows of or has open (others live only in meta.db). */
+struct inode {
+    uint64_t ino;
+    uint64_t nlookup; /* the kernel's references (lookup, create, readdirplus) */
+    uint32_t opens;   /* open file handles */
+    pthread_mutex_t lock;
+    int dirty; /* size, mtime, ctime below are newer than meta.db */
+    uint64_t size;
+    struct timespec mtime, ctime;
+};
+
+struct fs {
+    char *url;
+    char *cache_dir;
+    char *db_path;
+    struct store *store;
+    struct codec *codec;
+    struct db *db;
+    struct ns *ns;
+    struct remote *remote;
+    struct blocks *blocks;
+    struct pool *uploads;
+    struct publisher *pub;
+    enum sync_mode sync;
+    const char *publish_on; /* a glob matched against names, or NULL */
+    int codec_keyed;        /* chunks are encrypted */
+    unsigned caps;          /* STORE_CAP_* of the server */
+
+    pthread_rwlock_t freeze;
+    pthread_mutex_t inodes_lock;
+    struct hmap *inodes; /* ino -> struct inode */
+    uint64_t changes;    /* bumped by every change; the publisher compares */
+};
+
+/* ---- fs/inodes.c ---- */
+
+/* The kernel learned of ino n more times (lookup, create ...). */
+int inode_ref(struct fs *fs, uint64_t ino, uint64_t n);
+/* The kernel forgot n references; the inode may go (and, unlinked, be deleted). */
+void inode_forget(struct fs *fs, uint64_t ino, uint64_t n);
+/* An open handle more or less. */
+int inode_open(struct fs *fs, uint64_t ino);
+void inode_release(struct fs *fs, uint64_t ino);
+/* The in-memory inode, or NULL; the caller holds a reference the kernel gave. */
+struct inode *inode_get(struct fs *fs, uint64_t ino);
+/* Attributes as the kernel should see them: meta.db's, with cached sizes and times. */
+int inode_attr(struct fs *fs, uint64_t ino, struct ns_attr *out);
+/* Puts the cached size and times (if any) over attributes read from meta.db. */
+void inode_overlay(struct fs *fs, struct ns_attr *a);
+/* Writes an inode's cached size and times to meta.db. */
+int inode_flush(struct fs *fs, struct inode *in);
+/* Flushes every inode (before a snapshot freeze); caller holds fs->freeze exclusively. */
+int inode_flush_all(struct fs *fs);
+/* An unlinked inode nothing refers to any more: its rows and bytes go. */
+void inode_delete_if_unused(struct fs *fs, uint64_t ino);
+
+/* Something changed: the next snapshot has something to publish. */
+static inline void fs_changed(struct fs *fs)
+{
+    __atomic_fetch_add(&fs->changes, 1, __ATOMIC_RELAXED);
+}
+
+/* ---- fs/ops.c ---- */
+struct fuse_lowlevel_ops;
+extern const struct fuse_lowlevel_ops ckptfs_ops;
+
+#endif

@@ -1,0 +1,430 @@
+/*
+ * ckptfs: mounts a bucket as a directory. The command line, start-up in an
+ * order that fails before anything is written (bootstrap.c), the FUSE
+ * session, and an unmount that publishes everything before the daemon exits.
+ */
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cache/store_options.h"
+#include "fs/bootstrap.h"
+#include "fs/control.h"
+#include "fs/fs.h"
+#include "fs/publisher.h"
+#include "util/err.h"
+#include "util/hex.h"
+#include "util/log.h"
+
+#define UPLOAD_THREADS 8
+
+static const char usage_text[] =
+    "usage: ckptfs [OPTIONS] URL MOUNTPOINT\n"
+    "  URL = s3://BUCKET[/PREFIX] | file:///ABSOLUTE/PATH\n"
+    "\n"
+    "  -f, --foreground            stay in the foreground (default: daemonize once mounted)\n"
+    "  -o OPT[,OPT...]             these options in mount(8) form (cache_dir=DIR, sync=remote,\n"
+    "                              allow_other, ...)\n"
+    "  --cache-dir DIR             local cache (default /var/cache/ckptfs/HASH-OF-URL)\n"
+    "  --sync local|remote         what fsync waits for: the local disk, or a snapshot in\n"
+    "                              the bucket (default local)\n"
+    "  --publish-on GLOB           renaming onto, or fsyncing, a file whose name matches\n"
+    "                              returns once a snapshot holding it is in the bucket\n"
+    "  --snapshot-interval SECS    publish at least this often while changed (default 5)\n"
+    "  --compress LEVEL|off        zstd level, 1 to 19 (default 1)\n"
+    "  --encrypt-key FILE          AES-256-GCM client-side encryption (32 bytes or 64 hex)\n"
+    "  --force                     take over a bucket whose writer stopped heartbeating\n"
+    "  --allow-other               let other users use the mount (as -o allow_other)\n"
+    "%s"
+    "  -h, --help  --version\n";
+
+struct cli {
+    const char *url, *mountpoint;
+    char *cache_dir;
+    int foreground, force, allow_other;
+    enum sync_mode sync;
+    const char *publish_on;
+    unsigned interval_s;
+    int level;
+    const char *key_file;
+    struct store_options store;
+    char *o_copy; /* -o strings point into it */
+};
+
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
+{
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "ckptfs: %s\n", line);
+    return 1;
+}
+
+/* ---- options ---- */
+
+static int parse_uint(const char *what, const char *v, unsigned lo, unsigned hi, unsigned *out)
+{
+    char *end;
+    unsigned long n = strtoul(v, &end, 10);
+    if (!*v || *end || v[0] == '-' || n < lo || n > hi)
+        return err_set(-EINVAL, "%s: '%s' is not a number from %u to %u", what, v, lo, hi);
+    *out = (unsigned)n;
+    return 0;
+}
+
+/* One ckptfs option by name, as --name VALUE or -o name=VALUE. Returns 1 if
+ * taken, 0 if not ours, -EINVAL if its value is wrong. */
+static int set_option(struct cli *c, const char *name, const char *v)
+{
+    unsigned n;
+    int rc;
+    if (!strcmp(name, "cache-dir") || !strcmp(name, "cache_dir")) {
+        free(c->cache_dir);
+        c->cache_dir = strdup(v);
+    } else if (!strcmp(name, "sync")) {
+        if (strcmp(v, "local") && strcmp(v, "remote"))
+            return err_set(-EINVAL, "--sync: '%s' is neither local nor remote", v);
+        c->sync = v[0] == 'r' ? SYNC_REMOTE : SYNC_LOCAL;
+    } else if (!strcmp(name, "publish-on") || !strcmp(name, "publish_on")) {
+        c->publish_on = v;
+    } else if (!strcmp(name, "snapshot-interval") || !strcmp(name, "snapshot_interval")) {
+        if ((rc = parse_uint("--snapshot-interval", v, 1, 86400, &c->interval_s)) != 0)
+            return rc;
+    } else if (!strcmp(name, "compress")) {
+        if (!strcmp(v, "off"))
+            c->level = 0;
+        else if ((rc = parse_uint("--compress", v, 1, 19, &n)) != 0)
+            return rc;
+        else
+            c->level = (int)n;
+    } else if (!strcmp(name, "encrypt-key") || !strcmp(name, "encrypt_key")) {
+        c->key_file = v;
+    } else {
+        return store_options_set(&c->store, name, v);
+    }
+    return 1;
+}
+
+/* mount(8) options that mean nothing here, or that the kernel already applied. */
+static int ignorable(const char *o)
+{
+    static const char *const words[] = { "rw",       "defaults", "auto",   "noauto",
+                                         "nofail",   "_netdev",  "user",   "users",
+                                         "nouser",   "dev",      "nodev",  "suid",
+                                         "nosuid",   "exec",     "noexec", "default_permissions",
+                                         "relatime", "async" };
+    for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+        if (!strcmp(o, words[i]))
+            return 1;
+    return !strncmp(o, "x-", 2) || !strncmp(o, "comment=", 8);
+}
+
+static int parse_o(struct cli *c, const char *list)
+{
+    char *save = NULL;
+    free(c->o_copy);
+    c->o_copy = strdup(list);
+    for (char *o = strtok_r(c->o_copy, ",", &save); o; o = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(o, '=');
+        if (eq)
+            *eq = '\0';
+        int rc = 0;
+        if (!strcmp(o, "allow_other"))
+            c->allow_other = 1;
+        else if (!strcmp(o, "force"))
+            c->force = 1;
+        else if (!strcmp(o, "ro"))
+            return err_set(-EINVAL, "-o ro: read-only mounts are not available yet");
+        else if (eq)
+            rc = set_option(c, o, eq + 1);
+        if (rc < 0)
+            return rc;
+        if (rc == 0 && !eq && !ignorable(o) && strcmp(o, "allow_other") && strcmp(o, "force"))
+            return err_set(-EINVAL, "-o %s: unknown option", o);
+        if (rc == 0 && eq)
+            return err_set(-EINVAL, "-o %s: unknown option", o);
+    }
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, struct cli *c)
+{
+    static const struct option own[] = {
+        { "foreground", no_argument, NULL, 'f' },
+        { "force", no_argument, NULL, 'F' },
+        { "allow-other", no_argument, NULL, 'A' },
+        { "help", no_argument, NULL, 'h' },
+        { "version", no_argument, NULL, 'V' },
+        { "cache-dir", required_argument, NULL, 'x' },
+        { "sync", required_argument, NULL, 'x' },
+        { "publish-on", required_argument, NULL, 'x' },
+        { "snapshot-interval", required_argument, NULL, 'x' },
+        { "compress", required_argument, NULL, 'x' },
+        { "encrypt-key", required_argument, NULL, 'x' },
+    };
+    struct option all[sizeof own / sizeof own[0] + 16];
+    size_t n = 0;
+    for (; n < sizeof own / sizeof own[0]; n++)
+        all[n] = own[n];
+    for (const struct option *o = store_long_options; o->name; o++)
+        all[n++] = *o;
+    all[n] = (struct option){ 0 };
+    int ch, idx, rc = 0;
+    while (rc >= 0 && (ch = getopt_long(argc, argv, "fo:h", all, &idx)) != -1) {
+        if (ch == 'f')
+            c->foreground = 1;
+        else if (ch == 'F')
+            c->force = 1;
+        else if (ch == 'A')
+            c->allow_other = 1;
+        else if (ch == 'o')
+            rc = parse_o(c, optarg);
+        else if (ch == 'x' || ch >= STORE_OPT_BASE)
+            rc = set_option(c, all[idx].name, optarg);
+        else if (ch == 'h' || ch == 'V')
+            return ch;
+        else
+            return err_set(-EINVAL, "bad usage");
+    }
+    if (rc < 0)
+        return rc;
+    if (argc - optind != 2)
+        return err_set(-EINVAL, "expected URL and MOUNTPOINT");
+    c->url = argv[optind];
+    c->mountpoint = argv[optind + 1];
+    return 0;
+}
+
+/* ---- checks before anything else ---- */
+
+static int check_mountpoint(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st))
+        return err_set(-ENOENT, "mount point %s: %s", path, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return err_set(-ENOTDIR, "mount point %s is not a directory", path);
+    DIR *d = opendir(path);
+    struct dirent *de;
+    int entries = 0;
+    while (d && (de = readdir(d)) != NULL)
+        entries += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+    if (d)
+        closedir(d);
+    if (!d)
+        return err_set(-EACCES, "mount point %s: %s", path, strerror(errno));
+    return entries ? err_set(-ENOTEMPTY, "mount point %s is not empty", path) : 0;
+}
+
+static char *default_cache_dir(const char *url)
+{
+    unsigned char md[32];
+    char hex[65], *dir = NULL;
+    unsigned int n;
+    EVP_Digest(url, strlen(url), md, &n, EVP_sha256(), NULL);
+    hex_encode(md, 8, hex);
+    return asprintf(&dir, "/var/cache/ckptfs/%s", hex) < 0 ? NULL : dir;
+}
+
+static int open_codec(struct cli *c, struct fs *fs)
+{
+    uint8_t key[CODEC_KEY_LEN];
+    int rc = c->key_file ? codec_load_key(c->key_file, key) : 0;
+    struct codec_options o = { .level = c->level, .key = c->key_file ? key : NULL };
+    if (rc == 0)
+        rc = codec_new(&o, &fs->codec);
+    fs->codec_keyed = c->key_file != NULL;
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
+}
+
+/* ---- the owner heartbeat ---- */
+
+struct heartbeat {
+    struct fs *fs;
+    const struct owner_claim *claim;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t stop_cond;
+    int stop;
+};
+
+static void *beat(void *arg)
+{
+    struct heartbeat *h = arg;
+    pthread_mutex_lock(&h->lock);
+    while (!h->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += OWNER_LEASE / 3;
+        pthread_cond_timedwait(&h->stop_cond, &h->lock, &until);
+        if (h->stop)
+            break;
+        pthread_mutex_unlock(&h->lock);
+        int rc = owner_heartbeat(h->fs->store, h->claim);
+        if (rc)
+            log_error("owner heartbeat: %s", err_msg(rc));
+        pthread_mutex_lock(&h->lock);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+static void heartbeat_stop(struct heartbeat *h)
+{
+    pthread_mutex_lock(&h->lock);
+    h->stop = 1;
+    pthread_cond_signal(&h->stop_cond);
+    pthread_mutex_unlock(&h->lock);
+    pthread_join(h->thread, NULL);
+}
+
+/* ---- the session ---- */
+
+static struct fuse_session *mount_session(struct cli *c, struct fs *fs)
+{
+    char opts[4096];
+    snprintf(opts, sizeof opts, "fsname=%s,subtype=ckptfs,default_permissions%s", c->url,
+             c->allow_other ? ",allow_other" : "");
+    char *argv[] = { "ckptfs", "-o", opts, NULL };
+    struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+    struct fuse_session *se = fuse_session_new(&args, &ckptfs_ops, sizeof ckptfs_ops, fs);
+    if (!se)
+        return NULL;
+    if (fuse_set_signal_handlers(se) || fuse_session_mount(se, c->mountpoint)) {
+        fuse_remove_signal_handlers(se);
+        fuse_session_destroy(se);
+        return NULL;
+    }
+    return se;
+}
+
+/* After daemonizing, the log goes to the cache directory. */
+static void log_to_cache(const struct fs *fs)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/ckptfs.log", fs->cache_dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+    }
+}
+
+static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_session *se)
+{
+    struct control *ctl = NULL;
+    struct heartbeat hb = { .fs = fs,
+                            .claim = &b->claim,
+                            .lock = PTHREAD_MUTEX_INITIALIZER,
+                            .stop_cond = PTHREAD_COND_INITIALIZER };
+    b->pub.interval_ms = c->interval_s * 1000;
+    int rc = pool_new(UPLOAD_THREADS, 2 * UPLOAD_THREADS, &fs->uploads);
+    if (rc == 0)
+        rc = publisher_start(fs, &b->pub, &fs->pub);
+    if (rc == 0)
+        rc = control_start(fs, &ctl);
+    if (rc == 0 && pthread_create(&hb.thread, NULL, beat, &hb))
+        rc = err_set(-EAGAIN, "cannot start the heartbeat thread");
+    if (rc == 0) {
+        struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_max_threads(cfg, 16);
+        fuse_session_loop_mt(se, cfg);
+        fuse_loop_cfg_destroy(cfg);
+        fuse_session_unmount(se);
+        heartbeat_stop(&hb);
+    }
+    control_stop(ctl);
+    /* Unmounted: everything left goes to the bucket before the daemon exits. */
+    int final = publisher_stop(fs->pub);
+    pool_free(fs->uploads);
+    if (rc == 0 && final == 0) {
+        db_meta_set_int(fs->db, "clean", 1);
+        owner_release(fs->store, &b->claim);
+    }
+    if (final)
+        log_error("the last snapshot could not be published: %s; the cache in %s keeps the "
+                  "changes for the next mount",
+                  err_msg(final), fs->cache_dir);
+    return rc ? rc : final;
+}
+
+static int run(struct cli *c)
+{
+    struct fs fs = { .url = (char *)c->url,
+                     .cache_dir = c->cache_dir,
+                     .sync = c->sync,
+                     .publish_on = c->publish_on };
+    struct bootstrap b = { .force = c->force };
+    int rc = check_mountpoint(c->mountpoint);
+    if (rc == 0)
+        rc = store_open(c->url, &c->store, &fs.store);
+    if (rc == 0)
+        rc = open_codec(c, &fs);
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    /* A freeze must not wait behind an endless stream of writers. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&fs.freeze, &attr);
+    pthread_mutex_init(&fs.inodes_lock, NULL);
+    fs.inodes = hmap_new();
+    if (rc == 0)
+        rc = bootstrap_open(&fs, &b);
+    if (rc)
+        return fail("%s", err_msg(rc));
+    struct fuse_session *se = mount_session(c, &fs);
+    if (!se) {
+        owner_release(fs.store, &b.claim);
+        bootstrap_close(&fs);
+        return fail("cannot mount %s on %s (see the message above)", c->url, c->mountpoint);
+    }
+    fuse_daemonize(c->foreground);
+    if (!c->foreground)
+        log_to_cache(&fs);
+    rc = serve(c, &fs, &b, se);
+    fuse_remove_signal_handlers(se);
+    fuse_session_destroy(se);
+    bootstrap_close(&fs);
+    codec_free(fs.codec);
+    store_close(fs.store);
+    hmap_free(fs.inodes);
+    return rc ? fail("%s", err_msg(rc)) : 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct cli c = { .interval_s = 5, .level = 1 };
+    log_init("ckptfs", LOG_WARN);
+    signal(SIGPIPE, SIG_IGN);
+    int rc = parse_args(argc, argv, &c);
+    if (rc == 'h')
+        return printf(usage_text, store_options_usage), 0;
+    if (rc == 'V')
+        return puts("ckptfs " CKPT_VERSION), 0;
+    if (rc < 0) {
+        fail("%s", err_msg(rc));
+        fprintf(stderr, "Try 'ckptfs --help'.\n");
+        return 2;
+    }
+    if (!c.cache_dir && !(c.cache_dir = default_cache_dir(c.url)))
+        return fail("out of memory");
+    rc = run(&c);
+    free(c.cache_dir);
+    free(c.o_copy);
+    return rc;
+}

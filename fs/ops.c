@@ -1,0 +1,800 @@
+/*
+ * The FUSE operations: each turns a kernel request into namespace and block
+ * calls and replies. Permission checks are the kernel's (default_permissions);
+ * what remains here is the file system's own semantics.
+ *
+ * Every operation that changes the tree or a file's bytes holds fs->freeze
+ * shared, so a snapshot freeze (exclusive) sees no change half done.
+ */
+#define FUSE_USE_VERSION 314
+#include <fuse_lowlevel.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+
+#include "fs/control.h"
+#include "fs/fs.h"
+#include "fs/publisher.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#define TIMEOUT    60.0 /* one writer: the kernel's caches can only be stale by our own changes */
+#define CTL_XATTR  "user.ckptfs.control"
+#define CTL_PREFIX "user.ckptfs."
+#define DAY_NS     (86400LL * 1000000000LL)
+
+static struct fs *fs_of(fuse_req_t req)
+{
+    return fuse_req_userdata(req);
+}
+
+/* A negative errno as FUSE wants it, logging what is not a plain POSIX outcome. */
+static void reply_err(fuse_req_t req, int rc)
+{
+    if (rc == -EIO || rc == -ENOMEM || rc == -ENOSPC || rc == -EBADMSG || rc == -EAGAIN ||
+        rc == -EACCES)
+        log_error("%s", err_msg(rc));
+    /* A store error the kernel would misread (EACCES is a permission, EAGAIN a retry): EIO. */
+    if (rc == -EAGAIN || rc == -EACCES || rc == -EBADMSG || rc == -ENXIO)
+        rc = -EIO;
+    fuse_reply_err(req, -rc);
+}
+
+static void to_stat(struct fs *fs, const struct ns_attr *a, struct stat *st)
+{
+    memset(st, 0, sizeof *st);
+    st->st_ino = a->ino;
+    st->st_mode = a->mode;
+    st->st_nlink = a->nlink;
+    st->st_uid = a->uid;
+    st->st_gid = a->gid;
+    st->st_rdev = a->rdev;
+    st->st_size = (off_t)a->size;
+    st->st_blksize = 4096;
+    st->st_blocks = (blkcnt_t)((blocks_allocated(fs->blocks, a->ino, a->size) + 511) / 512);
+    st->st_atim = a->atime;
+    st->st_mtim = a->mtime;
+    st->st_ctim = a->ctime;
+}
+
+/* Replies with an entry the kernel keeps a reference to (counted first). */
+static void reply_entry(fuse_req_t req, const struct ns_attr *a)
+{
+    struct fs *fs = fs_of(req);
+    struct fuse_entry_param e = { .ino = a->ino,
+                                  .attr_timeout = TIMEOUT,
+                                  .entry_timeout = TIMEOUT };
+    int rc = inode_ref(fs, a->ino, 1);
+    if (rc)
+        return reply_err(req, rc);
+    to_stat(fs, a, &e.attr);
+    if (fuse_reply_entry(req, &e))
+        inode_forget(fs, a->ino, 1);
+}
+
+static struct timespec now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts;
+}
+
+static int64_t nsec(struct timespec ts)
+{
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- publishing on demand ---- */
+
+static int publish_wanted(struct fs *fs, const char *name)
+{
+    return fs->publish_on && name && fnmatch(fs->publish_on, name, 0) == 0;
+}
+
+/* Names of ino to match --publish-on against, for fsync (which names no file). */
+struct name_match {
+    struct fs *fs;
+    int hit;
+};
+
+static int match_name(void *arg, const char *name)
+{
+    struct name_match *m = arg;
+    m->hit |= publish_wanted(m->fs, name);
+    return m->hit;
+}
+
+/* FUSE passes names up to 1024 bytes; POSIX file systems take 255. */
+static int name_ok(const char *name)
+{
+    return strlen(name) > NAME_MAX ? -ENAMETOOLONG : 0;
+}
+
+/* ---- lookup and attributes ---- */
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct ns_attr a;
+    int rc = name_ok(name);
+    if (rc == 0)
+        rc = ns_lookup(fs_of(req)->ns, parent, name, &a);
+    if (rc == -ENOENT) { /* cached as absent: nothing but us changes this tree */
+        struct fuse_entry_param e = { .ino = 0, .entry_timeout = TIMEOUT };
+        fuse_reply_entry(req, &e);
+        return;
+    }
+    if (rc == 0)
+        rc = inode_attr(fs_of(req), a.ino, &a);
+    if (rc)
+        return reply_err(req, rc);
+    reply_entry(req, &a);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n)
+{
+    inode_forget(fs_of(req), ino, n);
+    fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *v)
+{
+    for (size_t i = 0; i < count; i++)
+        inode_forget(fs_of(req), v[i].ino, v[i].nlookup);
+    fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)fi;
+    struct fs *fs = fs_of(req);
+    struct ns_attr a;
+    struct stat st;
+    int rc = inode_attr(fs, ino, &a);
+    if (rc)
+        return reply_err(req, rc);
+    to_stat(fs, &a, &st);
+    fuse_reply_attr(req, &st, TIMEOUT);
+}
+
+/* The kernel's setattr flags as namespace fields. */
+static unsigned setattr_mask(int to_set, const struct stat *st, struct ns_attr *a)
+{
+    unsigned mask = 0;
+    struct timespec t = now();
+    a->mode = st->st_mode, a->uid = st->st_uid, a->gid = st->st_gid;
+    a->atime = to_set & FUSE_SET_ATTR_ATIME_NOW ? t : st->st_atim;
+    a->mtime = to_set & FUSE_SET_ATTR_MTIME_NOW ? t : st->st_mtim;
+    a->ctime = st->st_ctim;
+    mask |= to_set & FUSE_SET_ATTR_MODE ? NS_SET_MODE : 0;
+    mask |= to_set & FUSE_SET_ATTR_UID ? NS_SET_UID : 0;
+    mask |= to_set & FUSE_SET_ATTR_GID ? NS_SET_GID : 0;
+    mask |= to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW) ? NS_SET_ATIME : 0;
+    mask |= to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW) ? NS_SET_MTIME : 0;
+    mask |= to_set & FUSE_SET_ATTR_CTIME ? NS_SET_CTIME : 0;
+    return mask;
+}
+
+/* Truncation: bytes first, then the size, with the inode's cache flushed so
+ * the two agree. Caller holds fs->freeze shared. */
+static int set_size(struct fs *fs, uint64_t ino, uint64_t size, struct ns_attr *a, unsigned *mask)
+{
+    struct ns_attr cur;
+    int rc = inode_attr(fs, ino, &cur);
+    if (rc == 0 && !S_ISREG(cur.mode))
+        rc = S_ISDIR(cur.mode) ? -EISDIR : -EINVAL;
+    struct inode *in = rc ? NULL : inode_get(fs, ino);
+    if (in)
+        rc = inode_flush(fs, in);
+    if (rc == 0)
+        rc = blocks_truncate(fs->blocks, ino, cur.size, size);
+    a->size = size;
+    *mask |= NS_SET_SIZE;
+    /* FUSE leaves a truncation's times to the file system; ext4 moves both, always. */
+    if (!(*mask & NS_SET_MTIME)) {
+        a->mtime = now();
+        *mask |= NS_SET_MTIME;
+    }
+    return rc;
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_set,
+                       struct fuse_file_info *fi)
+{
+    (void)fi;
+    struct fs *fs = fs_of(req);
+    struct ns_attr a = { 0 }, out;
+    unsigned mask = setattr_mask(to_set, st, &a);
+    pthread_rwlock_rdlock(&fs->freeze);
+    int rc = 0;
+    if (to_set & FUSE_SET_ATTR_SIZE)
+        rc = set_size(fs, ino, (uint64_t)st->st_size, &a, &mask);
+    struct inode *in = rc ? NULL : inode_get(fs, ino);
+    if (in) /* cached size and times are older than what is set now */
+        rc = inode_flush(fs, in);
+    if (rc == 0)
+        rc = ns_setattr(fs->ns, ino, &a, mask, &out);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    if (rc)
+        return reply_err(req, rc);
+    struct stat res;
+    to_stat(fs, &out, &res);
+    fuse_reply_attr(req, &res, TIMEOUT);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+    struct buf b = { 0 };
+    int rc = ns_readlink(fs_of(req)->ns, ino, &b);
+    if (rc == 0)
+        rc = buf_append(&b, "", 1);
+    if (rc)
+        reply_err(req, rc);
+    else
+        fuse_reply_readlink(req, (char *)b.data);
+    buf_free(&b);
+}
+
+/* ---- creating and removing ---- */
+
+static int make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev,
+                const char *target, struct ns_attr *a)
+{
+    struct fs *fs = fs_of(req);
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
+    int rc = name_ok(name);
+    if (rc)
+        return rc;
+    pthread_rwlock_rdlock(&fs->freeze);
+    rc = ns_create(fs->ns, parent, name, mode, rdev, ctx->uid, ctx->gid, target, a);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    return rc;
+}
+
+static void reply_made(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev,
+                       const char *target)
+{
+    struct ns_attr a;
+    int rc = make(req, parent, name, mode, rdev, target, &a);
+    if (rc)
+        return reply_err(req, rc);
+    reply_entry(req, &a);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+    reply_made(req, parent, name, mode, rdev, NULL);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+    reply_made(req, parent, name, S_IFDIR | (mode & 07777), 0, NULL);
+}
+
+static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, const char *name)
+{
+    reply_made(req, parent, name, S_IFLNK | 0777, 0, target);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                      struct fuse_file_info *fi)
+{
+    struct fs *fs = fs_of(req);
+    struct ns_attr a;
+    int rc = make(req, parent, name, S_IFREG | (mode & 07777), 0, NULL, &a);
+    if (rc == 0)
+        rc = inode_ref(fs, a.ino, 1);
+    if (rc == 0 && (rc = inode_open(fs, a.ino)) != 0)
+        inode_forget(fs, a.ino, 1);
+    if (rc)
+        return reply_err(req, rc);
+    struct fuse_entry_param e = { .ino = a.ino, .attr_timeout = TIMEOUT, .entry_timeout = TIMEOUT };
+    to_stat(fs, &a, &e.attr);
+    fi->keep_cache = 1;
+    if (fuse_reply_create(req, &e, fi)) {
+        inode_release(fs, a.ino);
+        inode_forget(fs, a.ino, 1);
+    }
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
+{
+    struct fs *fs = fs_of(req);
+    struct ns_attr a;
+    struct inode *in = inode_get(fs, ino);
+    int rc = name_ok(name);
+    pthread_rwlock_rdlock(&fs->freeze);
+    if (rc == 0 && in)
+        rc = inode_flush(fs, in);
+    if (rc == 0)
+        rc = ns_link(fs->ns, ino, parent, name, &a);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    if (rc)
+        return reply_err(req, rc);
+    reply_entry(req, &a);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct fs *fs = fs_of(req);
+    uint64_t ino = 0;
+    uint32_t nlink = 1;
+    pthread_rwlock_rdlock(&fs->freeze);
+    int rc = ns_unlink(fs->ns, parent, name, &ino, &nlink);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    if (rc == 0 && nlink == 0)
+        inode_delete_if_unused(fs, ino);
+    fuse_reply_err(req, -rc);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+    struct fs *fs = fs_of(req);
+    uint64_t ino = 0;
+    pthread_rwlock_rdlock(&fs->freeze);
+    int rc = ns_rmdir(fs->ns, parent, name, &ino);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    if (rc == 0)
+        inode_delete_if_unused(fs, ino);
+    fuse_reply_err(req, -rc);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                      const char *newname, unsigned int flags)
+{
+    struct fs *fs = fs_of(req);
+    uint64_t victim = 0;
+    uint32_t nlink = 1;
+    int rc = name_ok(newname);
+    pthread_rwlock_rdlock(&fs->freeze);
+    if (rc == 0)
+        rc = ns_rename(fs->ns, parent, name, newparent, newname, flags, &victim, &nlink);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    if (rc == 0 && victim && nlink == 0)
+        inode_delete_if_unused(fs, victim);
+    /* The engine's commit: it returns once the snapshot holding it is in the bucket. */
+    if (rc == 0 && publish_wanted(fs, newname))
+        rc = publisher_sync(fs->pub);
+    if (rc)
+        return reply_err(req, rc);
+    fuse_reply_err(req, 0);
+}
+
+/* ---- file data ---- */
+
+/* With atomic O_TRUNC (libfuse's default) the kernel leaves truncation to open. */
+static int truncate_on_open(struct fs *fs, uint64_t ino)
+{
+    struct ns_attr a = { 0 }, out;
+    unsigned mask = 0;
+    pthread_rwlock_rdlock(&fs->freeze);
+    int rc = set_size(fs, ino, 0, &a, &mask);
+    if (rc == 0)
+        rc = ns_setattr(fs->ns, ino, &a, mask, &out);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    return rc;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    int rc = inode_open(fs_of(req), ino);
+    if (rc == 0 && (fi->flags & O_TRUNC) && (rc = truncate_on_open(fs_of(req), ino)) != 0)
+        inode_release(fs_of(req), ino);
+    if (rc)
+        return reply_err(req, rc);
+    /* Nothing but this mount writes the file: what the kernel cached stays true. */
+    fi->keep_cache = 1;
+    if (fuse_reply_open(req, fi))
+        inode_release(fs_of(req), ino);
+}
+
+/* relatime, as ext4 mounts by default: atime moves on a read if it is not
+ * newer than mtime or ctime, or is a day old. */
+static void touch_atime(struct fs *fs, const struct ns_attr *a)
+{
+    struct timespec t = now();
+    if (nsec(a->atime) > nsec(a->mtime) && nsec(a->atime) > nsec(a->ctime) &&
+        nsec(t) - nsec(a->atime) < DAY_NS)
+        return;
+    struct ns_attr set = { .atime = t }, out;
+    if (ns_setattr(fs->ns, a->ino, &set, NS_SET_ATIME, &out) == 0)
+        fs_changed(fs);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+    (void)fi;
+    struct fs *fs = fs_of(req);
+    struct ns_attr a;
+    int rc = inode_attr(fs, ino, &a);
+    char *buf = rc ? NULL : malloc(size ? size : 1);
+    ssize_t n = rc     ? rc
+                : !buf ? -ENOMEM
+                       : blocks_read(fs->blocks, ino, a.size, (uint64_t)off, size, buf);
+    if (n < 0)
+        reply_err(req, (int)n);
+    else
+        fuse_reply_buf(req, buf, (size_t)n);
+    free(buf);
+    if (n >= 0)
+        touch_atime(fs, &a);
+}
+
+/* Whether a write by the requester must clear setuid and setgid, as the
+ * kernel decides for ext4: a writer without CAP_FSETID (taken here as
+ * anyone but root) loses setuid, and setgid when the file is group-executable
+ * or the writer is not in its group. */
+static unsigned privs_to_kill(fuse_req_t req, const struct ns_attr *a)
+{
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
+    if (ctx->uid == 0 || !(a->mode & (S_ISUID | S_ISGID)))
+        return 0;
+    unsigned kill = a->mode & S_ISUID;
+    if (a->mode & S_ISGID) {
+        gid_t groups[64];
+        int n = ctx->gid == a->gid ? 0 : fuse_req_getgroups(req, 64, groups);
+        int member = ctx->gid == a->gid;
+        for (int i = 0; i < n && i < 64; i++)
+            member |= groups[i] == a->gid;
+        if ((a->mode & S_IXGRP) || !member)
+            kill |= S_ISGID;
+    }
+    return kill;
+}
+
+static void kill_privs(fuse_req_t req, struct fs *fs, uint64_t ino)
+{
+    struct ns_attr a, out;
+    if (ns_getattr(fs->ns, ino, &a) != 0)
+        return;
+    unsigned kill = privs_to_kill(req, &a);
+    if (!kill)
+        return;
+    a.mode &= ~kill;
+    ns_setattr(fs->ns, ino, &a, NS_SET_MODE, &out);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+    (void)fi;
+    struct fs *fs = fs_of(req);
+    struct inode *in = inode_get(fs, ino);
+    struct ns_attr a;
+    if (!in)
+        return reply_err(req, -EBADF);
+    pthread_rwlock_rdlock(&fs->freeze);
+    pthread_mutex_lock(&in->lock);
+    int rc = in->dirty ? 0 : ns_getattr(fs->ns, ino, &a);
+    uint64_t size_before = in->dirty ? in->size : a.size;
+    if (rc == 0)
+        rc = blocks_write(fs->blocks, ino, size_before, (uint64_t)off, data, size);
+    if (rc == 0) {
+        uint64_t end = (uint64_t)off + size;
+        in->size = end > size_before ? end : size_before;
+        in->mtime = in->ctime = now();
+        in->dirty = 1;
+    }
+    pthread_mutex_unlock(&in->lock);
+    if (rc == 0)
+        kill_privs(req, fs, ino);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    if (rc)
+        return reply_err(req, rc);
+    fuse_reply_write(req, size);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)ino;
+    (void)fi;
+    fuse_reply_err(req, 0);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)fi;
+    inode_release(fs_of(req), ino);
+    fuse_reply_err(req, 0);
+}
+
+/* fsync: durable locally (the contract); remote too with --sync=remote, or
+ * when the file's name matches --publish-on. */
+static int sync_file(struct fs *fs, uint64_t ino, int datasync)
+{
+    struct inode *in = inode_get(fs, ino);
+    int rc = in && !datasync ? inode_flush(fs, in) : in ? inode_flush(fs, in) : 0;
+    if (rc == 0)
+        rc = blocks_fsync(fs->blocks, ino);
+    if (rc == 0)
+        rc = db_sync(fs->db);
+    struct name_match m = { fs, 0 };
+    if (rc == 0 && fs->publish_on)
+        ns_names_of(fs->ns, ino, match_name, &m);
+    if (rc == 0 && (fs->sync == SYNC_REMOTE || m.hit))
+        rc = publisher_sync(fs->pub);
+    return rc;
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    (void)fi;
+    int rc = sync_file(fs_of(req), ino, datasync);
+    if (rc)
+        return reply_err(req, rc);
+    fuse_reply_err(req, 0);
+}
+
+static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+    op_fsync(req, ino, datasync, fi);
+}
+
+static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                         struct fuse_file_info *fi)
+{
+    (void)fi;
+    struct fs *fs = fs_of(req);
+    struct inode *in = inode_get(fs, ino);
+    if (mode != 0)
+        return reply_err(req, -EOPNOTSUPP);
+    if (!in)
+        return reply_err(req, -EBADF);
+    /* Mode 0 promises the space and, past the end, a larger file of zeros:
+     * a hole here, as the bucket has room. */
+    pthread_rwlock_rdlock(&fs->freeze);
+    pthread_mutex_lock(&in->lock);
+    struct ns_attr a;
+    int rc = in->dirty ? 0 : ns_getattr(fs->ns, ino, &a);
+    uint64_t size = in->dirty ? in->size : a.size, end = (uint64_t)off + (uint64_t)len;
+    if (rc == 0 && end > size) {
+        in->size = end;
+        in->ctime = now();
+        if (!in->dirty)
+            in->mtime = a.mtime;
+        in->dirty = 1;
+    }
+    pthread_mutex_unlock(&in->lock);
+    pthread_rwlock_unlock(&fs->freeze);
+    fs_changed(fs);
+    fuse_reply_err(req, -rc);
+}
+
+/* ---- directories ---- */
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)ino;
+    fi->cache_readdir = 0;
+    fuse_reply_open(req, fi);
+}
+
+struct dirbuf {
+    fuse_req_t req;
+    struct fs *fs;
+    char *buf;
+    size_t size, used;
+    int plus;
+};
+
+static int add_entry(void *arg, const char *name, const struct ns_attr *row, uint64_t next_off)
+{
+    struct dirbuf *d = arg;
+    struct ns_attr attr = *row, *a = &attr;
+    inode_overlay(d->fs, a);
+    size_t left = d->size - d->used, n;
+    int dot = name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]));
+    if (d->plus) {
+        struct fuse_entry_param e = { .ino = a->ino,
+                                      .attr_timeout = TIMEOUT,
+                                      .entry_timeout = TIMEOUT };
+        to_stat(d->fs, a, &e.attr);
+        n = fuse_add_direntry_plus(d->req, d->buf + d->used, left, name, &e, (off_t)next_off);
+        if (n <= left && !dot && inode_ref(d->fs, a->ino, 1))
+            return 1;
+    } else {
+        struct stat st = { .st_ino = a->ino, .st_mode = a->mode };
+        n = fuse_add_direntry(d->req, d->buf + d->used, left, name, &st, (off_t)next_off);
+    }
+    if (n > left)
+        return 1;
+    d->used += n;
+    return 0;
+}
+
+static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, int plus)
+{
+    struct dirbuf d = { req, fs_of(req), malloc(size), size, 0, plus };
+    /* No entry takes less than 24 bytes of the reply: a bound on how many fit. */
+    size_t max = size / 24 + 2;
+    int rc = d.buf ? ns_readdir(d.fs->ns, ino, (uint64_t)off, max, add_entry, &d) : -ENOMEM;
+    if (rc)
+        reply_err(req, rc);
+    else
+        fuse_reply_buf(req, d.buf, d.used);
+    free(d.buf);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+    (void)fi;
+    readdir_any(req, ino, size, off, 0);
+}
+
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+    (void)fi;
+    readdir_any(req, ino, size, off, 1);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    (void)ino;
+    (void)fi;
+    fuse_reply_err(req, 0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+    (void)ino;
+    uint64_t inodes = 0, bytes = 0;
+    int rc = ns_usage(fs_of(req)->ns, &inodes, &bytes);
+    if (rc)
+        return reply_err(req, rc);
+    /* A bucket has no fixed size: report a petabyte, less what is used. */
+    const uint64_t bsize = 4096, total = (1ull << 50) / bsize, files = 1ull << 32;
+    uint64_t used = (bytes + bsize - 1) / bsize;
+    struct statvfs st = { .f_bsize = bsize,
+                          .f_frsize = bsize,
+                          .f_blocks = total,
+                          .f_bfree = total - used,
+                          .f_bavail = total - used,
+                          .f_files = files,
+                          .f_ffree = files - inodes,
+                          .f_favail = files - inodes,
+                          .f_namemax = 255 };
+    fuse_reply_statfs(req, &st);
+}
+
+/* ---- extended attributes ---- */
+
+/* ACLs would need enforcing, which this file system does not do: refuse
+ * them rather than store a promise it would not keep. */
+static int xattr_allowed(const char *name)
+{
+    if (strncmp(name, "system.", 7) == 0)
+        return -EOPNOTSUPP;
+    return strncmp(name, CTL_PREFIX, strlen(CTL_PREFIX)) == 0 ? -EPERM : 0;
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                        size_t size, int flags)
+{
+    struct fs *fs = fs_of(req);
+    int rc = xattr_allowed(name);
+    int nsflags = (flags & XATTR_CREATE ? NS_XATTR_CREATE : 0) |
+                  (flags & XATTR_REPLACE ? NS_XATTR_REPLACE : 0);
+    if (rc == 0) {
+        pthread_rwlock_rdlock(&fs->freeze);
+        rc = ns_setxattr(fs->ns, ino, name, value, size, nsflags);
+        pthread_rwlock_unlock(&fs->freeze);
+        fs_changed(fs);
+    }
+    fuse_reply_err(req, -rc);
+}
+
+/* getxattr and listxattr share the size protocol: 0 asks for the length. */
+static void reply_xattr(fuse_req_t req, int rc, const struct buf *b, size_t size)
+{
+    if (rc)
+        reply_err(req, rc);
+    else if (size == 0)
+        fuse_reply_xattr(req, b->len);
+    else if (size < b->len)
+        fuse_reply_err(req, ERANGE);
+    else
+        fuse_reply_buf(req, (const char *)b->data, b->len);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+    struct fs *fs = fs_of(req);
+    struct buf b = { 0 };
+    int rc;
+    if (ino == NS_ROOT && strcmp(name, CTL_XATTR) == 0) /* where ckptctl finds us */
+        rc = buf_printf(&b, "%s", control_socket_path(fs));
+    else
+        rc = xattr_allowed(name) == -EOPNOTSUPP ? -ENODATA : ns_getxattr(fs->ns, ino, name, &b);
+    reply_xattr(req, rc, &b, size);
+    buf_free(&b);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+    struct buf b = { 0 };
+    int rc = ns_listxattr(fs_of(req)->ns, ino, &b);
+    reply_xattr(req, rc, &b, size);
+    buf_free(&b);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+    struct fs *fs = fs_of(req);
+    int rc = xattr_allowed(name);
+    if (rc == 0) {
+        pthread_rwlock_rdlock(&fs->freeze);
+        rc = ns_removexattr(fs->ns, ino, name);
+        pthread_rwlock_unlock(&fs->freeze);
+        fs_changed(fs);
+    }
+    fuse_reply_err(req, -rc);
+}
+
+/* ---- session ---- */
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+    (void)userdata;
+    /* Large writes and many requests in flight: throughput of sequential I/O. */
+    conn->max_write = 1 << 20;
+    conn->max_readahead = 1 << 20;
+    conn->max_background = 64;
+    conn->congestion_threshold = 48;
+    if (conn->capable & FUSE_CAP_READDIRPLUS)
+        conn->want |= FUSE_CAP_READDIRPLUS;
+    /* Locks stay local to this machine (the kernel handles them), which is
+     * all a single writer needs. */
+    conn->want &= ~(unsigned)(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
+}
+
+const struct fuse_lowlevel_ops ckptfs_ops = {
+    .init = op_init,
+    .lookup = op_lookup,
+    .forget = op_forget,
+    .forget_multi = op_forget_multi,
+    .getattr = op_getattr,
+    .setattr = op_setattr,
+    .readlink = op_readlink,
+    .mknod = op_mknod,
+    .mkdir = op_mkdir,
+    .symlink = op_symlink,
+    .unlink = op_unlink,
+    .rmdir = op_rmdir,
+    .rename = op_rename,
+    .link = op_link,
+    .create = op_create,
+    .open = op_open,
+    .read = op_read,
+    .write = op_write,
+    .flush = op_flush,
+    .release = op_release,
+    .fsync = op_fsync,
+    .fallocate = op_fallocate,
+    .opendir = op_opendir,
+    .readdir = op_readdir,
+    .readdirplus = op_readdirplus,
+    .releasedir = op_releasedir,
+    .fsyncdir = op_fsyncdir,
+    .statfs = op_statfs,
+    .setxattr = op_setxattr,
+    .getxattr = op_getxattr,
+    .listxattr = op_listxattr,
+    .removexattr = op_removexattr,
+};

@@ -1,0 +1,63 @@
+/*
+ * Snapshots: the whole tree at one instant, as one object in the bucket,
+ * snapshots/EEEEEEEE-SSSSSSSSSSSS (epoch and sequence in hex, so listing
+ * order is publishing order). The encoding is drawn at the top of
+ * snapshot.c. A snapshot names chunks; it is published only after every
+ * chunk it names is in the bucket (DESIGN.md, "Bucket layout").
+ *
+ * Errors: negative errno with the thread's message; -EBADMSG for a snapshot
+ * that is damaged or breaks a rule of the format (never half-loaded).
+ */
+#ifndef CKPT_FS_SNAPSHOT_H
+#define CKPT_FS_SNAPSHOT_H
+
+#include <stdint.h>
+
+#include "cache/blocks.h"
+#include "cache/codec.h"
+#include "cache/remote.h"
+#include "cache/store.h"
+#include "fs/namespace.h"
+#include "util/buf.h"
+
+struct snapshot_id {
+    uint64_t epoch, seq;
+};
+
+#define SNAPSHOT_PREFIX  "snapshots/"
+#define SNAPSHOT_KEY_LEN 40
+
+/* "snapshots/EEEEEEEE-SSSSSSSSSSSS" and back (-EINVAL if not such a key). */
+void snapshot_key(struct snapshot_id id, char key[SNAPSHOT_KEY_LEN]);
+int snapshot_parse_key(const char *key, struct snapshot_id *id);
+
+/* The newest snapshot in the bucket; -ENOENT if there is none. */
+int snapshot_latest(struct store *s, struct snapshot_id *id);
+
+/* Encodes the tree as of the read transaction open on reader (namespace and
+ * block tables; dirty blocks by their sealed names). */
+int snapshot_encode(sqlite3 *reader, struct blocks *b, struct snapshot_id id, struct buf *out);
+
+/* Puts an encoded snapshot in the bucket, compressed and (with a key)
+ * encrypted by codec, created only if absent when if_absent is set. */
+int snapshot_publish(struct store *s, struct codec *c, struct snapshot_id id,
+                     const struct buf *plain, int if_absent);
+
+/* Fetches and decodes snapshot id into plain (checked against its name). */
+int snapshot_fetch(struct store *s, struct codec *c, struct snapshot_id id, struct buf *plain);
+
+/* What a loaded snapshot said about itself. */
+struct snapshot_info {
+    struct snapshot_id id;
+    int64_t created_ns;
+    uint32_t block_size;
+    uint64_t inodes, bytes;
+};
+
+/* Replaces the namespace and block tables with the snapshot's tree: files
+ * become REMOTE blocks, their chunks known to be in the bucket. Checks every
+ * record first; on error nothing is changed. */
+int snapshot_load(const struct buf *plain, struct db *db, struct ns *ns, struct blocks *b,
+                  struct remote *r, struct snapshot_info *info);
+
+#endif
