@@ -83,12 +83,15 @@ static int write_marker(struct fs *fs, int encrypted, size_t block_size)
     return rc;
 }
 
+/* A read-only mount needs the marker; a writable one writes it into an empty prefix. */
 static int check_marker(struct fs *fs, int encrypted, size_t *block_size)
 {
     struct buf b = { 0 };
     int rc = store_get(fs->store, MARKER_KEY, 0, STORE_TO_END, &b);
     if (rc == 0)
         rc = read_marker(fs, &b, encrypted, block_size);
+    else if (rc == -ENOENT && fs->read_only)
+        rc = err_set(-ENOENT, "%s holds no ckptfs data (no %s object)", fs->url, MARKER_KEY);
     else if (rc == -ENOENT)
         rc = write_marker(fs, encrypted, *block_size = BLOCKS_DEFAULT_SIZE);
     buf_free(&b);
@@ -114,10 +117,13 @@ static int make_dirs(const char *path)
     return 0;
 }
 
-/* Returns 1 for a new cache, 0 for one of ours, or an error. */
+/* Returns 1 for a new cache, 0 for one of ours, or an error. A cache serves
+ * one URL, in one role: a read-only mount's tables are a snapshot's copy, a
+ * writer's are the truth. */
 static int open_cache(struct fs *fs, char *mount_id, size_t n)
 {
-    char url[4096];
+    char url[4096], role[8];
+    const char *want = fs->read_only ? "ro" : "rw";
     int rc = make_dirs(fs->cache_dir);
     if (rc == 0 && asprintf(&fs->db_path, "%s/meta.db", fs->cache_dir) < 0)
         rc = -ENOMEM;
@@ -132,6 +138,12 @@ static int open_cache(struct fs *fs, char *mount_id, size_t n)
                        fs->cache_dir, url, fs->url);
     int fresh = rc == -ENOENT;
     if (rc && !fresh)
+        return rc;
+    if (!fresh && db_meta_get_text(fs->db, "role", role, sizeof role) == 0 && strcmp(role, want))
+        return err_set(-EINVAL,
+                       "cache directory %s belongs to a %s mount: give another --cache-dir",
+                       fs->cache_dir, strcmp(role, "ro") ? "writable" : "read-only");
+    if ((rc = db_meta_set_text(fs->db, "role", want)) != 0)
         return rc;
     if (db_meta_get_text(fs->db, "mount_id", mount_id, n) == -ENOENT) {
         uint8_t r[8] = { 0 };
@@ -227,7 +239,35 @@ static int remember(struct fs *fs, const struct bootstrap *b, int fresh)
     return rc ? rc : fresh ? 0 : clean != 1;
 }
 
-int bootstrap_open(struct fs *fs, struct bootstrap *b)
+/* A read-only mount shows the newest snapshot: loaded anew when the bucket has
+ * a newer one than the cache holds, and never a write to the bucket. */
+static int open_read_only(struct fs *fs, struct bootstrap *b)
+{
+    size_t block_size = 0;
+    char loaded[64] = "", want[64] = "";
+    struct snapshot_id latest;
+    int rc = check_marker(fs, fs->codec_keyed, &block_size);
+    int fresh = rc ? rc : open_cache(fs, b->claim.mount_id, sizeof b->claim.mount_id);
+    rc = fresh < 0 ? fresh : open_tables(fs, block_size);
+    int found = rc ? rc : snapshot_latest(fs->store, &latest);
+    if (found == 0) {
+        snprintf(want, sizeof want, "%08llx-%012llx", (unsigned long long)latest.epoch,
+                 (unsigned long long)latest.seq);
+        db_meta_get_text(fs->db, "loaded", loaded, sizeof loaded);
+    }
+    rc = found == -ENOENT ? 0 : found;
+    if (rc == 0 && found == 0 && strcmp(loaded, want) != 0)
+        rc = load_latest(fs, latest);
+    if (rc == 0 && found == 0)
+        rc = db_meta_set_text(fs->db, "loaded", want);
+    if (rc == 0)
+        rc = db_meta_set_text(fs->db, "url", fs->url);
+    if (rc)
+        bootstrap_close(fs);
+    return rc;
+}
+
+static int open_writable(struct fs *fs, struct bootstrap *b)
 {
     size_t block_size = 0;
     int rc = check_marker(fs, fs->codec_keyed, &block_size);
@@ -268,12 +308,19 @@ int bootstrap_open(struct fs *fs, struct bootstrap *b)
     return 0;
 }
 
+int bootstrap_open(struct fs *fs, struct bootstrap *b)
+{
+    return fs->read_only ? open_read_only(fs, b) : open_writable(fs, b);
+}
+
 void bootstrap_close(struct fs *fs)
 {
     blocks_close(fs->blocks);
     remote_close(fs->remote);
     ns_close(fs->ns);
     db_close(fs->db);
+    free(fs->db_path);
+    fs->db_path = NULL;
     fs->blocks = NULL;
     fs->remote = NULL;
     fs->ns = NULL;

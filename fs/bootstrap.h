@@ -11,6 +11,10 @@
  *   3. the cache directory is opened (or created), and must belong to URL;
  *   4. ownership is claimed (owner.h);
  *   5. a new cache starts from the newest snapshot in the bucket.
+ *
+ * A read-only mount does 1 (the marker must exist), 3, and 5 (the newest
+ * snapshot, loaded again if the cache holds an older one), and no more: it
+ * sends no write request of any kind.
  */
 #ifndef CKPT_FS_BOOTSTRAP_H
 #define CKPT_FS_BOOTSTRAP_H

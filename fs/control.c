@@ -34,32 +34,46 @@ static void snapshot_name(struct snapshot_id id, char *out, size_t n)
     snprintf(out, n, "%08llx-%012llx", (unsigned long long)id.epoch, (unsigned long long)id.seq);
 }
 
+static void set_int(json_t *o, const char *k, uint64_t v)
+{
+    json_object_set_new(o, k, json_integer((json_int_t)v));
+}
+
 static json_t *status_json(struct fs *fs)
 {
     struct publisher_status ps;
     struct blocks_stats bs;
     struct remote_stats rs;
     struct store_stats ss;
-    char last[32] = "";
+    char last[32];
     publisher_get_status(fs->pub, &ps);
     blocks_get_stats(fs->blocks, &bs);
     remote_get_stats(fs->remote, &rs);
     store_get_stats(fs->store, &ss);
-    if (ps.last_ns)
-        snapshot_name(ps.last, last, sizeof last);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-    return json_pack(
-        "{s:b, s:s, s:s, s:I, s:I, s:s?, s:f?, s:I, s:b, s:s, s:I, s:I, s:I, s:I, s:I}", "ok", 1,
-        "url", fs->url, "cache_dir", fs->cache_dir, "dirty_bytes", (json_int_t)bs.dirty_bytes,
-        "upload_queue", (json_int_t)bs.dirty_blocks, "last_snapshot", ps.last_ns ? last : NULL,
-        "last_snapshot_age", ps.last_ns ? json_real((double)(now_ns - ps.last_ns) / 1e9) : NULL,
-        "snapshots_published", (json_int_t)ps.published, "publishing", ps.publishing, "last_error",
-        ps.last_error, "bytes_uploaded", (json_int_t)rs.bytes_put, "chunks_uploaded",
-        (json_int_t)rs.chunks_put, "chunks_deduplicated", (json_int_t)rs.chunks_deduped,
-        "bytes_deduplicated", (json_int_t)rs.bytes_deduped, "store_retries",
-        (json_int_t)(ss.op[STORE_OP_PUT].retries + ss.op[STORE_OP_GET].retries));
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_true());
+    json_object_set_new(o, "url", json_string(fs->url));
+    json_object_set_new(o, "cache_dir", json_string(fs->cache_dir));
+    json_object_set_new(o, "read_only", json_boolean(fs->read_only));
+    set_int(o, "dirty_bytes", bs.dirty_bytes);
+    set_int(o, "upload_queue", bs.dirty_blocks);
+    snapshot_name(ps.last, last, sizeof last);
+    json_object_set_new(o, "last_snapshot", ps.last_ns ? json_string(last) : json_null());
+    json_object_set_new(o, "last_snapshot_age",
+                        ps.last_ns ? json_real((double)(now_ns - ps.last_ns) / 1e9) : json_null());
+    set_int(o, "snapshots_published", ps.published);
+    json_object_set_new(o, "publishing", json_boolean(ps.publishing));
+    json_object_set_new(o, "last_error", json_string(ps.last_error));
+    set_int(o, "bytes_uploaded", rs.bytes_put);
+    set_int(o, "chunks_uploaded", rs.chunks_put);
+    set_int(o, "chunks_deduplicated", rs.chunks_deduped);
+    set_int(o, "bytes_deduplicated", rs.bytes_deduped);
+    set_int(o, "bytes_fetched", rs.bytes_got);
+    set_int(o, "store_retries", ss.op[STORE_OP_PUT].retries + ss.op[STORE_OP_GET].retries);
+    return o;
 }
 
 static json_t *do_sync(struct fs *fs)

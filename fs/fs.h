@@ -51,6 +51,7 @@ struct fs {
     enum sync_mode sync;
     const char *publish_on; /* a glob matched against names, or NULL */
     int codec_keyed;        /* chunks are encrypted */
+    int read_only;          /* the newest snapshot, read-only: never a write to the bucket */
     unsigned caps;          /* STORE_CAP_* of the server */
 
     pthread_rwlock_t freeze;
@@ -76,6 +77,8 @@ int inode_attr(struct fs *fs, uint64_t ino, struct ns_attr *out);
 void inode_overlay(struct fs *fs, struct ns_attr *a);
 /* Writes an inode's cached size and times to meta.db. */
 int inode_flush(struct fs *fs, struct inode *in);
+/* Frees the table at exit (an unmount sends no forgets for what the kernel held). */
+void inode_table_free(struct fs *fs);
 /* Flushes every inode (before a snapshot freeze); caller holds fs->freeze exclusively. */
 int inode_flush_all(struct fs *fs);
 /* An unlinked inode nothing refers to any more: its rows and bytes go. */

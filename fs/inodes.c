@@ -158,6 +158,24 @@ int inode_attr(struct fs *fs, uint64_t ino, struct ns_attr *out)
     return rc;
 }
 
+static void free_inode(void *arg, uint64_t a, uint64_t b, void *v)
+{
+    (void)arg;
+    (void)a;
+    (void)b;
+    struct inode *in = v;
+    pthread_mutex_destroy(&in->lock);
+    free(in);
+}
+
+void inode_table_free(struct fs *fs)
+{
+    if (fs->inodes)
+        hmap_each(fs->inodes, free_inode, NULL);
+    hmap_free(fs->inodes);
+    fs->inodes = NULL;
+}
+
 struct flush_all {
     struct fs *fs;
     int rc;

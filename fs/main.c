@@ -47,13 +47,15 @@ static const char usage_text[] =
     "  --encrypt-key FILE          AES-256-GCM client-side encryption (32 bytes or 64 hex)\n"
     "  --force                     take over a bucket whose writer stopped heartbeating\n"
     "  --allow-other               let other users use the mount (as -o allow_other)\n"
+    "  --read-only                 the newest snapshot, read-only (as -o ro); sends no write\n"
+    "                              request of any kind to the bucket\n"
     "%s"
     "  -h, --help  --version\n";
 
 struct cli {
     const char *url, *mountpoint;
     char *cache_dir;
-    int foreground, force, allow_other;
+    int foreground, force, allow_other, read_only;
     enum sync_mode sync;
     const char *publish_on;
     unsigned interval_s;
@@ -149,12 +151,13 @@ static int parse_o(struct cli *c, const char *list)
         else if (!strcmp(o, "force"))
             c->force = 1;
         else if (!strcmp(o, "ro"))
-            return err_set(-EINVAL, "-o ro: read-only mounts are not available yet");
+            c->read_only = 1;
         else if (eq)
             rc = set_option(c, o, eq + 1);
         if (rc < 0)
             return rc;
-        if (rc == 0 && !eq && !ignorable(o) && strcmp(o, "allow_other") && strcmp(o, "force"))
+        if (rc == 0 && !eq && !ignorable(o) && strcmp(o, "allow_other") && strcmp(o, "force") &&
+            strcmp(o, "ro"))
             return err_set(-EINVAL, "-o %s: unknown option", o);
         if (rc == 0 && eq)
             return err_set(-EINVAL, "-o %s: unknown option", o);
@@ -168,6 +171,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
         { "foreground", no_argument, NULL, 'f' },
         { "force", no_argument, NULL, 'F' },
         { "allow-other", no_argument, NULL, 'A' },
+        { "read-only", no_argument, NULL, 'R' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { "cache-dir", required_argument, NULL, 'x' },
@@ -185,21 +189,26 @@ static int parse_args(int argc, char **argv, struct cli *c)
         all[n++] = *o;
     all[n] = (struct option){ 0 };
     int ch, idx, rc = 0;
-    while (rc >= 0 && (ch = getopt_long(argc, argv, "fo:h", all, &idx)) != -1) {
+    opterr = 0; /* our own messages, in our own words */
+    while (rc >= 0 && (ch = getopt_long(argc, argv, ":fo:h", all, &idx)) != -1) {
         if (ch == 'f')
             c->foreground = 1;
         else if (ch == 'F')
             c->force = 1;
         else if (ch == 'A')
             c->allow_other = 1;
+        else if (ch == 'R')
+            c->read_only = 1;
         else if (ch == 'o')
             rc = parse_o(c, optarg);
         else if (ch == 'x' || ch >= STORE_OPT_BASE)
             rc = set_option(c, all[idx].name, optarg);
         else if (ch == 'h' || ch == 'V')
             return ch;
+        else if (ch == ':')
+            return err_set(-EINVAL, "option %s needs a value", argv[optind - 1]);
         else
-            return err_set(-EINVAL, "bad usage");
+            return err_set(-EINVAL, "unknown option %s", argv[optind - 1]);
     }
     if (rc < 0)
         return rc;
@@ -299,11 +308,12 @@ static void heartbeat_stop(struct heartbeat *h)
 static struct fuse_session *mount_session(struct cli *c, struct fs *fs)
 {
     char opts[4096];
-    snprintf(opts, sizeof opts, "fsname=%s,subtype=ckptfs,default_permissions%s", c->url,
-             c->allow_other ? ",allow_other" : "");
+    snprintf(opts, sizeof opts, "fsname=%s,subtype=ckptfs,default_permissions%s%s", c->url,
+             c->allow_other ? ",allow_other" : "", c->read_only ? ",ro" : "");
     char *argv[] = { "ckptfs", "-o", opts, NULL };
     struct fuse_args args = FUSE_ARGS_INIT(3, argv);
     struct fuse_session *se = fuse_session_new(&args, &ckptfs_ops, sizeof ckptfs_ops, fs);
+    fuse_opt_free_args(&args);
     if (!se)
         return NULL;
     if (fuse_set_signal_handlers(se) || fuse_session_mount(se, c->mountpoint)) {
@@ -314,16 +324,33 @@ static struct fuse_session *mount_session(struct cli *c, struct fs *fs)
     return se;
 }
 
-/* After daemonizing, the log goes to the cache directory. */
-static void log_to_cache(const struct fs *fs)
+/* After daemonizing, the log goes to the cache directory, and a pid file
+ * there tells scripts which process to wait for after an unmount (the
+ * daemon exits once its last snapshot is in the bucket). */
+static void daemon_files(const struct fs *fs, int foreground)
 {
     char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/ckptfs.pid", fs->cache_dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fprintf(f, "%d\n", (int)getpid());
+        fclose(f);
+    }
+    if (foreground)
+        return;
     snprintf(path, sizeof path, "%s/ckptfs.log", fs->cache_dir);
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (fd >= 0) {
         dup2(fd, STDERR_FILENO);
         close(fd);
     }
+}
+
+static void remove_pid_file(const struct fs *fs)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/ckptfs.pid", fs->cache_dir);
+    unlink(path);
 }
 
 static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_session *se)
@@ -334,12 +361,14 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
                             .lock = PTHREAD_MUTEX_INITIALIZER,
                             .stop_cond = PTHREAD_COND_INITIALIZER };
     b->pub.interval_ms = c->interval_s * 1000;
-    int rc = pool_new(UPLOAD_THREADS, 2 * UPLOAD_THREADS, &fs->uploads);
-    if (rc == 0)
+    int writable = !c->read_only, rc = 0;
+    if (writable)
+        rc = pool_new(UPLOAD_THREADS, 2 * UPLOAD_THREADS, &fs->uploads);
+    if (rc == 0 && writable)
         rc = publisher_start(fs, &b->pub, &fs->pub);
     if (rc == 0)
         rc = control_start(fs, &ctl);
-    if (rc == 0 && pthread_create(&hb.thread, NULL, beat, &hb))
+    if (rc == 0 && writable && pthread_create(&hb.thread, NULL, beat, &hb))
         rc = err_set(-EAGAIN, "cannot start the heartbeat thread");
     if (rc == 0) {
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -347,9 +376,12 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
         fuse_session_loop_mt(se, cfg);
         fuse_loop_cfg_destroy(cfg);
         fuse_session_unmount(se);
-        heartbeat_stop(&hb);
+        if (writable)
+            heartbeat_stop(&hb);
     }
     control_stop(ctl);
+    if (!writable)
+        return rc;
     /* Unmounted: everything left goes to the bucket before the daemon exits. */
     int final = publisher_stop(fs->pub);
     pool_free(fs->uploads);
@@ -369,6 +401,7 @@ static int run(struct cli *c)
     struct fs fs = { .url = (char *)c->url,
                      .cache_dir = c->cache_dir,
                      .sync = c->sync,
+                     .read_only = c->read_only,
                      .publish_on = c->publish_on };
     struct bootstrap b = { .force = c->force };
     int rc = check_mountpoint(c->mountpoint);
@@ -389,20 +422,21 @@ static int run(struct cli *c)
         return fail("%s", err_msg(rc));
     struct fuse_session *se = mount_session(c, &fs);
     if (!se) {
-        owner_release(fs.store, &b.claim);
+        if (!fs.read_only)
+            owner_release(fs.store, &b.claim);
         bootstrap_close(&fs);
         return fail("cannot mount %s on %s (see the message above)", c->url, c->mountpoint);
     }
     fuse_daemonize(c->foreground);
-    if (!c->foreground)
-        log_to_cache(&fs);
+    daemon_files(&fs, c->foreground);
     rc = serve(c, &fs, &b, se);
+    remove_pid_file(&fs);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
     bootstrap_close(&fs);
     codec_free(fs.codec);
     store_close(fs.store);
-    hmap_free(fs.inodes);
+    inode_table_free(&fs);
     return rc ? fail("%s", err_msg(rc)) : 0;
 }
 

@@ -406,6 +406,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void touch_atime(struct fs *fs, const struct ns_attr *a)
 {
     struct timespec t = now();
+    if (fs->read_only)
+        return;
     if (nsec(a->atime) > nsec(a->mtime) && nsec(a->atime) > nsec(a->ctime) &&
         nsec(t) - nsec(a->atime) < DAY_NS)
         return;

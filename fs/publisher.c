@@ -178,6 +178,8 @@ static void *run(void *arg)
 
 int publisher_sync(struct publisher *p)
 {
+    if (!p)
+        return err_set(-EROFS, "a read-only mount publishes nothing");
     pthread_mutex_lock(&p->lock);
     if (p->stopped) {
         pthread_mutex_unlock(&p->lock);
@@ -215,6 +217,10 @@ int publisher_stop(struct publisher *p)
 
 void publisher_get_status(struct publisher *p, struct publisher_status *st)
 {
+    if (!p) {
+        memset(st, 0, sizeof *st);
+        return;
+    }
     pthread_mutex_lock(&p->lock);
     *st = p->st;
     pthread_mutex_unlock(&p->lock);

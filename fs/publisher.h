@@ -25,7 +25,7 @@ int publisher_start(struct fs *fs, const struct publisher_options *opt, struct p
 
 /* Returns once a snapshot holding every change made before the call is in
  * the bucket (or there was nothing to publish), or with the error that
- * stopped it. */
+ * stopped it. p NULL (a read-only mount): -EROFS. */
 int publisher_sync(struct publisher *p);
 
 /* Publishes what is left (as publisher_sync), then stops the thread.

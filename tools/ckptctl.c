@@ -18,6 +18,8 @@ struct command {
 
 static const struct command commands[] = {
     { "store", cmd_store, "use the object store by hand: put, get, ls, rm, head, probe" },
+    { "sync", cmd_sync, "publish a snapshot of a mount now; return once it is in the bucket" },
+    { "status", cmd_status, "what a mount has not uploaded, its last snapshot and error" },
 };
 
 static void usage(FILE *f)

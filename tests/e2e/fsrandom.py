@@ -158,6 +158,9 @@ class DifferentialTester:
 
     def step(self, step):
         tree = Tree(self.roots[0])
+        # the harness's own promise: a bounded tree (else it slows down, or goes too deep)
+        assert len(tree.entries) <= MAX_ENTRIES, len(tree.entries)
+        assert max((e.depth for e in tree.entries), default=0) <= MAX_DEPTH
         op = self.choose_op(tree)
         described = op(tree)
         if described is None:  # nothing suitable in the tree for this operation
@@ -303,6 +306,8 @@ class DifferentialTester:
         src = self.any_path(tree)
         flags = self.rng.choices([0, RENAME_NOREPLACE, RENAME_EXCHANGE], [8, 1, 2])[0]
         dst = self.rename_target(tree, tree.by_rel.get(src), flags)
+        if dst is None:
+            return None
 
         def rename(root, side):
             old, new = os.path.join(root, src), os.path.join(root, dst)
@@ -311,17 +316,22 @@ class DifferentialTester:
 
     def rename_target(self, tree, src, flags):
         """A destination that keeps the tree within MAX_DEPTH whether or not the rename
-        succeeds: a name (new or existing) where src's subtree fits, or for an exchange
-        mostly an existing entry that fits where src is while src fits where it is."""
-        src_height = _height(src)
+        succeeds: a name (new or existing) where src's subtree fits; for an exchange, the
+        entry there must also fit where src is (mostly an existing one: else ENOENT)."""
+        src_height, src_depth = _height(src), (src.depth if src else 1)
+
+        def swappable(entry):
+            return (entry.depth + src_height <= MAX_DEPTH
+                    and src_depth + _height(entry) <= MAX_DEPTH)
         if flags == RENAME_EXCHANGE and self.rng.random() < 0.9:
-            src_depth = src.depth if src else 1
-            fitting = [e for e in tree.entries
-                       if e.depth + src_height <= MAX_DEPTH
-                       and src_depth + _height(e) <= MAX_DEPTH]
+            fitting = [e for e in tree.entries if swappable(e)]
             if fitting:
                 return self.pick(fitting).rel
-        return self.name_in(tree, max_height=src_height)
+        dst = self.name_in(tree, max_height=src_height)
+        other = tree.by_rel.get(dst)
+        if flags == RENAME_EXCHANGE and other is not None and not swappable(other):
+            return None
+        return dst
 
     def op_link(self, tree):
         src, dst = self.file_path(tree), self.name_in(tree)

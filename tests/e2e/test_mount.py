@@ -1,0 +1,289 @@
+"""ckptfs as a checkpoint store: what reaches the bucket and when (the durability contract of
+DESIGN.md), crashes, restoring on a fresh machine, deduplication, one writer per bucket, and
+start-up refusals. Real mounts of a real daemon; SIGKILL where a crash is the point."""
+
+import json
+import os
+import subprocess
+import threading
+
+import pytest
+
+from ckpt import ckptctl, program
+from fsmount import CkptfsMount, is_mounted
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    """A factory of mounts of one file:// bucket, each with its own cache directory;
+    every mount is stopped (or killed) at the end, whatever happened."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    made = []
+
+    def mount(*args, url=None, name=None, env=None):
+        name = name or f"m{len(made)}"
+        m = CkptfsMount(url or f"file://{bucket}", tmp_path / f"{name}-cache",
+                        tmp_path / f"{name}-mnt", *args, env=env)
+        made.append(m)
+        return m.start()
+
+    mount.bucket = bucket
+    yield mount
+    for m in made:
+        try:
+            m.stop(timeout=60)
+        except Exception:
+            m.kill()
+
+
+def snapshots(bucket):
+    d = bucket / "snapshots"
+    return sorted(os.listdir(d)) if d.exists() else []
+
+
+def write_durably(path, data):
+    """How engines write: a temporary name, fsync, rename, fsync the directory."""
+    tmp = f"{path}.mut"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
+    os.fsync(dfd)
+    os.close(dfd)
+
+
+def checkpoint(root, n, size, seed):
+    """A checkpoint directory of n files; returns {relative name: bytes}."""
+    files = {}
+    d = os.path.join(root, f"ckpt-{seed}")
+    os.makedirs(d, exist_ok=True)
+    for i in range(n):
+        data = (f"{seed}:{i}:".encode() * (size // 8 + 1))[:size]
+        write_durably(os.path.join(d, f"part-{i}"), data)
+        files[f"ckpt-{seed}/part-{i}"] = data
+    return files
+
+
+def tree(root):
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, root)] = f.read()
+    return out
+
+
+# ---- the durability contract ----
+
+def test_publish_on_commit_is_in_the_bucket_when_rename_returns(mounts):
+    m = mounts("--publish-on", "CATALOG", "--snapshot-interval", "3600")
+    files = checkpoint(m.path, 4, 300000, seed=1)
+    assert snapshots(mounts.bucket) == []  # fsyncs alone publish nothing (no round trips)
+    write_durably(os.path.join(m.path, "CATALOG"), b"ckpt-1\n")
+    files["CATALOG"] = b"ckpt-1\n"
+    m.kill()  # the commit returned: the bucket must hold it, whatever happens now
+    fresh = mounts("--read-only", name="fresh")
+    assert tree(fresh.path) == files
+
+
+def test_sync_remote_fsync_is_in_the_bucket(mounts):
+    m = mounts("--sync", "remote", "--snapshot-interval", "3600")
+    with open(os.path.join(m.path, "journal"), "wb") as f:
+        f.write(b"step 1\n")
+        f.flush()
+        os.fsync(f.fileno())
+    m.kill()
+    assert tree(mounts("--read-only", name="fresh").path) == {"journal": b"step 1\n"}
+
+
+def test_concurrent_remote_fsyncs_share_publishes(mounts):
+    m = mounts("--sync", "remote", "--snapshot-interval", "3600")
+
+    def writer(i):
+        for j in range(10):
+            with open(os.path.join(m.path, f"w{i}-{j}"), "wb") as f:
+                f.write(b"x" * 1000)
+                os.fsync(f.fileno())
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 80 fsyncs; waiting callers share a publish, so far fewer snapshots than fsyncs.
+    assert 1 <= len(snapshots(mounts.bucket)) < 80
+    m.kill()
+    assert len(tree(mounts("--read-only", name="fresh").path)) == 80
+
+
+def test_unmount_publishes_everything(mounts):
+    m = mounts("--snapshot-interval", "3600")
+    files = checkpoint(m.path, 3, 5 * MIB + 7, seed=2)  # crosses 4 MiB blocks
+    assert m.stop() == 0
+    assert tree(mounts("--read-only", name="fresh").path) == files
+
+
+def test_ckptctl_sync_and_status(mounts):
+    m = mounts("--snapshot-interval", "3600")
+    checkpoint(m.path, 2, 100000, seed=3)
+    before = json.loads(ckptctl("status", "--json", m.path).stdout)
+    assert before["upload_queue"] >= 2 and before["last_snapshot"] is None
+    p = ckptctl("sync", m.path)
+    assert p.returncode == 0, p.stderr
+    snap = p.stdout.decode().split("snapshot ")[1].split()[0]
+    assert snapshots(mounts.bucket) == [snap]
+    after = json.loads(ckptctl("status", "--json", m.path).stdout)
+    assert after["upload_queue"] == 0 and after["last_snapshot"] == snap
+    assert after["last_error"] == ""
+    human = ckptctl("status", m.path).stdout.decode()
+    assert snap in human and "not uploaded:   0 B in 0 blocks" in human
+    bad = ckptctl("sync", str(mounts.bucket))
+    assert bad.returncode == 1 and b"not a ckptfs mount" in bad.stderr
+
+
+# ---- crashes ----
+
+def test_kill_during_heavy_writes_keeps_everything_fsynced(mounts):
+    m = mounts("--snapshot-interval", "1")
+    done = []  # names whose write_durably returned
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            name = f"f{i:05d}"
+            try:
+                write_durably(os.path.join(m.path, name), name.encode() * 20000)
+            except OSError:
+                return  # the daemon died under us
+            done.append(name)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while len(done) < 40:
+        pass
+    m.kill()
+    stop.set()
+    t.join()
+    # Same cache directory: everything fsynced is there, intact.
+    again = CkptfsMount(m.url, m.cache_dir, m.path).start()
+    try:
+        got = tree(again.path)
+        for name in done:
+            assert got[name] == name.encode() * 20000
+        assert not [n for n in got if n.endswith(".mut") and got[n] and len(got[n]) % 120000]
+        assert again.stop() == 0  # and the rest goes up
+    finally:
+        again.kill()
+    fresh = tree(mounts("--read-only", name="fresh").path)
+    for name in done:
+        assert fresh[name] == name.encode() * 20000
+
+
+def test_every_snapshot_is_whole(mounts, tmp_path):
+    """Snapshots are published atomically: each one in the bucket mounts and reads back whole
+    files only (each file is written in full before it is renamed into place)."""
+    m = mounts("--snapshot-interval", "1")
+    for i in range(6):
+        checkpoint(m.path, 2, 200000, seed=10 + i)
+        ckptctl("sync", m.path)
+    m.kill()
+    for snap in snapshots(mounts.bucket):
+        for other in snapshots(mounts.bucket):
+            if other > snap:
+                os.remove(mounts.bucket / "snapshots" / other)
+        got = tree(mounts("--read-only", name=f"at-{snap}").path)
+        for name, data in got.items():
+            seed, i = name.split("/")[0].split("-")[1], name.split("-")[-1]
+            assert data == (f"{seed}:{i}:".encode() * 25001)[:200000]
+
+
+# ---- deduplication ----
+
+def uploaded(m):
+    return json.loads(ckptctl("status", "--json", m.path).stdout)["bytes_uploaded"]
+
+
+def test_second_checkpoint_uploads_only_new_bytes(mounts):
+    m = mounts("--snapshot-interval", "3600")
+    rand = [os.urandom(3 * MIB) for _ in range(8)]
+    for i, data in enumerate(rand):
+        write_durably(os.path.join(m.path, f"a{i}"), data)
+    ckptctl("sync", m.path)
+    first = uploaded(m)
+    assert first >= 24 * MIB
+    # The next checkpoint: the same files written again under new names, plus one new file.
+    new = os.urandom(3 * MIB)
+    for i, data in enumerate(rand[:7] + [new]):
+        write_durably(os.path.join(m.path, f"b{i}"), data)
+    ckptctl("sync", m.path)
+    assert uploaded(m) - first <= len(new) * 1.05
+
+
+# ---- one writer per bucket, and refusals ----
+
+def test_second_writer_is_refused_naming_the_holder(mounts, tmp_path):
+    first = mounts()
+    with pytest.raises(RuntimeError) as e:
+        mounts(name="second")
+    assert "being written by another mount" in str(e.value)
+    first.stop()
+    assert is_mounted(mounts(name="third").path)
+
+
+def test_force_takes_over_a_writer_whose_heartbeat_stopped(mounts):
+    first = mounts()
+    first.kill()
+    owner = mounts.bucket / "owner"
+    record = json.loads(owner.read_text())
+    record["heartbeat"] -= 3600  # as if it died an hour ago
+    owner.write_text(json.dumps(record))
+    with pytest.raises(RuntimeError) as e:
+        mounts(name="second")
+    assert "--force" in str(e.value)
+    taken = mounts("--force", name="third")
+    assert json.loads(owner.read_text())["epoch"] == record["epoch"] + 1
+    assert is_mounted(taken.path)
+
+
+def run_ckptfs(*args, env=None):
+    return subprocess.run([program("ckptfs"), "-f", *map(str, args)], capture_output=True,
+                          timeout=60, env=env)
+
+
+@pytest.mark.parametrize("case", ["unknown option", "missing mountpoint", "busy mountpoint",
+                                  "foreign prefix", "bad url", "bad level"])
+def test_bad_input_is_refused_and_nothing_written(tmp_path, case):
+    bucket, mnt = tmp_path / "bucket", tmp_path / "mnt"
+    bucket.mkdir()
+    mnt.mkdir()
+    args = ["--cache-dir", tmp_path / "cache"]
+    url = f"file://{bucket}"
+    if case == "unknown option":
+        args += ["--frobnicate"]
+    elif case == "missing mountpoint":
+        mnt = tmp_path / "nowhere"
+    elif case == "busy mountpoint":
+        (mnt / "something").write_text("x")
+    elif case == "foreign prefix":
+        (bucket / "photo.jpg").write_text("not ours")
+    elif case == "bad url":
+        url = "http://bucket/x"
+    elif case == "bad level":
+        args += ["--compress", "99"]
+    before = sorted(os.listdir(bucket))
+    p = run_ckptfs(*args, url, mnt)
+    assert p.returncode != 0
+    lines = p.stderr.decode().strip().splitlines()
+    assert lines and lines[0].startswith("ckptfs: "), lines
+    assert sorted(os.listdir(bucket)) == before  # nothing written
+    assert not is_mounted(mnt) if mnt.exists() else True
+    if case == "foreign prefix":
+        assert "photo.jpg" in lines[0]

@@ -1,0 +1,149 @@
+/*
+ * ckptctl sync / status: ask a running mount (through its control socket,
+ * fs/control.h) to publish now, or how it is doing.
+ */
+#include "ckptctl.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define CTL_XATTR "user.ckptfs.control"
+
+/* Sends one request to the mount at mountpoint; *reply is its JSON answer. */
+static int request(const char *mountpoint, const char *what, json_t **reply)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    ssize_t n = getxattr(mountpoint, CTL_XATTR, addr.sun_path, sizeof addr.sun_path - 1);
+    if (n < 0)
+        return ctl_fail("%s is not a ckptfs mount (%s)", mountpoint, strerror(errno));
+    addr.sun_path[n] = '\0';
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr)) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        return ctl_fail("cannot reach the ckptfs daemon of %s at %s: %s", mountpoint, addr.sun_path,
+                        strerror(e));
+    }
+    char line[16];
+    snprintf(line, sizeof line, "%s\n", what);
+    json_error_t jerr;
+    *reply = NULL;
+    if (write(fd, line, strlen(line)) == (ssize_t)strlen(line))
+        *reply = json_loadfd(fd, JSON_DISABLE_EOF_CHECK, &jerr);
+    close(fd);
+    if (!*reply)
+        return ctl_fail("the ckptfs daemon of %s gave no readable answer", mountpoint);
+    if (!json_is_true(json_object_get(*reply, "ok"))) {
+        const char *err = json_string_value(json_object_get(*reply, "error"));
+        int rc = ctl_fail("%s", err ? err : "the daemon reported a failure");
+        json_decref(*reply);
+        return rc;
+    }
+    return EXIT_OK;
+}
+
+static int one_mountpoint(int argc, char **argv, const char *usage, int *json)
+{
+    int paths = 0, at = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--json") && json)
+            *json = 1;
+        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+            return printf("%s", usage), -1;
+        else if (argv[i][0] == '-')
+            return ctl_usage_error("%s: unknown option %s", argv[0], argv[i]);
+        else
+            paths++, at = i;
+    }
+    if (paths != 1)
+        return ctl_usage_error("%s takes one MOUNTPOINT", argv[0]);
+    return at;
+}
+
+int cmd_sync(int argc, char **argv)
+{
+    int at = one_mountpoint(argc, argv,
+                            "usage: ckptctl sync MOUNTPOINT\n"
+                            "Publishes a snapshot with every change made before the call; returns "
+                            "once it is in the bucket.\n",
+                            NULL);
+    if (at <= 0)
+        return at < 0 ? EXIT_OK : at;
+    json_t *reply;
+    int rc = request(argv[at], "sync", &reply);
+    if (rc)
+        return rc;
+    const char *snap = json_string_value(json_object_get(reply, "snapshot"));
+    printf("%s: snapshot %s is in the bucket\n", argv[at], snap ? snap : "(none: empty tree)");
+    json_decref(reply);
+    return EXIT_OK;
+}
+
+static void size_text(double bytes, char *out, size_t n)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    int u = 0;
+    while (bytes >= 1024 && u < 4)
+        bytes /= 1024, u++;
+    snprintf(out, n, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+}
+
+static json_int_t num(json_t *r, const char *k)
+{
+    return json_integer_value(json_object_get(r, k));
+}
+
+static void print_status(json_t *r)
+{
+    char dirty[32], up[32], dedup[32];
+    const char *last = json_string_value(json_object_get(r, "last_snapshot"));
+    const char *err = json_string_value(json_object_get(r, "last_error"));
+    size_text((double)num(r, "dirty_bytes"), dirty, sizeof dirty);
+    size_text((double)num(r, "bytes_uploaded"), up, sizeof up);
+    size_text((double)num(r, "bytes_deduplicated"), dedup, sizeof dedup);
+    printf("url:            %s\n", json_string_value(json_object_get(r, "url")));
+    printf("cache:          %s\n", json_string_value(json_object_get(r, "cache_dir")));
+    printf("not uploaded:   %s in %lld blocks%s\n", dirty, (long long)num(r, "upload_queue"),
+           json_is_true(json_object_get(r, "publishing")) ? " (publishing now)" : "");
+    if (last)
+        printf("last snapshot:  %s, %.1f s ago\n", last,
+               json_real_value(json_object_get(r, "last_snapshot_age")));
+    else
+        printf("last snapshot:  none published by this mount yet\n");
+    printf("uploaded:       %s in %lld chunks; %lld chunks (%s) already in the bucket\n", up,
+           (long long)num(r, "chunks_uploaded"), (long long)num(r, "chunks_deduplicated"), dedup);
+    printf("last error:     %s\n", err && *err ? err : "none");
+}
+
+int cmd_status(int argc, char **argv)
+{
+    int json = 0;
+    int at = one_mountpoint(argc, argv,
+                            "usage: ckptctl status [--json] MOUNTPOINT\n"
+                            "What the mount has not uploaded yet, its last snapshot, its last "
+                            "error.\n",
+                            &json);
+    if (at <= 0)
+        return at < 0 ? EXIT_OK : at;
+    json_t *reply;
+    int rc = request(argv[at], "status", &reply);
+    if (rc)
+        return rc;
+    if (json) {
+        json_object_del(reply, "ok");
+        json_dumpf(reply, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+        putchar('\n');
+    } else {
+        print_status(reply);
+    }
+    json_decref(reply);
+    return EXIT_OK;
+}
