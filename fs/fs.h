@@ -22,6 +22,7 @@
 #include "util/pool.h"
 
 struct publisher;
+struct fuse_session;
 
 enum sync_mode { SYNC_LOCAL, SYNC_REMOTE };
 
@@ -48,6 +49,7 @@ struct fs {
     struct blocks *blocks;
     struct pool *uploads;
     struct publisher *pub;
+    struct fuse_session *se; /* for notifications to the kernel */
     enum sync_mode sync;
     const char *publish_on; /* a glob matched against names, or NULL */
     int codec_keyed;        /* chunks are encrypted */

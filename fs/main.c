@@ -310,8 +310,9 @@ static struct fuse_session *mount_session(struct cli *c, struct fs *fs)
     char opts[4096];
     snprintf(opts, sizeof opts, "fsname=%s,subtype=ckptfs,default_permissions%s%s", c->url,
              c->allow_other ? ",allow_other" : "", c->read_only ? ",ro" : "");
-    char *argv[] = { "ckptfs", "-o", opts, NULL };
-    struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+    /* CKPTFS_FUSE_DEBUG=1: libfuse logs every request (for debugging, -f). */
+    char *argv[] = { "ckptfs", "-o", opts, getenv("CKPTFS_FUSE_DEBUG") ? "-d" : NULL, NULL };
+    struct fuse_args args = FUSE_ARGS_INIT(argv[3] ? 4 : 3, argv);
     struct fuse_session *se = fuse_session_new(&args, &ckptfs_ops, sizeof ckptfs_ops, fs);
     fuse_opt_free_args(&args);
     if (!se)
@@ -427,6 +428,7 @@ static int run(struct cli *c)
         bootstrap_close(&fs);
         return fail("cannot mount %s on %s (see the message above)", c->url, c->mountpoint);
     }
+    fs.se = se;
     fuse_daemonize(c->foreground);
     daemon_files(&fs, c->foreground);
     rc = serve(c, &fs, &b, se);

@@ -374,6 +374,34 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 
 /* ---- file data ---- */
 
+/* relatime, as ext4 mounts by default: atime moves on a read if it is not
+ * newer than mtime or ctime, or is a day old. Returns 1 if it moved. */
+static int touch_atime(struct fs *fs, const struct ns_attr *a)
+{
+    struct timespec t = now();
+    if (fs->read_only)
+        return 0;
+    if (nsec(a->atime) > nsec(a->mtime) && nsec(a->atime) > nsec(a->ctime) &&
+        nsec(t) - nsec(a->atime) < DAY_NS)
+        return 0;
+    struct ns_attr set = { .atime = t }, out;
+    if (ns_setattr(fs->ns, a->ino, &set, NS_SET_ATIME, &out) != 0)
+        return 0;
+    fs_changed(fs);
+    return 1;
+}
+
+/* Reads the kernel serves from its page cache never reach us, so relatime
+ * is also applied when a file is opened for reading (where ext4 would wait
+ * for the first read), and the kernel told its cached atime is stale. */
+static void touch_atime_on_open(struct fs *fs, uint64_t ino, int flags)
+{
+    struct ns_attr a;
+    if ((flags & O_ACCMODE) == O_WRONLY || inode_attr(fs, ino, &a) || !touch_atime(fs, &a))
+        return;
+    fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
+}
+
 /* With atomic O_TRUNC (libfuse's default) the kernel leaves truncation to open. */
 static int truncate_on_open(struct fs *fs, uint64_t ino)
 {
@@ -395,25 +423,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
         inode_release(fs_of(req), ino);
     if (rc)
         return reply_err(req, rc);
+    touch_atime_on_open(fs_of(req), ino, fi->flags);
     /* Nothing but this mount writes the file: what the kernel cached stays true. */
     fi->keep_cache = 1;
     if (fuse_reply_open(req, fi))
         inode_release(fs_of(req), ino);
-}
-
-/* relatime, as ext4 mounts by default: atime moves on a read if it is not
- * newer than mtime or ctime, or is a day old. */
-static void touch_atime(struct fs *fs, const struct ns_attr *a)
-{
-    struct timespec t = now();
-    if (fs->read_only)
-        return;
-    if (nsec(a->atime) > nsec(a->mtime) && nsec(a->atime) > nsec(a->ctime) &&
-        nsec(t) - nsec(a->atime) < DAY_NS)
-        return;
-    struct ns_attr set = { .atime = t }, out;
-    if (ns_setattr(fs->ns, a->ino, &set, NS_SET_ATIME, &out) == 0)
-        fs_changed(fs);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -501,13 +515,6 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
     fuse_reply_write(req, size);
 }
 
-static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-    (void)ino;
-    (void)fi;
-    fuse_reply_err(req, 0);
-}
-
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
     (void)fi;
@@ -579,13 +586,6 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 
 /* ---- directories ---- */
 
-static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-    (void)ino;
-    fi->cache_readdir = 0;
-    fuse_reply_open(req, fi);
-}
-
 struct dirbuf {
     fuse_req_t req;
     struct fs *fs;
@@ -644,13 +644,6 @@ static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t of
 {
     (void)fi;
     readdir_any(req, ino, size, off, 1);
-}
-
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-    (void)ino;
-    (void)fi;
-    fuse_reply_err(req, 0);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -761,11 +754,16 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     conn->congestion_threshold = 48;
     if (conn->capable & FUSE_CAP_READDIRPLUS)
         conn->want |= FUSE_CAP_READDIRPLUS;
+    if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
+        conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
     /* Locks stay local to this machine (the kernel handles them), which is
      * all a single writer needs. */
     conn->want &= ~(unsigned)(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
 }
 
+/* Not implemented on purpose, each a round trip the kernel then skips: flush
+ * (close has nothing to write back), opendir and releasedir (a directory
+ * needs no handle). */
 const struct fuse_lowlevel_ops ckptfs_ops = {
     .init = op_init,
     .lookup = op_lookup,
@@ -785,14 +783,11 @@ const struct fuse_lowlevel_ops ckptfs_ops = {
     .open = op_open,
     .read = op_read,
     .write = op_write,
-    .flush = op_flush,
     .release = op_release,
     .fsync = op_fsync,
     .fallocate = op_fallocate,
-    .opendir = op_opendir,
     .readdir = op_readdir,
     .readdirplus = op_readdirplus,
-    .releasedir = op_releasedir,
     .fsyncdir = op_fsyncdir,
     .statfs = op_statfs,
     .setxattr = op_setxattr,

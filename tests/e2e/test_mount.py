@@ -287,3 +287,36 @@ def test_bad_input_is_refused_and_nothing_written(tmp_path, case):
     assert not is_mounted(mnt) if mnt.exists() else True
     if case == "foreign prefix":
         assert "photo.jpg" in lines[0]
+
+
+# ---- encryption ----
+
+def bucket_bytes(bucket):
+    out = b""
+    for dirpath, _, names in os.walk(bucket):
+        for n in names:
+            with open(os.path.join(dirpath, n), "rb") as f:
+                out += f.read()
+    return out
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_encryption_hides_content_and_names(mounts, tmp_path, encrypted):
+    secret = b"TOP-SECRET-MODEL-WEIGHTS:" * 4000
+    args = ["--compress", "off"]  # so without encryption the bytes would be plainly there
+    if encrypted:
+        key = tmp_path / "key"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+        args += ["--encrypt-key", key]
+    m = mounts(*args)
+    write_durably(os.path.join(m.path, "weights"), secret)
+    assert m.stop() == 0
+    stored = bucket_bytes(mounts.bucket)
+    assert (b"TOP-SECRET-MODEL-WEIGHTS" in stored) != encrypted
+    assert (b"weights" in stored) != encrypted  # file names live in the snapshot, encrypted too
+    assert tree(mounts("--read-only", *args, name="reader").path) == {"weights": secret}
+    if encrypted:
+        with pytest.raises(RuntimeError) as e:
+            mounts("--read-only", name="keyless")
+        assert "encrypt-key" in str(e.value)
