@@ -429,29 +429,61 @@ static int make_dirty(struct blocks *b, int fd, uint64_t ino, uint64_t idx, int 
     return rc ? rc : dirty_add(b, ino, idx, out);
 }
 
-int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, const void *data,
-                 size_t len)
+int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
+                       struct blocks_span *sp)
 {
+    memset(sp, 0, sizeof *sp);
+    if (len == 0 || len > b->bsize)
+        return err_set(-EINVAL, "a write span holds 1 to %zu bytes", b->bsize);
     int fd = open_data(b, ino);
     if (fd < 0)
         return fd;
-    for (size_t done = 0; done < len;) {
-        uint64_t pos = off + done, idx = pos / b->bsize, start = idx * b->bsize;
-        size_t n = (size_t)(start + b->bsize - pos);
-        n = n < len - done ? n : len - done;
+    uint64_t first = off / b->bsize, last = (off + len - 1) / b->bsize;
+    pthread_mutex_t *a = stripe_of(b, ino, first), *z = stripe_of(b, ino, last);
+    /* Two stripes in address order, so two spans can never lock in opposite orders. */
+    sp->locks[0] = a < z ? a : z;
+    sp->locks[1] = a == z ? NULL : a < z ? z : a;
+    for (int i = 0; i < 2 && sp->locks[i]; i++)
+        pthread_mutex_lock(sp->locks[i]);
+    sp->fd = fd;
+    int rc = 0;
+    for (uint64_t idx = first; rc == 0 && idx <= last; idx++) {
+        uint64_t start = idx * b->bsize, lo = off > start ? off : start;
+        uint64_t hi = off + len < start + b->bsize ? off + len : start + b->bsize;
         /* The block's old bytes, all overwritten: no need to fetch them first. */
         uint64_t old_end =
             size > start ? (size - start < b->bsize ? size : start + b->bsize) : start;
-        int covers_all = pos == start && pos + n >= old_end;
-        pthread_mutex_t *lk = stripe_of(b, ino, idx);
-        pthread_mutex_lock(lk);
-        struct dirty *d = NULL;
-        int rc = make_dirty(b, fd, ino, idx, covers_all, &d);
+        rc = make_dirty(b, fd, ino, idx, lo == start && hi >= old_end, &sp->d[idx - first]);
+    }
+    if (rc)
+        blocks_write_end(b, sp);
+    return rc;
+}
+
+void blocks_write_end(struct blocks *b, struct blocks_span *sp)
+{
+    (void)b;
+    /* Whatever reached the file, the blocks' bytes may have changed. */
+    for (int i = 0; i < 2; i++)
+        if (sp->d[i])
+            sp->d[i]->version++;
+    for (int i = 1; i >= 0; i--)
+        if (sp->locks[i])
+            pthread_mutex_unlock(sp->locks[i]);
+    memset(sp, 0, sizeof *sp);
+}
+
+int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, const void *data,
+                 size_t len)
+{
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done < b->bsize ? len - done : b->bsize;
+        struct blocks_span sp;
+        int rc = blocks_write_begin(b, ino, size, off + done, n, &sp);
         if (rc == 0) {
-            d->version++;
-            rc = write_local(fd, ino, pos, (const uint8_t *)data + done, n);
+            rc = write_local(sp.fd, ino, off + done, (const uint8_t *)data + done, n);
+            blocks_write_end(b, &sp);
         }
-        pthread_mutex_unlock(lk);
         if (rc)
             return rc;
         done += n;

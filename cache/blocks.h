@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <sys/types.h>
 
 #include "cache/codec.h"
@@ -50,6 +51,19 @@ ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off,
 /* Writes len bytes at off of a file that had size bytes before the write. */
 int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, const void *data,
                  size_t len);
+
+/* A write whose bytes the caller puts into sp->fd itself (with splice, say):
+ * blocks_write_begin readies and locks the blocks of [off, off+len), len at
+ * most one block; the caller writes that range of sp->fd, then calls
+ * blocks_write_end, whatever the outcome. */
+struct blocks_span {
+    int fd;
+    struct dirty *d[2];
+    pthread_mutex_t *locks[2];
+};
+int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
+                       struct blocks_span *sp);
+void blocks_write_end(struct blocks *b, struct blocks_span *sp);
 
 /* The file changes from old_size to new_size bytes. */
 int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t new_size);

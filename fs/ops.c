@@ -242,6 +242,29 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
     buf_free(&b);
 }
 
+/* Who opened a file for writing. With the kernel's writeback cache, writes
+ * reach us from its flusher, not from the writer, so the writer's identity
+ * is taken at open and kept in the file handle. Root needs no record. */
+struct opener {
+    uid_t uid;
+    gid_t gid;
+    int ngroups;
+    gid_t groups[64];
+};
+
+static uint64_t opener_of(fuse_req_t req, int flags)
+{
+    const struct fuse_ctx *ctx = fuse_req_ctx(req);
+    struct opener *o = NULL;
+    if ((flags & O_ACCMODE) != O_RDONLY && ctx->uid != 0 && (o = calloc(1, sizeof *o))) {
+        o->uid = ctx->uid;
+        o->gid = ctx->gid;
+        int n = fuse_req_getgroups(req, 64, o->groups);
+        o->ngroups = n < 0 ? 0 : n > 64 ? 64 : n;
+    }
+    return (uint64_t)(uintptr_t)o;
+}
+
 /* ---- creating and removing ---- */
 
 static int make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev,
@@ -299,7 +322,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
     struct fuse_entry_param e = { .ino = a.ino, .attr_timeout = TIMEOUT, .entry_timeout = TIMEOUT };
     to_stat(fs, &a, &e.attr);
     fi->keep_cache = 1;
+    fi->fh = opener_of(req, fi->flags);
     if (fuse_reply_create(req, &e, fi)) {
+        free((struct opener *)(uintptr_t)fi->fh);
         inode_release(fs, a.ino);
         inode_forget(fs, a.ino, 1);
     }
@@ -426,8 +451,11 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     touch_atime_on_open(fs_of(req), ino, fi->flags);
     /* Nothing but this mount writes the file: what the kernel cached stays true. */
     fi->keep_cache = 1;
-    if (fuse_reply_open(req, fi))
+    fi->fh = opener_of(req, fi->flags);
+    if (fuse_reply_open(req, fi)) {
+        free((struct opener *)(uintptr_t)fi->fh);
         inode_release(fs_of(req), ino);
+    }
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -450,64 +478,91 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         touch_atime(fs, &a);
 }
 
-/* Whether a write by the requester must clear setuid and setgid, as the
- * kernel decides for ext4: a writer without CAP_FSETID (taken here as
- * anyone but root) loses setuid, and setgid when the file is group-executable
- * or the writer is not in its group. */
-static unsigned privs_to_kill(fuse_req_t req, const struct ns_attr *a)
+/* Whether a write by o must clear setuid and setgid, as the kernel decides
+ * for ext4: a writer without CAP_FSETID (taken here as anyone but root)
+ * loses setuid, and setgid when the file is group-executable or the writer
+ * is not in its group. */
+static unsigned privs_to_kill(const struct opener *o, const struct ns_attr *a)
 {
-    const struct fuse_ctx *ctx = fuse_req_ctx(req);
-    if (ctx->uid == 0 || !(a->mode & (S_ISUID | S_ISGID)))
-        return 0;
     unsigned kill = a->mode & S_ISUID;
     if (a->mode & S_ISGID) {
-        gid_t groups[64];
-        int n = ctx->gid == a->gid ? 0 : fuse_req_getgroups(req, 64, groups);
-        int member = ctx->gid == a->gid;
-        for (int i = 0; i < n && i < 64; i++)
-            member |= groups[i] == a->gid;
+        int member = o->gid == a->gid;
+        for (int i = 0; i < o->ngroups; i++)
+            member |= o->groups[i] == a->gid;
         if ((a->mode & S_IXGRP) || !member)
             kill |= S_ISGID;
     }
     return kill;
 }
 
-static void kill_privs(fuse_req_t req, struct fs *fs, uint64_t ino)
+static void kill_privs(struct fs *fs, uint64_t ino, const struct fuse_file_info *fi)
 {
+    const struct opener *o = (const struct opener *)(uintptr_t)fi->fh;
     struct ns_attr a, out;
-    if (ns_getattr(fs->ns, ino, &a) != 0)
+    if (!o || ns_getattr(fs->ns, ino, &a) != 0 || !(a.mode & (S_ISUID | S_ISGID)))
         return;
-    unsigned kill = privs_to_kill(req, &a);
+    unsigned kill = privs_to_kill(o, &a);
     if (!kill)
         return;
     a.mode &= ~kill;
-    ns_setattr(fs->ns, ino, &a, NS_SET_MODE, &out);
+    if (ns_setattr(fs->ns, ino, &a, NS_SET_MODE, &out) == 0)
+        fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
 }
 
-static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t size, off_t off,
-                     struct fuse_file_info *fi)
+/* Copies a write request's bytes into the cache file, a block at a time; a
+ * request the kernel delivered in a pipe is spliced, never copied through
+ * our memory (which costs more than anything else here on some VMs). */
+static int write_data(struct fs *fs, uint64_t ino, uint64_t size_before, uint64_t off,
+                      struct fuse_bufvec *in, size_t len)
 {
-    (void)fi;
+    size_t bs = blocks_block_size(fs->blocks);
+    for (size_t done = 0; done < len;) {
+        uint64_t pos = off + done;
+        size_t n = (size_t)(bs - pos % bs) < len - done ? (size_t)(bs - pos % bs) : len - done;
+        struct blocks_span sp;
+        int rc = blocks_write_begin(fs->blocks, ino, size_before, pos, n, &sp);
+        if (rc)
+            return rc;
+        struct fuse_bufvec out = FUSE_BUFVEC_INIT(n);
+        out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+        out.buf[0].fd = sp.fd;
+        out.buf[0].pos = (off_t)pos;
+        ssize_t w = fuse_buf_copy(&out, in, 0);
+        blocks_write_end(fs->blocks, &sp);
+        if (w != (ssize_t)n)
+            return w < 0
+                       ? err_set((int)w, "cache: write of inode %llu: %s", (unsigned long long)ino,
+                                 strerror((int)-w))
+                       : err_set(-EIO, "cache: short write of inode %llu", (unsigned long long)ino);
+        done += n;
+    }
+    return 0;
+}
+
+static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
+                         struct fuse_file_info *fi)
+{
     struct fs *fs = fs_of(req);
-    struct inode *in = inode_get(fs, ino);
+    struct inode *in_mem = inode_get(fs, ino);
     struct ns_attr a;
-    if (!in)
+    size_t size = fuse_buf_size(in);
+    if (!in_mem)
         return reply_err(req, -EBADF);
     pthread_rwlock_rdlock(&fs->freeze);
-    pthread_mutex_lock(&in->lock);
-    int rc = in->dirty ? 0 : ns_getattr(fs->ns, ino, &a);
-    uint64_t size_before = in->dirty ? in->size : a.size;
+    pthread_mutex_lock(&in_mem->lock);
+    int rc = in_mem->dirty ? 0 : ns_getattr(fs->ns, ino, &a);
+    uint64_t size_before = in_mem->dirty ? in_mem->size : a.size;
     if (rc == 0)
-        rc = blocks_write(fs->blocks, ino, size_before, (uint64_t)off, data, size);
+        rc = write_data(fs, ino, size_before, (uint64_t)off, in, size);
     if (rc == 0) {
         uint64_t end = (uint64_t)off + size;
-        in->size = end > size_before ? end : size_before;
-        in->mtime = in->ctime = now();
-        in->dirty = 1;
+        in_mem->size = end > size_before ? end : size_before;
+        in_mem->mtime = in_mem->ctime = now();
+        in_mem->dirty = 1;
     }
-    pthread_mutex_unlock(&in->lock);
+    pthread_mutex_unlock(&in_mem->lock);
     if (rc == 0)
-        kill_privs(req, fs, ino);
+        kill_privs(fs, ino, fi);
     pthread_rwlock_unlock(&fs->freeze);
     fs_changed(fs);
     if (rc)
@@ -517,7 +572,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *data, size_t si
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    (void)fi;
+    free((struct opener *)(uintptr_t)fi->fh);
     inode_release(fs_of(req), ino);
     fuse_reply_err(req, 0);
 }
@@ -748,7 +803,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
     (void)userdata;
     /* Large writes and many requests in flight: throughput of sequential I/O. */
-    conn->max_write = 1 << 20;
+    /* A page under 1 MiB, so a request with its header fits a pipe of the default
+     * maximum size (fs.pipe-max-size) and libfuse can splice it. */
+    conn->max_write = (1 << 20) - 4096;
     conn->max_readahead = 1 << 20;
     conn->max_background = 64;
     conn->congestion_threshold = 48;
@@ -756,6 +813,14 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
         conn->want |= FUSE_CAP_READDIRPLUS;
     if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
         conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
+    /* Writes land in the kernel's page cache and reach us in large batches
+     * in the background: write() runs at page-cache speed, fsync flushes. */
+    if (conn->capable & FUSE_CAP_WRITEBACK_CACHE)
+        conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    /* Write requests arrive in a pipe and are spliced into the cache files. */
+    if (conn->capable & FUSE_CAP_SPLICE_READ)
+        conn->want |= FUSE_CAP_SPLICE_READ;
+    log_debug("FUSE capable 0x%x, want 0x%x", conn->capable, conn->want);
     /* Locks stay local to this machine (the kernel handles them), which is
      * all a single writer needs. */
     conn->want &= ~(unsigned)(FUSE_CAP_POSIX_LOCKS | FUSE_CAP_FLOCK_LOCKS);
@@ -782,7 +847,7 @@ const struct fuse_lowlevel_ops ckptfs_ops = {
     .create = op_create,
     .open = op_open,
     .read = op_read,
-    .write = op_write,
+    .write_buf = op_write_buf,
     .release = op_release,
     .fsync = op_fsync,
     .fallocate = op_fallocate,

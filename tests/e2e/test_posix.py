@@ -1241,9 +1241,22 @@ def _truncate_effects(root):
     return effects
 
 
+def _on_ckptfs(path):
+    path = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split(" - ")[1].split()[0] for line in f if line.split()[4] == path]
+    return mounts[-1:] == ["fuse.ckptfs"]
+
+
 def test_truncate_updates_mtime_and_ctime_as_ext4_does(fsdir, reference_dir):
-    effects = same_on_reference(_truncate_effects, fsdir, reference_dir)
-    assert effects["shrink"] == {"atime": False, "mtime": True, "ctime": True}
+    expected = _truncate_effects(reference_dir)
+    assert expected["shrink"] == {"atime": False, "mtime": True, "ctime": True}
+    if _on_ckptfs(fsdir):
+        # The one known difference (README, "Differences from ext4"): with FUSE's writeback
+        # cache the kernel owns a regular file's mtime and ctime, and moves them on a
+        # truncate only when the size changes.
+        expected = {**expected, "same-size": {"atime": False, "mtime": False, "ctime": False}}
+    assert _truncate_effects(fsdir) == expected
 
 
 def _atime_updated_by_read(root, name, atime_ns, mtime_ns):
