@@ -37,6 +37,15 @@
  *      uploads it.
  *   8. blocks_commit turns DIRTY into CLEAN(name) for each sealed block whose
  *      version has not moved since its seal: its bytes are still the chunk's.
+ *
+ * Uploading ahead (blocks_upload_ahead). A full block nobody has written for
+ * quiet_ms is named and uploaded in the background while the engine goes on
+ * writing, so a snapshot finds most bytes already in the bucket:
+ *   9. after the upload, a block whose version has not moved becomes CLEAN;
+ *      if a freeze came in between, the upload is remembered (up_name at
+ *      up_version) and the seal takes that name without reading or hashing
+ *      the block again. Partial blocks wait for the publish: their chunk's
+ *      length depends on the file's size at the freeze.
  * Locks, in the order taken: a block's stripe lock, then b->lock, then the
  * database lock. A stripe lock serializes everything done to one block.
  */
@@ -51,6 +60,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "util/err.h"
@@ -64,6 +74,11 @@ enum { ST_DIRTY = 1, ST_CLEAN = 2, ST_REMOTE = 3 };
 struct dirty {
     uint64_t version;
     int frozen;
+    int uploading; /* a background upload is in flight (rule 9) */
+    int has_up;    /* up_name is the chunk of its bytes at up_version */
+    uint64_t up_version;
+    int64_t quiet_since; /* CLOCK_MONOTONIC ns of its last write */
+    uint8_t up_name[CODEC_NAME_LEN];
 };
 
 /* A frozen block's bytes as of the freeze, and what became of them. */
@@ -85,6 +100,14 @@ struct blocks {
     struct hmap *fds;     /* (ino, 0) -> data file descriptor + 1 */
     struct hmap *seals;   /* (ino, idx) -> struct seal, during a publish */
     uint64_t fetches;
+    struct {
+        pthread_t thread;
+        pthread_cond_t wake;
+        int running, stop;
+        unsigned quiet_ms;
+        struct pool *pool;
+        struct batch batch;
+    } ahead; /* the background uploader (rule 9), guarded by b->lock */
     sqlite3_stmt *st_get, *st_set, *st_del_from, *st_del_all, *st_dirty, *st_count, *st_clear;
 };
 
@@ -460,13 +483,23 @@ int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t o
     return rc;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 void blocks_write_end(struct blocks *b, struct blocks_span *sp)
 {
     (void)b;
     /* Whatever reached the file, the blocks' bytes may have changed. */
+    int64_t t = mono_ns();
     for (int i = 0; i < 2; i++)
-        if (sp->d[i])
+        if (sp->d[i]) {
             sp->d[i]->version++;
+            sp->d[i]->quiet_since = t;
+        }
     for (int i = 1; i >= 0; i--)
         if (sp->locks[i])
             pthread_mutex_unlock(sp->locks[i]);
@@ -506,8 +539,10 @@ int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t 
         pthread_mutex_lock(lk);
         struct dirty *d = NULL;
         rc = make_dirty(b, fd, ino, idx, 0, &d);
-        if (rc == 0)
+        if (rc == 0) {
             d->version++;
+            d->quiet_since = mono_ns();
+        }
         pthread_mutex_unlock(lk);
     }
     if (rc == 0 && ftruncate(fd, (off_t)new_size))
@@ -628,10 +663,38 @@ static int sealed_bytes(struct blocks *b, uint64_t ino, uint64_t idx, uint8_t *b
     return rc;
 }
 
+/* Rule 9 at a seal: a frozen block uploaded ahead and not written since needs
+ * no reading, naming or uploading. Returns 1 if it was sealed that way. */
+static int seal_from_upload(struct blocks *b, const struct seal_job *j)
+{
+    pthread_mutex_t *lk = stripe_of(b, j->ino, j->idx);
+    pthread_mutex_lock(lk);
+    pthread_mutex_lock(&b->lock);
+    struct seal *staged = hmap_get(b->seals, j->ino, j->idx);
+    struct dirty *d = hmap_get(b->dirty, j->ino, j->idx);
+    pthread_mutex_unlock(&b->lock);
+    int done = !staged && d && d->frozen && d->has_up && d->up_version == d->version &&
+               j->len == b->bsize && add_seal(b, j->ino, j->idx, d->version, 0) == 0;
+    if (done) {
+        pthread_mutex_lock(&b->lock);
+        struct seal *s = hmap_get(b->seals, j->ino, j->idx);
+        memcpy(s->name, d->up_name, CODEC_NAME_LEN);
+        s->has_name = 1;
+        d->frozen = 0;
+        pthread_mutex_unlock(&b->lock);
+    }
+    pthread_mutex_unlock(lk);
+    return done;
+}
+
 static int seal_one(void *arg)
 {
     struct seal_job *j = arg;
     struct blocks *b = j->b;
+    if (seal_from_upload(b, j)) {
+        free(j);
+        return 0;
+    }
     uint8_t *buf = malloc(b->bsize);
     struct seal *s = NULL;
     int rc = buf ? sealed_bytes(b, j->ino, j->idx, buf, &s) : -ENOMEM;
@@ -848,6 +911,150 @@ size_t blocks_block_size(const struct blocks *b)
     return b->bsize;
 }
 
+/* ---- uploading ahead (rule 9) ---- */
+
+#define AHEAD_BACKOFF_NS (5 * 1000000000LL)
+
+struct ahead_job {
+    struct blocks *b;
+    uint64_t ino, idx;
+};
+
+/* A full block's bytes and version, unless it is gone, frozen or not full. */
+static int ahead_read(struct blocks *b, const struct ahead_job *j, uint8_t *buf, uint64_t *version)
+{
+    int fd = open_data(b, j->ino);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) || (uint64_t)st.st_size < (j->idx + 1) * b->bsize)
+        return -ENOENT;
+    pthread_mutex_t *lk = stripe_of(b, j->ino, j->idx);
+    pthread_mutex_lock(lk);
+    struct dirty *d = dirty_get(b, j->ino, j->idx);
+    int rc = !d || d->frozen ? -ENOENT : read_local(fd, j->ino, j->idx * b->bsize, b->bsize, buf);
+    if (rc == 0)
+        *version = d->version;
+    pthread_mutex_unlock(lk);
+    return rc;
+}
+
+/* After the upload: clean if untouched, remembered if frozen meanwhile. */
+static int ahead_done(struct blocks *b, const struct ahead_job *j, int rc, uint64_t version,
+                      const uint8_t name[CODEC_NAME_LEN])
+{
+    pthread_mutex_t *lk = stripe_of(b, j->ino, j->idx);
+    pthread_mutex_lock(lk);
+    struct dirty *d = dirty_get(b, j->ino, j->idx);
+    if (d)
+        d->uploading = 0;
+    if (rc && rc != -ENOENT && d) /* the store is failing: try this block again later */
+        d->quiet_since = mono_ns() + AHEAD_BACKOFF_NS;
+    if (rc == 0 && d && d->version == version) {
+        d->has_up = 1;
+        d->up_version = version;
+        memcpy(d->up_name, name, CODEC_NAME_LEN);
+        if (!d->frozen && (rc = row_set(b, j->ino, j->idx, ST_CLEAN, name)) == 0)
+            dirty_drop(b, j->ino, j->idx);
+    }
+    pthread_mutex_unlock(lk);
+    return rc;
+}
+
+static int ahead_one(void *arg)
+{
+    struct ahead_job *j = arg;
+    struct blocks *b = j->b;
+    uint8_t *buf = malloc(b->bsize), name[CODEC_NAME_LEN];
+    uint64_t version = 0;
+    int rc = buf ? ahead_read(b, j, buf, &version) : -ENOMEM;
+    if (rc == 0)
+        rc = remote_name(b->remote, buf, b->bsize, name);
+    if (rc == 0)
+        rc = remote_put(b->remote, name, buf, b->bsize);
+    int done = ahead_done(b, j, rc, version, name);
+    if (rc && rc != -ENOENT) /* the publish will carry it; say why it could not go now */
+        log_debug("upload ahead of inode %llu block %llu: %s", (unsigned long long)j->ino,
+                  (unsigned long long)j->idx, err_msg(rc));
+    free(buf);
+    free(j);
+    (void)done; /* a failed upload ahead is the publish's to carry, not an error */
+    return 0;
+}
+
+struct ahead_scan {
+    struct blocks *b;
+    int64_t now;
+    struct ahead_job *v[32];
+    size_t n;
+};
+
+static void ahead_pick(void *arg, uint64_t ino, uint64_t idx, void *v)
+{
+    struct ahead_scan *s = arg;
+    struct dirty *d = v;
+    if (s->n == 32 || d->frozen || d->uploading || (d->has_up && d->up_version == d->version) ||
+        s->now - d->quiet_since < (int64_t)s->b->ahead.quiet_ms * 1000000)
+        return;
+    struct ahead_job *j = malloc(sizeof *j);
+    if (!j)
+        return;
+    *j = (struct ahead_job){ s->b, ino, idx };
+    d->uploading = 1;
+    s->v[s->n++] = j;
+}
+
+static void *ahead_loop(void *arg)
+{
+    struct blocks *b = arg;
+    pthread_mutex_lock(&b->lock);
+    while (!b->ahead.stop) {
+        struct ahead_scan s = { .b = b, .now = mono_ns() };
+        hmap_each(b->dirty, ahead_pick, &s);
+        pthread_mutex_unlock(&b->lock);
+        for (size_t i = 0; i < s.n; i++) /* waits while the pool's queue is full */
+            pool_submit(b->ahead.pool, &b->ahead.batch, ahead_one, s.v[i]);
+        pthread_mutex_lock(&b->lock);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 50 * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        if (!b->ahead.stop)
+            pthread_cond_timedwait(&b->ahead.wake, &b->lock, &until);
+    }
+    pthread_mutex_unlock(&b->lock);
+    return NULL;
+}
+
+int blocks_upload_ahead(struct blocks *b, struct pool *pool, unsigned quiet_ms)
+{
+    b->ahead.pool = pool;
+    b->ahead.quiet_ms = quiet_ms;
+    b->ahead.stop = 0;
+    batch_init(&b->ahead.batch);
+    pthread_cond_init(&b->ahead.wake, NULL);
+    if (pthread_create(&b->ahead.thread, NULL, ahead_loop, b))
+        return err_set(-EAGAIN, "cannot start the upload thread");
+    b->ahead.running = 1;
+    return 0;
+}
+
+void blocks_upload_stop(struct blocks *b)
+{
+    if (!b->ahead.running)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->ahead.stop = 1;
+    pthread_cond_signal(&b->ahead.wake);
+    pthread_mutex_unlock(&b->lock);
+    pthread_join(b->ahead.thread, NULL);
+    batch_wait(&b->ahead.batch); /* uploads in flight finish (their errors do not matter) */
+    batch_destroy(&b->ahead.batch);
+    pthread_cond_destroy(&b->ahead.wake);
+    b->ahead.running = 0;
+}
+
 /* ---- lifetime ---- */
 
 static int prepare(struct blocks *b)
@@ -962,6 +1169,7 @@ void blocks_close(struct blocks *b)
 {
     if (!b)
         return;
+    blocks_upload_stop(b);
     if (b->fds)
         hmap_each(b->fds, close_fd, NULL);
     if (b->dirty)

@@ -122,4 +122,12 @@ void blocks_abort(struct blocks *b);
 
 void blocks_get_stats(struct blocks *b, struct blocks_stats *st);
 
+/* Starts uploading full blocks nobody has written for quiet_ms, in the
+ * background through pool, so that snapshots find their bytes already in
+ * the bucket (blocks.c, rule 9). */
+int blocks_upload_ahead(struct blocks *b, struct pool *pool, unsigned quiet_ms);
+
+/* Stops that, waiting for uploads in flight. Harmless if never started. */
+void blocks_upload_stop(struct blocks *b);
+
 #endif

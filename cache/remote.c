@@ -97,7 +97,7 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
     remote_chunk_key(name, key);
     int rc = codec_encode(r->codec, data, len, name, &enc);
     if (rc == 0)
-        rc = store_put(r->store, key, enc.data, enc.len, 0);
+        rc = store_put(r->store, key, enc.data, enc.len, STORE_SELF_VERIFYING);
     buf_free(&enc);
     /* Known only once the store said it is there: a snapshot never names a chunk in doubt. */
     if (rc == 0)

@@ -64,7 +64,8 @@ struct req {
     size_t nextra;
     const void *body;
     size_t body_len;
-    struct buf *out; /* where a 2xx body goes; NULL: into resp */
+    int unsigned_payload; /* sign UNSIGNED-PAYLOAD instead of the body's SHA-256 */
+    struct buf *out;      /* where a 2xx body goes; NULL: into resp */
     uint64_t range_off, range_len;
     int ranged;
 
@@ -235,7 +236,9 @@ static int sign(const struct s3 *s, const struct req *r, const char *path, struc
 {
     char date[17], hash[SIGV4_HEX_LEN];
     amz_now(date);
-    if (r->body_len)
+    if (r->unsigned_payload)
+        snprintf(hash, sizeof hash, "UNSIGNED-PAYLOAD");
+    else if (r->body_len)
         sigv4_sha256_hex(r->body, r->body_len, hash);
     else
         snprintf(hash, sizeof hash, "%s", EMPTY_SHA256);
@@ -472,7 +475,11 @@ static void req_free(struct req *r)
 
 static int s_put(void *impl, const char *key, const void *data, size_t len, unsigned flags)
 {
-    struct req r = { .method = "PUT", .key = key, .body = data, .body_len = len };
+    struct req r = { .method = "PUT",
+                     .key = key,
+                     .body = data,
+                     .body_len = len,
+                     .unsigned_payload = (flags & STORE_SELF_VERIFYING) != 0 };
     if (flags & STORE_IF_ABSENT)
         r.extra[r.nextra++] = (struct sigv4_header){ "If-None-Match", "*" };
     int rc = perform(impl, &r);

@@ -87,6 +87,9 @@ const char *store_url(const struct store *s);
  * without it answers -ENOTSUP). A put is never half-visible: readers see the
  * old object, no object, or the whole new one. */
 #define STORE_IF_ABSENT 1u
+/* The body proves itself (a chunk named by its hash): S3 skips hashing it for
+ * the signature (UNSIGNED-PAYLOAD); a damaged upload is caught when read. */
+#define STORE_SELF_VERIFYING 2u
 int store_put(struct store *s, const char *key, const void *data, size_t len, unsigned flags);
 
 /* Appends bytes [off, off+len) of the object to out; len STORE_TO_END reads to

@@ -28,7 +28,8 @@
 #include "util/hex.h"
 #include "util/log.h"
 
-#define UPLOAD_THREADS 8
+#define UPLOAD_THREADS  8
+#define UPLOAD_QUIET_MS 200 /* a full block untouched this long goes up ahead of the snapshot */
 
 static const char usage_text[] =
     "usage: ckptfs [OPTIONS] URL MOUNTPOINT\n"
@@ -367,6 +368,8 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
         rc = pool_new(UPLOAD_THREADS, 2 * UPLOAD_THREADS, &fs->uploads);
     if (rc == 0 && writable)
         rc = publisher_start(fs, &b->pub, &fs->pub);
+    if (rc == 0 && writable)
+        rc = blocks_upload_ahead(fs->blocks, fs->uploads, UPLOAD_QUIET_MS);
     if (rc == 0)
         rc = control_start(fs, &ctl);
     if (rc == 0 && writable && pthread_create(&hb.thread, NULL, beat, &hb))
@@ -383,6 +386,7 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
     control_stop(ctl);
     if (!writable)
         return rc;
+    blocks_upload_stop(fs->blocks);
     /* Unmounted: everything left goes to the bucket before the daemon exits. */
     int final = publisher_stop(fs->pub);
     pool_free(fs->uploads);

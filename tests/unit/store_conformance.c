@@ -65,6 +65,8 @@ static void check_objects(void)
     CHECK(o.mtime > 1600000000);
     CHECK_EQ(store_put(s, "obj", "new", 3, 0), 0);
     check_get("obj", 0, STORE_TO_END, "new", 3);
+    CHECK_EQ(store_put(s, "obj", "unsigned", 8, STORE_SELF_VERIFYING), 0);
+    check_get("obj", 0, STORE_TO_END, "unsigned", 8);
     CHECK_EQ(store_put(s, "empty", "", 0, 0), 0);
     check_get("empty", 0, STORE_TO_END, "", 0);
     check_get("empty", 0, 10, "", 0);
