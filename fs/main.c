@@ -94,7 +94,7 @@ static int parse_uint(const char *what, const char *v, unsigned lo, unsigned hi,
  * taken, 0 if not ours, -EINVAL if its value is wrong. */
 static int set_option(struct cli *c, const char *name, const char *v)
 {
-    unsigned n;
+    unsigned n = 0;
     int rc;
     if (!strcmp(name, "cache-dir") || !strcmp(name, "cache_dir")) {
         free(c->cache_dir);

@@ -58,16 +58,19 @@ def _ckptfs_program():
 
 
 class _Mount:
-    """A ckptfs mount of a fresh file:// bucket, everything under `base`."""
+    """A ckptfs mount of a fresh bucket, everything local under `base`: a file:// bucket
+    there, or the S3 bucket `url` with the environment `env` that reaches it."""
 
-    def __init__(self, base):
+    def __init__(self, base, url=None, env=None):
         _ckptfs_program()
         os.mkdir(base)
         make_traversable(base)
-        bucket_dir = os.path.join(base, "bucket")
-        os.mkdir(bucket_dir)  # a file:// bucket is a directory that must exist
-        self.mount = CkptfsMount(f"file://{bucket_dir}", os.path.join(base, "cache"),
-                                 os.path.join(base, "mnt"), "-o", "allow_other")
+        if url is None:
+            bucket_dir = os.path.join(base, "bucket")
+            os.mkdir(bucket_dir)  # a file:// bucket is a directory that must exist
+            url = f"file://{bucket_dir}"
+        self.mount = CkptfsMount(url, os.path.join(base, "cache"), os.path.join(base, "mnt"),
+                                 "-o", "allow_other", env=env)
 
     def __enter__(self):
         self.mount.start()
@@ -103,16 +106,21 @@ def fsdir(request, tmp_path):
         yield path
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKENDS + ["ckptfs-s3"])
 def fsdir_pair(request, tmp_path):
     """(reference, under_test): a plain local directory and an empty directory on the
     backend named by the parameter, for differential tests. With "local" both are plain
-    directories, which checks the differential harness itself."""
+    directories, which checks the differential harness itself; "ckptfs-s3" mounts a bucket
+    of the Swift test server, so snapshots and uploads go through real S3 meanwhile."""
     reference = _local_dir(tmp_path / "reference")
     if request.param == "local":
         yield reference, _local_dir(tmp_path / "local")
         return
-    with _Mount(str(tmp_path / "ckptfs")) as path:
+    url = env = None
+    if request.param == "ckptfs-s3":
+        url = f"s3://{request.getfixturevalue('bucket')}"
+        env = request.getfixturevalue("s3env")
+    with _Mount(str(tmp_path / "ckptfs"), url, env) as path:
         yield reference, path
 
 

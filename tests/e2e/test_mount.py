@@ -320,3 +320,17 @@ def test_encryption_hides_content_and_names(mounts, tmp_path, encrypted):
         with pytest.raises(RuntimeError) as e:
             mounts("--read-only", name="keyless")
         assert "encrypt-key" in str(e.value)
+
+
+def test_fresh_writable_mount_continues_from_the_bucket(mounts):
+    """A new machine takes over a bucket cleanly given up: it starts from the newest snapshot,
+    reads file data on demand, and its own changes follow in newer snapshots."""
+    first = mounts()
+    files = checkpoint(first.path, 3, 5 << 20, seed=21)
+    assert first.stop() == 0
+    second = mounts(name="second")  # an empty cache directory
+    assert tree(second.path) == files
+    write_durably(os.path.join(second.path, "ckpt-21/part-0"), b"rewritten")
+    files["ckpt-21/part-0"] = b"rewritten"
+    assert second.stop() == 0
+    assert tree(mounts("--read-only", name="reader").path) == files

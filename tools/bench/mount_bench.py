@@ -105,8 +105,9 @@ def bench_write(args, server):
     lm, mm = statistics.median(local), statistics.median(mount)
     return "\n".join([
         "1 GiB written by `dd bs=1M conv=fsync` from a tmpfs file; the mount's cache and the "
-        f"local copy on the same disk ({WORK}). Median of {args.runs} runs, interleaved, "
-        "alternating which goes first.",
+        f"local copy on the same disk ({WORK}). The mount's bucket is a file:// directory on that "
+        "disk too, and full blocks go up to it while the write goes on, as in use. Median of "
+        f"{args.runs} runs, interleaved, alternating which goes first.",
         "", "| target | MB/s |", "|---|---:|",
         f"| local disk (the cache's) | {lm:.0f} |", f"| ckptfs mount | {mm:.0f} |", "",
         f"ckptfs / local disk: **{mm / lm:.2f}x** (target: at least 0.8x). ckptfs daemon CPU: "
