@@ -84,8 +84,9 @@ static uint64_t leave_if_unused(struct fs *fs, struct inode *in)
 {
     if (in->nlookup || in->opens)
         return 0;
-    if (inode_flush(fs, in))
-        log_warn("inode %llu: %s", (unsigned long long)in->ino, err_msg(-EIO));
+    int rc = inode_flush(fs, in);
+    if (rc)
+        log_warn("inode %llu: %s", (unsigned long long)in->ino, err_msg(rc));
     uint64_t ino = in->ino;
     hmap_del(fs->inodes, ino, 0);
     pthread_mutex_destroy(&in->lock);
@@ -136,18 +137,22 @@ void inode_release(struct fs *fs, uint64_t ino)
     drop(fs, ino, 0, 1);
 }
 
+/* Under the table lock: the inode may be any entry of a listing, which the
+ * kernel may be forgetting (and another thread freeing) right now. */
 void inode_overlay(struct fs *fs, struct ns_attr *a)
 {
-    struct inode *in = inode_get(fs, a->ino);
-    if (!in)
-        return;
-    pthread_mutex_lock(&in->lock);
-    if (in->dirty) {
-        a->size = in->size;
-        a->mtime = in->mtime;
-        a->ctime = in->ctime;
+    pthread_mutex_lock(&fs->inodes_lock);
+    struct inode *in = table_get(fs, a->ino, 0);
+    if (in) {
+        pthread_mutex_lock(&in->lock);
+        if (in->dirty) {
+            a->size = in->size;
+            a->mtime = in->mtime;
+            a->ctime = in->ctime;
+        }
+        pthread_mutex_unlock(&in->lock);
     }
-    pthread_mutex_unlock(&in->lock);
+    pthread_mutex_unlock(&fs->inodes_lock);
 }
 
 int inode_attr(struct fs *fs, uint64_t ino, struct ns_attr *out)
