@@ -6,14 +6,23 @@
  * block_size bytes. Block idx of a file of size S holds bytes
  * [idx*B, min((idx+1)*B, S)). Its state is a row of meta.db:
  *
- *   blocks(ino, idx, state, name)        no row: a hole, all zeros
+ *   blocks(ino, idx, state, name, sums)   no row: a hole, all zeros
  *
- *   REMOTE  the bytes are chunk `name` in the bucket, not here
- *   CLEAN   the bytes are here, equal to chunk `name`, which is in the bucket
+ *   REMOTE  the bytes are chunk `name` in the bucket, not here: the block's
+ *           range of the data file is a hole
+ *   CLEAN   the bytes are here, equal to chunk `name`, which is in the bucket;
+ *           sums holds an XXH3-64 of each BLOCKS_PIECE of the block (the
+ *           zeros past the chunk's end included), checked before bytes are
+ *           served: a block that fails is dropped and fetched again
  *   DIRTY   the bytes are here and newer than any chunk (name NULL)
  *
  * A chunk may be shorter than its block (the file grew by truncate since):
  * the rest of the block is zeros.
+ *
+ * The disk tier's budget (space.h) counts what the data and staging files
+ * take on disk (st_blocks, measured after each change) and meta.db. Clean
+ * blocks are listed in the eviction policy (policy.h); evicting one punches
+ * its range out of the data file and makes it REMOTE (rule 10).
  *
  * Transitions (numbered as the comments below refer to them):
  *   1. A write to a hole or a CLEAN block makes it DIRTY, committed to
@@ -26,6 +35,8 @@
  *   4. Truncation removes the blocks past the new end; a block cut in two
  *      is written (as 1 or 2).
  *   5. Publishing a snapshot turns DIRTY blocks CLEAN (below).
+ *  10. Eviction turns a CLEAN block REMOTE; so does a failed check (then it
+ *      is fetched again at once).
  *
  * Freezing. The in-memory dirty table has an entry per DIRTY block with a
  * version, bumped by every write. blocks_freeze marks all entries frozen:
@@ -62,12 +73,17 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
+#include "cache/memcache.h"
+#include "cache/policy.h"
+#include "cache/space.h"
 #include "util/err.h"
 #include "util/hmap.h"
 #include "util/log.h"
 
-#define STRIPES 256
+#define STRIPES    256
+#define MAX_PIECES 1024 /* the biggest block has this many pieces */
 
 enum { ST_DIRTY = 1, ST_CLEAN = 2, ST_REMOTE = 3 };
 
@@ -79,6 +95,7 @@ struct dirty {
     uint64_t up_version;
     int64_t quiet_since; /* CLOCK_MONOTONIC ns of its last write */
     uint8_t up_name[CODEC_NAME_LEN];
+    uint64_t *up_sums;
 };
 
 /* A frozen block's bytes as of the freeze, and what became of them. */
@@ -86,7 +103,9 @@ struct seal {
     uint64_t ino, idx, version;
     int staged; /* the bytes are in the staging file (rule 6), else in the data file */
     int has_name;
+    uint64_t staged_bytes; /* what the staging file takes on disk */
     uint8_t name[CODEC_NAME_LEN];
+    uint64_t *sums; /* the sealed bytes' checksums, once named */
 };
 
 struct blocks {
@@ -99,7 +118,32 @@ struct blocks {
     struct hmap *dirty;   /* (ino, idx) -> struct dirty */
     struct hmap *fds;     /* (ino, 0) -> data file descriptor + 1 */
     struct hmap *seals;   /* (ino, idx) -> struct seal, during a publish */
-    uint64_t fetches;
+    struct hmap *alloc;   /* (ino, 0) -> bytes its data file takes on disk, + 1 */
+    struct policy *policy; /* the CLEAN blocks on disk */
+    struct space *space;
+    struct memcache *mem;
+    char *db_file;
+    uint64_t db_bytes; /* meta.db and its WAL, as last measured */
+    size_t npieces;
+    unsigned protect_pct;
+    uint64_t zero_sum; /* of a piece of zeros */
+    int64_t full_timeout_ms;
+    struct {
+        uint64_t fetches, hits_memory, hits_disk, evictions, corrupt, prefetched;
+    } n;
+    struct {
+        pthread_t thread;
+        int running, stop;
+        void (*pressure)(void *arg);
+        void *arg;
+        int64_t last_pressure;
+    } evictor; /* guarded by b->lock */
+    struct {
+        struct pool *pool;
+        struct batch batch;
+        struct hmap *inflight; /* (ino, idx) -> 1: queued or being fetched */
+        size_t max;            /* blocks under way at most */
+    } ra; /* fetching ahead, guarded by b->lock */
     struct {
         pthread_t thread;
         pthread_cond_t wake;
@@ -108,12 +152,15 @@ struct blocks {
         struct pool *pool;
         struct batch batch;
     } ahead; /* the background uploader (rule 9), guarded by b->lock */
-    sqlite3_stmt *st_get, *st_set, *st_del_from, *st_del_all, *st_dirty, *st_count, *st_clear;
+    sqlite3_stmt *st_get, *st_set, *st_del_from, *st_del_all, *st_dirty, *st_count, *st_clear,
+        *st_clean, *st_clean_from, *st_remote;
 };
 
 struct block {
     int state; /* 0: a hole */
+    int has_sums;
     uint8_t name[CODEC_NAME_LEN];
+    uint64_t sums[MAX_PIECES];
 };
 
 static pthread_mutex_t *stripe_of(struct blocks *b, uint64_t ino, uint64_t idx)
@@ -135,6 +182,10 @@ static int row_get(struct blocks *b, uint64_t ino, uint64_t idx, struct block *o
         const void *name = sqlite3_column_blob(b->st_get, 1);
         if (name && sqlite3_column_bytes(b->st_get, 1) == CODEC_NAME_LEN)
             memcpy(out->name, name, CODEC_NAME_LEN);
+        const void *sums = sqlite3_column_blob(b->st_get, 2);
+        out->has_sums = sums && (size_t)sqlite3_column_bytes(b->st_get, 2) == b->npieces * 8;
+        if (out->has_sums)
+            memcpy(out->sums, sums, b->npieces * 8);
     }
     sqlite3_reset(b->st_get);
     db_unlock(b->db);
@@ -143,7 +194,7 @@ static int row_get(struct blocks *b, uint64_t ino, uint64_t idx, struct block *o
 
 /* Caller holds the database lock. */
 static int row_set_locked(struct blocks *b, uint64_t ino, uint64_t idx, int state,
-                          const uint8_t *name)
+                          const uint8_t *name, const uint64_t *sums)
 {
     sqlite3_bind_int64(b->st_set, 1, (sqlite3_int64)ino);
     sqlite3_bind_int64(b->st_set, 2, (sqlite3_int64)idx);
@@ -152,13 +203,18 @@ static int row_set_locked(struct blocks *b, uint64_t ino, uint64_t idx, int stat
         sqlite3_bind_blob(b->st_set, 4, name, CODEC_NAME_LEN, SQLITE_STATIC);
     else
         sqlite3_bind_null(b->st_set, 4);
+    if (sums)
+        sqlite3_bind_blob(b->st_set, 5, sums, (int)(b->npieces * 8), SQLITE_STATIC);
+    else
+        sqlite3_bind_null(b->st_set, 5);
     return db_run(b->st_set);
 }
 
-static int row_set(struct blocks *b, uint64_t ino, uint64_t idx, int state, const uint8_t *name)
+static int row_set(struct blocks *b, uint64_t ino, uint64_t idx, int state, const uint8_t *name,
+                   const uint64_t *sums)
 {
     db_lock(b->db);
-    int rc = row_set_locked(b, ino, idx, state, name);
+    int rc = row_set_locked(b, ino, idx, state, name, sums);
     db_unlock(b->db);
     return rc;
 }
@@ -182,6 +238,25 @@ static void data_path(const struct blocks *b, uint64_t ino, char *path)
              (unsigned long long)ino);
 }
 
+/* Opens (creating) ino's data file. */
+static int open_path(struct blocks *b, uint64_t ino)
+{
+    char path[PATH_MAX];
+    data_path(b, ino, path);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == ENOENT) {
+        char *slash = strrchr(path, '/');
+        *slash = '\0';
+        mkdir(path, 0700);
+        *slash = '/';
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    }
+    if (fd < 0)
+        return err_set(errno == ENOSPC ? -ENOSPC : -EIO, "cache file %s: %s", path,
+                       strerror(errno));
+    return fd;
+}
+
 static int open_data(struct blocks *b, uint64_t ino)
 {
     pthread_mutex_lock(&b->lock);
@@ -189,19 +264,9 @@ static int open_data(struct blocks *b, uint64_t ino)
     pthread_mutex_unlock(&b->lock);
     if (fd >= 0)
         return (int)fd;
-    char path[PATH_MAX];
-    data_path(b, ino, path);
-    int nfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (nfd < 0 && errno == ENOENT) {
-        char *slash = strrchr(path, '/');
-        *slash = '\0';
-        mkdir(path, 0700);
-        *slash = '/';
-        nfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    }
+    int nfd = open_path(b, ino);
     if (nfd < 0)
-        return err_set(-errno == -ENOSPC ? -ENOSPC : -EIO, "cache file %s: %s", path,
-                       strerror(errno));
+        return nfd;
     pthread_mutex_lock(&b->lock);
     fd = (intptr_t)hmap_get(b->fds, ino, 0) - 1;
     if (fd < 0 && hmap_put(b->fds, ino, 0, (void *)(intptr_t)(nfd + 1)) == 0)
@@ -253,22 +318,183 @@ static int write_local(int fd, uint64_t ino, uint64_t off, const uint8_t *p, siz
     return 0;
 }
 
-/* Rules 2 and 3: the chunk's bytes into the data file, the rest of the block zeros. */
-static int fetch(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const struct block *blk)
+/* The descriptor of ino's data file: the kept one, or (*own set) one the
+ * caller closes, so that background work on files nobody has open does not
+ * pile up descriptors. */
+static int data_fd(struct blocks *b, uint64_t ino, int *own)
 {
+    pthread_mutex_lock(&b->lock);
+    intptr_t fd = (intptr_t)hmap_get(b->fds, ino, 0) - 1;
+    pthread_mutex_unlock(&b->lock);
+    *own = fd < 0;
+    return fd >= 0 ? (int)fd : open_path(b, ino);
+}
+
+static void data_fd_done(int fd, int own)
+{
+    if (own && fd >= 0)
+        close(fd);
+}
+
+/* What ino's data file takes on disk now, reported to the budget. */
+static void account(struct blocks *b, uint64_t ino, int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st))
+        return;
+    uint64_t now = (uint64_t)st.st_blocks * 512;
+    pthread_mutex_lock(&b->lock);
+    uint64_t was = (uint64_t)(uintptr_t)hmap_get(b->alloc, ino, 0);
+    was = was ? was - 1 : 0;
+    int rc = hmap_put(b->alloc, ino, 0, (void *)(uintptr_t)(now + 1));
+    pthread_mutex_unlock(&b->lock);
+    if (rc == 0)
+        space_add(b->space, (int64_t)now - (int64_t)was);
+}
+
+/* The file is gone from disk: its bytes leave the budget. */
+static void account_gone(struct blocks *b, uint64_t ino)
+{
+    pthread_mutex_lock(&b->lock);
+    uint64_t was = (uint64_t)(uintptr_t)hmap_del(b->alloc, ino, 0);
+    pthread_mutex_unlock(&b->lock);
+    if (was)
+        space_add(b->space, -(int64_t)(was - 1));
+}
+
+/* Makes [off, off+len) of the data file a hole; zeros where holes cannot be. */
+static int punch(int fd, uint64_t ino, uint64_t off, size_t len)
+{
+    if (len == 0 || fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                              (off_t)len) == 0)
+        return 0;
+    if (errno != EOPNOTSUPP)
+        return io_fail("hole punch", ino);
+    static const uint8_t zeros[65536];
+    for (size_t done = 0; done < len;) {
+        size_t n = len - done < sizeof zeros ? len - done : sizeof zeros;
+        int rc = write_local(fd, ino, off + done, zeros, n);
+        if (rc)
+            return rc;
+        done += n;
+    }
+    return 0;
+}
+
+/* The checksums of a block whose first len bytes are data, zeros after. */
+static void sums_of(const struct blocks *b, const uint8_t *data, size_t len, uint64_t *sums)
+{
+    for (size_t i = 0; i < b->npieces; i++) {
+        size_t off = i * BLOCKS_PIECE;
+        if (off + BLOCKS_PIECE <= len) {
+            sums[i] = XXH3_64bits(data + off, BLOCKS_PIECE);
+        } else if (off >= len) {
+            sums[i] = b->zero_sum;
+        } else {
+            static __thread uint8_t piece[BLOCKS_PIECE];
+            memcpy(piece, data + off, len - off);
+            memset(piece + (len - off), 0, BLOCKS_PIECE - (len - off));
+            sums[i] = XXH3_64bits(piece, BLOCKS_PIECE);
+        }
+    }
+}
+
+static void count(struct blocks *b, uint64_t *counter)
+{
+    pthread_mutex_lock(&b->lock);
+    ++*counter;
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* The plaintext of the block's chunk (len bytes; *data from malloc), from
+ * the memory tier if it is there, else from the bucket, verified. */
+static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, uint8_t **data,
+                       size_t *len)
+{
+    *data = malloc(b->bsize);
+    if (!*data)
+        return -ENOMEM;
+    if (memcache_read(b->mem, blk->name, 0, b->bsize, *data)) {
+        *len = b->bsize; /* the zeros past the chunk's end included */
+        return 0;
+    }
     struct buf chunk = { 0 };
     int rc = remote_get(b->remote, blk->name, &chunk);
     if (rc == 0 && chunk.len > b->bsize)
         rc = err_set(-EBADMSG, "a chunk of inode %llu holds more than a block",
                      (unsigned long long)ino);
-    if (rc == 0 && buf_reserve(&chunk, b->bsize - chunk.len) == 0) {
-        memset(chunk.data + chunk.len, 0, b->bsize - chunk.len);
-        rc = write_local(fd, ino, idx * b->bsize, chunk.data, b->bsize);
+    if (rc == 0) {
+        memcpy(*data, chunk.data, chunk.len);
+        *len = chunk.len;
     }
     buf_free(&chunk);
+    count(b, &b->n.fetches);
+    if (rc) {
+        free(*data);
+        *data = NULL;
+    }
+    return rc;
+}
+
+/* Rules 2 and 3: the chunk's bytes into the block's range of the data file
+ * (a hole until now: the rest stays zeros). */
+static int place(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const uint8_t *data,
+                 size_t len)
+{
+    int rc = write_local(fd, ino, idx * b->bsize, data, len);
+    account(b, ino, fd);
+    return rc;
+}
+
+/* Rule 3: a fetched chunk becomes a CLEAN block on disk, if the budget has
+ * room for it now; if not, the block stays REMOTE (its bytes live on in
+ * the memory tier). Caller holds the block's stripe lock. */
+static int keep_on_disk(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
+                        const struct block *blk, const uint8_t *data, size_t len, int64_t wait_ms)
+{
+    int rc = space_reserve(b->space, b->bsize, wait_ms);
+    if (rc)
+        return rc;
+    uint64_t *sums = malloc(b->npieces * sizeof *sums);
+    rc = sums ? place(b, fd, ino, idx, data, len) : -ENOMEM;
+    if (rc == 0) {
+        sums_of(b, data, len, sums);
+        rc = row_set(b, ino, idx, ST_CLEAN, blk->name, sums);
+    }
+    if (rc == 0) {
+        pthread_mutex_lock(&b->lock);
+        policy_add(b->policy, ino, idx);
+        pthread_mutex_unlock(&b->lock);
+    }
+    space_release(b->space, b->bsize);
+    free(sums);
+    return rc;
+}
+
+/* Rule 2: a REMOTE block about to be written in part gets its bytes first. */
+static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
+                           const struct block *blk)
+{
+    uint8_t *data;
+    size_t len;
+    int rc = chunk_bytes(b, ino, blk, &data, &len);
+    if (rc == 0)
+        rc = place(b, fd, ino, idx, data, len);
+    free(data);
+    return rc;
+}
+
+/* Rule 10: the block's bytes leave the disk. Caller holds its stripe lock. */
+static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
+                      const struct block *blk)
+{
+    int rc = punch(fd, ino, idx * b->bsize, b->bsize);
+    if (rc == 0)
+        rc = row_set(b, ino, idx, ST_REMOTE, blk->name, NULL);
     pthread_mutex_lock(&b->lock);
-    b->fetches++;
+    policy_remove(b->policy, ino, idx);
     pthread_mutex_unlock(&b->lock);
+    account(b, ino, fd);
     return rc;
 }
 
@@ -294,10 +520,26 @@ static int dirty_add(struct blocks *b, uint64_t ino, uint64_t idx, struct dirty 
     return rc;
 }
 
+static void dirty_free(struct dirty *d)
+{
+    if (d)
+        free(d->up_sums);
+    free(d);
+}
+
 static void dirty_drop(struct blocks *b, uint64_t ino, uint64_t idx)
 {
     pthread_mutex_lock(&b->lock);
-    free(hmap_del(b->dirty, ino, idx));
+    dirty_free(hmap_del(b->dirty, ino, idx));
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* Rules 8 and 9: a dirty block is clean now (its row says so already). */
+static void became_clean(struct blocks *b, uint64_t ino, uint64_t idx)
+{
+    pthread_mutex_lock(&b->lock);
+    dirty_free(hmap_del(b->dirty, ino, idx));
+    policy_add(b->policy, ino, idx);
     pthread_mutex_unlock(&b->lock);
 }
 
@@ -309,12 +551,17 @@ static void staging_path(const struct blocks *b, uint64_t ino, uint64_t idx, cha
              (unsigned long long)idx);
 }
 
-static int add_seal(struct blocks *b, uint64_t ino, uint64_t idx, uint64_t version, int staged)
+static int add_seal(struct blocks *b, uint64_t ino, uint64_t idx, uint64_t version, int staged,
+                    uint64_t staged_bytes)
 {
     struct seal *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
-    *s = (struct seal){ .ino = ino, .idx = idx, .version = version, .staged = staged };
+    *s = (struct seal){ .ino = ino,
+                        .idx = idx,
+                        .version = version,
+                        .staged = staged,
+                        .staged_bytes = staged_bytes };
     pthread_mutex_lock(&b->lock);
     int rc = hmap_put(b->seals, ino, idx, s);
     pthread_mutex_unlock(&b->lock);
@@ -337,9 +584,15 @@ static int seal_to_staging(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     if (rc == 0)
         rc = write_local(out, ino, 0, buf, b->bsize);
     free(buf);
+    /* In the budget until the publish ends: a writer waits for room after this. */
+    struct stat st;
+    uint64_t bytes = fstat(out, &st) == 0 ? (uint64_t)st.st_blocks * 512 : b->bsize;
+    space_add(b->space, (int64_t)bytes);
     close(out);
     if (rc == 0)
-        rc = add_seal(b, ino, idx, d->version, 1);
+        rc = add_seal(b, ino, idx, d->version, 1, bytes);
+    else
+        space_add(b->space, -(int64_t)bytes);
     if (rc == 0)
         d->frozen = 0;
     return rc;
@@ -379,6 +632,23 @@ static struct scan scan(struct blocks *b, uint64_t ino, uint64_t from, int froze
     return f;
 }
 
+/* The clean blocks of ino from `first` on leave the eviction policy. */
+static int forget_clean(struct blocks *b, uint64_t ino, uint64_t first)
+{
+    db_lock(b->db);
+    sqlite3_bind_int64(b->st_clean_from, 1, (sqlite3_int64)ino);
+    sqlite3_bind_int64(b->st_clean_from, 2, (sqlite3_int64)first);
+    int rc;
+    while ((rc = sqlite3_step(b->st_clean_from)) == SQLITE_ROW) {
+        pthread_mutex_lock(&b->lock);
+        policy_remove(b->policy, ino, (uint64_t)sqlite3_column_int64(b->st_clean_from, 0));
+        pthread_mutex_unlock(&b->lock);
+    }
+    sqlite3_reset(b->st_clean_from);
+    db_unlock(b->db);
+    return rc == SQLITE_DONE ? 0 : db_fail(db_handle(b->db), rc, "clean blocks");
+}
+
 /* Rule 4 and removal: the blocks of ino from `first` on go, after the bytes
  * of the frozen ones are sealed (rule 6). */
 static int drop_blocks_from(struct blocks *b, int fd, uint64_t ino, uint64_t first)
@@ -397,12 +667,102 @@ static int drop_blocks_from(struct blocks *b, int fd, uint64_t ino, uint64_t fir
     }
     free(f.idx);
     if (rc == 0)
+        rc = forget_clean(b, ino, first);
+    if (rc == 0)
         rc = first ? rows_delete(b, b->st_del_from, ino, first)
                    : rows_delete(b, b->st_del_all, ino, 0);
     return rc;
 }
 
 /* ---- reads and writes ---- */
+
+/* Reads [pos, pos+n) of a CLEAN block from disk, checking the pieces it
+ * touches first. Returns -EBADMSG if one fails its check. */
+static int read_checked(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
+                        const struct block *blk, uint64_t pos, size_t n, uint8_t *out)
+{
+    uint64_t start = idx * b->bsize;
+    size_t first = (size_t)(pos - start) / BLOCKS_PIECE;
+    size_t last = (size_t)(pos + n - 1 - start) / BLOCKS_PIECE;
+    size_t span = (last - first + 1) * BLOCKS_PIECE;
+    uint8_t *buf = malloc(span);
+    int rc = buf ? read_local(fd, ino, start + first * BLOCKS_PIECE, span, buf) : -ENOMEM;
+    for (size_t i = first; rc == 0 && i <= last; i++)
+        if (!blk->has_sums ||
+            XXH3_64bits(buf + (i - first) * BLOCKS_PIECE, BLOCKS_PIECE) != blk->sums[i])
+            rc = -EBADMSG;
+    if (rc == 0)
+        memcpy(out, buf + (pos - start - first * BLOCKS_PIECE), n);
+    free(buf);
+    return rc;
+}
+
+/* A cached block whose bytes are not what was cached: never served, gone
+ * from disk, to be fetched again (rule 10). */
+static int failed_check(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
+                        const struct block *blk)
+{
+    log_warn("cache: block %llu of inode %llu failed its check on disk; fetching it again",
+             (unsigned long long)idx, (unsigned long long)ino);
+    count(b, &b->n.corrupt);
+    return drop_local(b, fd, ino, idx, blk);
+}
+
+/* [pos, pos+n) of a block only in the bucket, fetched; kept on disk if
+ * there is room (and in the memory tier in any case). */
+static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
+                       const struct block *blk, uint64_t pos, size_t n, uint8_t *out)
+{
+    uint8_t *data;
+    size_t len;
+    int rc = chunk_bytes(b, ino, blk, &data, &len);
+    if (rc)
+        return rc;
+    size_t in = (size_t)(pos - idx * b->bsize), have = in < len ? len - in : 0;
+    have = have < n ? have : n;
+    memcpy(out, data + in, have);
+    memset(out + have, 0, n - have);
+    if (keep_on_disk(b, fd, ino, idx, blk, data, len, 0) == -EIO)
+        log_warn("%s", err_msg(-EIO)); /* served all the same */
+    memcache_put(b->mem, blk->name, data, len);
+    return 0;
+}
+
+/* One block's part of a read, tier by tier. Caller holds its stripe lock. */
+static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint64_t pos,
+                      size_t n, uint8_t *out)
+{
+    if (dirty_get(b, ino, idx)) {
+        count(b, &b->n.hits_disk);
+        return read_local(fd, ino, pos, n, out);
+    }
+    struct block blk = { 0 };
+    int rc = row_get(b, ino, idx, &blk);
+    if (rc || blk.state == 0) {
+        memset(out, 0, n);
+        return rc;
+    }
+    if (memcache_read(b->mem, blk.name, (size_t)(pos - idx * b->bsize), n, out)) {
+        pthread_mutex_lock(&b->lock);
+        b->n.hits_memory++;
+        policy_hit(b->policy, ino, idx);
+        pthread_mutex_unlock(&b->lock);
+        return 0;
+    }
+    if (blk.state == ST_CLEAN) {
+        rc = read_checked(b, fd, ino, idx, &blk, pos, n, out);
+        if (rc != -EBADMSG) {
+            pthread_mutex_lock(&b->lock);
+            b->n.hits_disk += rc == 0;
+            policy_hit(b->policy, ino, idx);
+            pthread_mutex_unlock(&b->lock);
+            return rc;
+        }
+        if ((rc = failed_check(b, fd, ino, idx, &blk)) != 0)
+            return rc;
+    }
+    return read_remote(b, fd, ino, idx, &blk, pos, n, out);
+}
 
 ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
                     void *out)
@@ -420,18 +780,27 @@ ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off,
         n = n < len - done ? n : len - done;
         pthread_mutex_t *lk = stripe_of(b, ino, idx);
         pthread_mutex_lock(lk);
-        struct block blk = { 0 };
-        int rc = dirty_get(b, ino, idx) ? 0 : row_get(b, ino, idx, &blk);
-        if (rc == 0 && blk.state == ST_REMOTE && (rc = fetch(b, fd, ino, idx, &blk)) == 0)
-            rc = row_set(b, ino, idx, ST_CLEAN, blk.name);
-        if (rc == 0)
-            rc = read_local(fd, ino, pos, n, (uint8_t *)out + done);
+        int rc = read_block(b, fd, ino, idx, pos, n, (uint8_t *)out + done);
         pthread_mutex_unlock(lk);
         if (rc)
             return rc;
         done += n;
     }
     return (ssize_t)len;
+}
+
+/* A CLEAN block's bytes that a write will keep must be right before they
+ * become the only copy: 0, or 1 if it failed its check and was dropped. */
+static int check_whole(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
+                       const struct block *blk)
+{
+    uint8_t *buf = malloc(b->bsize);
+    int rc = buf ? read_checked(b, fd, ino, idx, blk, idx * b->bsize, b->bsize, buf) : -ENOMEM;
+    free(buf);
+    if (rc != -EBADMSG)
+        return rc;
+    rc = failed_check(b, fd, ino, idx, blk);
+    return rc ? rc : 1;
 }
 
 /* Rules 1, 2 and 6 for one block; caller holds its stripe lock. */
@@ -445,11 +814,28 @@ static int make_dirty(struct blocks *b, int fd, uint64_t ino, uint64_t idx, int 
     }
     struct block blk = { 0 };
     int rc = row_get(b, ino, idx, &blk);
+    if (rc == 0 && blk.state == ST_CLEAN && !covers_all && (rc = check_whole(b, fd, ino, idx, &blk)) == 1) {
+        blk.state = ST_REMOTE; /* it failed, and is gone from disk */
+        rc = 0;
+    }
     if (rc == 0 && blk.state == ST_REMOTE && !covers_all)
-        rc = fetch(b, fd, ino, idx, &blk);
+        rc = fetch_for_write(b, fd, ino, idx, &blk);
     if (rc == 0)
-        rc = row_set(b, ino, idx, ST_DIRTY, NULL);
+        rc = row_set(b, ino, idx, ST_DIRTY, NULL, NULL);
+    if (rc == 0 && blk.state == ST_CLEAN) {
+        pthread_mutex_lock(&b->lock);
+        policy_remove(b->policy, ino, idx);
+        pthread_mutex_unlock(&b->lock);
+    }
     return rc ? rc : dirty_add(b, ino, idx, out);
+}
+
+/* Whether [off, off+len) of the file has disk blocks already: rewriting
+ * them takes no more room. */
+static int allocated(int fd, uint64_t off, size_t len)
+{
+    off_t hole = lseek(fd, (off_t)off, SEEK_HOLE);
+    return hole >= 0 && (uint64_t)hole >= off + len;
 }
 
 int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
@@ -461,6 +847,14 @@ int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t o
     int fd = open_data(b, ino);
     if (fd < 0)
         return fd;
+    /* Room first, before any lock: waiting must not hold up uploads or the evictor. */
+    size_t want = allocated(fd, off, len) ? 0 : len;
+    int rrc = want ? space_reserve(b->space, want, b->full_timeout_ms) : 0;
+    if (rrc)
+        return rrc;
+    sp->reserved = want;
+    sp->ino = ino;
+    sp->fd = fd;
     uint64_t first = off / b->bsize, last = (off + len - 1) / b->bsize;
     pthread_mutex_t *a = stripe_of(b, ino, first), *z = stripe_of(b, ino, last);
     /* Two stripes in address order, so two spans can never lock in opposite orders. */
@@ -492,7 +886,10 @@ static int64_t mono_ns(void)
 
 void blocks_write_end(struct blocks *b, struct blocks_span *sp)
 {
-    (void)b;
+    if (sp->ino) {
+        account(b, sp->ino, sp->fd);
+        space_release(b->space, sp->reserved);
+    }
     /* Whatever reached the file, the blocks' bytes may have changed. */
     int64_t t = mono_ns();
     for (int i = 0; i < 2; i++)
@@ -547,6 +944,7 @@ int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t 
     }
     if (rc == 0 && ftruncate(fd, (off_t)new_size))
         rc = io_fail("truncate", ino);
+    account(b, ino, fd);
     return rc;
 }
 
@@ -589,18 +987,54 @@ int blocks_remove(struct blocks *b, uint64_t ino)
     char path[PATH_MAX];
     data_path(b, ino, path);
     unlink(path);
+    account_gone(b, ino);
     return rc;
+}
+
+static int measure_data(struct blocks *b, int remove);
+static void close_fd(void *arg, uint64_t a, uint64_t bb, void *v);
+
+static void unaccount(void *arg, uint64_t ino, uint64_t zero, void *v)
+{
+    (void)ino;
+    (void)zero;
+    space_add(arg, -(int64_t)((uintptr_t)v - 1));
+}
+
+/* Every data file goes, with the descriptors, the budget's count of them,
+ * and the eviction policy. Nothing may be in use. */
+static int clear_files(struct blocks *b)
+{
+    struct hmap *fds = hmap_new(), *alloc = hmap_new();
+    struct policy *policy = NULL;
+    if (!fds || !alloc || policy_new(b->protect_pct, &policy)) {
+        hmap_free(fds);
+        hmap_free(alloc);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&b->lock);
+    hmap_each(b->fds, close_fd, NULL);
+    hmap_each(b->alloc, unaccount, b->space);
+    hmap_free(b->fds);
+    hmap_free(b->alloc);
+    policy_free(b->policy);
+    b->fds = fds;
+    b->alloc = alloc;
+    b->policy = policy;
+    pthread_mutex_unlock(&b->lock);
+    return measure_data(b, 1);
 }
 
 int blocks_clear_locked(struct blocks *b)
 {
-    return db_run(b->st_clear);
+    int rc = db_run(b->st_clear);
+    return rc ? rc : clear_files(b);
 }
 
 int blocks_set_remote(struct blocks *b, uint64_t ino, uint64_t idx,
                       const uint8_t name[CODEC_NAME_LEN])
 {
-    return row_set_locked(b, ino, idx, ST_REMOTE, name);
+    return row_set_locked(b, ino, idx, ST_REMOTE, name, NULL);
 }
 
 /* ---- snapshots ---- */
@@ -651,7 +1085,7 @@ static int sealed_bytes(struct blocks *b, uint64_t ino, uint64_t idx, uint8_t *b
         struct dirty *d = dirty_get(b, ino, idx);
         int fd = open_data(b, ino);
         rc = fd < 0 ? fd : !d ? -ENOENT : read_local(fd, ino, idx * b->bsize, b->bsize, buf);
-        if (rc == 0 && (rc = add_seal(b, ino, idx, d->version, 0)) == 0) {
+        if (rc == 0 && (rc = add_seal(b, ino, idx, d->version, 0, 0)) == 0) {
             d->frozen = 0;
             pthread_mutex_lock(&b->lock);
             s = hmap_get(b->seals, ino, idx);
@@ -673,17 +1107,22 @@ static int seal_from_upload(struct blocks *b, const struct seal_job *j)
     struct seal *staged = hmap_get(b->seals, j->ino, j->idx);
     struct dirty *d = hmap_get(b->dirty, j->ino, j->idx);
     pthread_mutex_unlock(&b->lock);
-    int done = !staged && d && d->frozen && d->has_up && d->up_version == d->version &&
-               j->len == b->bsize && add_seal(b, j->ino, j->idx, d->version, 0) == 0;
+    uint64_t *sums = malloc(b->npieces * sizeof *sums);
+    int done = sums && !staged && d && d->frozen && d->has_up && d->up_version == d->version &&
+               j->len == b->bsize && add_seal(b, j->ino, j->idx, d->version, 0, 0) == 0;
     if (done) {
         pthread_mutex_lock(&b->lock);
         struct seal *s = hmap_get(b->seals, j->ino, j->idx);
         memcpy(s->name, d->up_name, CODEC_NAME_LEN);
+        memcpy(sums, d->up_sums, b->npieces * sizeof *sums);
+        s->sums = sums;
+        sums = NULL;
         s->has_name = 1;
         d->frozen = 0;
         pthread_mutex_unlock(&b->lock);
     }
     pthread_mutex_unlock(lk);
+    free(sums);
     return done;
 }
 
@@ -699,16 +1138,23 @@ static int seal_one(void *arg)
     struct seal *s = NULL;
     int rc = buf ? sealed_bytes(b, j->ino, j->idx, buf, &s) : -ENOMEM;
     uint8_t name[CODEC_NAME_LEN];
+    uint64_t *sums = rc == 0 ? malloc(b->npieces * sizeof *sums) : NULL;
+    if (rc == 0 && !sums)
+        rc = -ENOMEM;
     if (rc == 0)
         rc = remote_name(b->remote, buf, j->len, name);
     if (rc == 0)
         rc = remote_put(b->remote, name, buf, j->len);
     if (rc == 0) {
+        sums_of(b, buf, j->len, sums);
         pthread_mutex_lock(&b->lock);
         memcpy(s->name, name, CODEC_NAME_LEN);
+        s->sums = sums;
+        sums = NULL;
         s->has_name = 1;
         pthread_mutex_unlock(&b->lock);
     }
+    free(sums);
     free(buf);
     free(j);
     return rc == -ENOENT ? 0 : rc;
@@ -826,9 +1272,9 @@ static int commit_one(struct blocks *b, struct seal *s)
     struct dirty *d = dirty_get(b, s->ino, s->idx);
     int rc = 0;
     if (d && !d->frozen && d->version == s->version && s->has_name) {
-        rc = row_set(b, s->ino, s->idx, ST_CLEAN, s->name);
+        rc = row_set(b, s->ino, s->idx, ST_CLEAN, s->name, s->sums);
         if (rc == 0)
-            dirty_drop(b, s->ino, s->idx);
+            became_clean(b, s->ino, s->idx);
     }
     pthread_mutex_unlock(lk);
     return rc;
@@ -877,7 +1323,9 @@ static int finish(struct blocks *b, int commit)
             char path[PATH_MAX];
             staging_path(b, s->ino, s->idx, path);
             unlink(path);
+            space_add(b->space, -(int64_t)s->staged_bytes);
         }
+        free(s->sums);
         free(s);
     }
     free(l.pair);
@@ -899,10 +1347,31 @@ void blocks_abort(struct blocks *b)
 
 void blocks_get_stats(struct blocks *b, struct blocks_stats *st)
 {
+    struct space_stats sp;
+    struct memcache_stats ms;
+    space_get_stats(b->space, &sp);
+    memcache_get_stats(b->mem, &ms);
     pthread_mutex_lock(&b->lock);
-    st->dirty_blocks = hmap_count(b->dirty);
+    *st = (struct blocks_stats){
+        .dirty_blocks = hmap_count(b->dirty),
+        .fetches = b->n.fetches,
+        .hits_memory = b->n.hits_memory,
+        .hits_disk = b->n.hits_disk,
+        .evictions = b->n.evictions,
+        .corrupt = b->n.corrupt,
+        .prefetched = b->n.prefetched,
+        .prefetch_queue = b->ra.inflight ? hmap_count(b->ra.inflight) : 0,
+        .clean_blocks = policy_count(b->policy),
+        .cache_used = sp.used,
+        .cache_limit = sp.limit,
+        .cache_reserved = sp.reserved,
+        .writers_waiting = sp.waiting,
+        .writer_waits = sp.waits,
+        .writer_timeouts = sp.timeouts,
+        .memory_used = ms.bytes,
+        .memory_limit = ms.limit,
+    };
     st->dirty_bytes = st->dirty_blocks * b->bsize;
-    st->fetches = b->fetches;
     pthread_mutex_unlock(&b->lock);
 }
 
@@ -939,7 +1408,7 @@ static int ahead_read(struct blocks *b, const struct ahead_job *j, uint8_t *buf,
 
 /* After the upload: clean if untouched, remembered if frozen meanwhile. */
 static int ahead_done(struct blocks *b, const struct ahead_job *j, int rc, uint64_t version,
-                      const uint8_t name[CODEC_NAME_LEN])
+                      const uint8_t name[CODEC_NAME_LEN], uint64_t *sums)
 {
     pthread_mutex_t *lk = stripe_of(b, j->ino, j->idx);
     pthread_mutex_lock(lk);
@@ -952,8 +1421,12 @@ static int ahead_done(struct blocks *b, const struct ahead_job *j, int rc, uint6
         d->has_up = 1;
         d->up_version = version;
         memcpy(d->up_name, name, CODEC_NAME_LEN);
-        if (!d->frozen && (rc = row_set(b, j->ino, j->idx, ST_CLEAN, name)) == 0)
-            dirty_drop(b, j->ino, j->idx);
+        free(d->up_sums);
+        d->up_sums = sums;
+        if (!d->frozen && (rc = row_set(b, j->ino, j->idx, ST_CLEAN, name, sums)) == 0)
+            became_clean(b, j->ino, j->idx);
+    } else {
+        free(sums);
     }
     pthread_mutex_unlock(lk);
     return rc;
@@ -970,7 +1443,12 @@ static int ahead_one(void *arg)
         rc = remote_name(b->remote, buf, b->bsize, name);
     if (rc == 0)
         rc = remote_put(b->remote, name, buf, b->bsize);
-    int done = ahead_done(b, j, rc, version, name);
+    uint64_t *sums = rc == 0 ? malloc(b->npieces * sizeof *sums) : NULL;
+    if (sums)
+        sums_of(b, buf, b->bsize, sums);
+    else if (rc == 0)
+        rc = -ENOMEM;
+    int done = ahead_done(b, j, rc, version, name, sums);
     if (rc && rc != -ENOENT) /* the publish will carry it; say why it could not go now */
         log_debug("upload ahead of inode %llu block %llu: %s", (unsigned long long)j->ino,
                   (unsigned long long)j->idx, err_msg(rc));
@@ -1055,20 +1533,281 @@ void blocks_upload_stop(struct blocks *b)
     b->ahead.running = 0;
 }
 
+/* ---- eviction (rule 10) ---- */
+
+/* Evicts one clean block unless someone is using it. Returns the bytes freed. */
+static uint64_t evict_one(struct blocks *b, uint64_t ino, uint64_t idx)
+{
+    pthread_mutex_t *lk = stripe_of(b, ino, idx);
+    if (pthread_mutex_trylock(lk))
+        return 0;
+    struct block blk = { 0 };
+    int64_t before = 0, freed = 0;
+    int own = 0, fd = -1;
+    if (!dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && blk.state == ST_CLEAN &&
+        (fd = data_fd(b, ino, &own)) >= 0) {
+        pthread_mutex_lock(&b->lock);
+        before = (int64_t)(uintptr_t)hmap_get(b->alloc, ino, 0);
+        pthread_mutex_unlock(&b->lock);
+        if (drop_local(b, fd, ino, idx, &blk) == 0)
+            count(b, &b->n.evictions);
+        pthread_mutex_lock(&b->lock);
+        freed = before - (int64_t)(uintptr_t)hmap_get(b->alloc, ino, 0);
+        pthread_mutex_unlock(&b->lock);
+    } else { /* not clean any more: it should not be listed */
+        pthread_mutex_lock(&b->lock);
+        if (!hmap_get(b->dirty, ino, idx) && blk.state != ST_CLEAN)
+            policy_remove(b->policy, ino, idx);
+        pthread_mutex_unlock(&b->lock);
+    }
+    data_fd_done(fd, own);
+    pthread_mutex_unlock(lk);
+    return freed > 0 ? (uint64_t)freed : 0;
+}
+
+/* Evicts the coldest clean blocks until want bytes are free. Returns the
+ * bytes freed. */
+static uint64_t evict(struct blocks *b, uint64_t want)
+{
+    uint64_t freed = 0;
+    while (freed < want) {
+        uint64_t v[64][2], got = 0;
+        pthread_mutex_lock(&b->lock);
+        size_t n = policy_coldest(b->policy, 64, v);
+        pthread_mutex_unlock(&b->lock);
+        for (size_t i = 0; i < n && freed + got < want; i++)
+            got += evict_one(b, v[i][0], v[i][1]);
+        freed += got;
+        if (n == 0 || got == 0)
+            break; /* nothing clean left, or all of it in use */
+    }
+    return freed;
+}
+
+/* meta.db grows with the tree: it is in the budget too. */
+static void measure_db(struct blocks *b)
+{
+    uint64_t now = 0;
+    struct stat st;
+    char path[PATH_MAX];
+    for (int wal = 0; wal < 2; wal++) {
+        snprintf(path, sizeof path, "%s%s", b->db_file, wal ? "-wal" : "");
+        if (stat(path, &st) == 0)
+            now += (uint64_t)st.st_blocks * 512;
+    }
+    space_add(b->space, (int64_t)now - (int64_t)b->db_bytes);
+    b->db_bytes = now;
+}
+
+static int stopping(struct blocks *b)
+{
+    pthread_mutex_lock(&b->lock);
+    int stop = b->evictor.stop;
+    pthread_mutex_unlock(&b->lock);
+    return stop;
+}
+
+/* Dirty data fills the cache: uploads ahead will clean full blocks; the
+ * rest needs a snapshot, asked for at most once a second. */
+static void pressure(struct blocks *b)
+{
+    int64_t now = mono_ns();
+    pthread_mutex_lock(&b->lock);
+    void (*fn)(void *) = now - b->evictor.last_pressure > 1000000000LL ? b->evictor.pressure : NULL;
+    void *arg = b->evictor.arg;
+    if (fn)
+        b->evictor.last_pressure = now;
+    pthread_mutex_unlock(&b->lock);
+    if (fn)
+        fn(arg);
+}
+
+static void *evictor_loop(void *arg)
+{
+    struct blocks *b = arg;
+    while (!stopping(b)) {
+        uint64_t excess = space_await_excess(b->space, 1000);
+        measure_db(b);
+        if (excess && evict(b, excess) < excess && !stopping(b)) {
+            pressure(b);
+            struct timespec pause = { 0, 50 * 1000000L };
+            nanosleep(&pause, NULL);
+        }
+    }
+    return NULL;
+}
+
+void blocks_on_pressure(struct blocks *b, void (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&b->lock);
+    b->evictor.pressure = fn;
+    b->evictor.arg = arg;
+    pthread_mutex_unlock(&b->lock);
+}
+
+/* ---- fetching ahead ---- */
+
+struct fetch_job {
+    struct blocks *b;
+    uint64_t ino, idx;
+    uint64_t *done;  /* a warm-up's progress, or NULL for read-ahead */
+};
+
+/* Fetches one block that is only in the bucket into the tiers. */
+static int fetch_one(struct blocks *b, const struct fetch_job *j)
+{
+    int own, fd = data_fd(b, j->ino, &own);
+    if (fd < 0)
+        return fd;
+    pthread_mutex_t *lk = stripe_of(b, j->ino, j->idx);
+    pthread_mutex_lock(lk);
+    struct block blk = { 0 };
+    int rc = dirty_get(b, j->ino, j->idx) ? 0 : row_get(b, j->ino, j->idx, &blk);
+    size_t len = 0;
+    uint8_t *data = NULL;
+    if (rc == 0 && blk.state == ST_REMOTE)
+        rc = chunk_bytes(b, j->ino, &blk, &data, &len);
+    if (rc == 0 && data) {
+        /* A warm-up is for the disk; read-ahead is served from memory when the disk is full. */
+        rc = keep_on_disk(b, fd, j->ino, j->idx, &blk, data, len, j->done ? b->full_timeout_ms : 0);
+        if (!j->done)
+            rc = 0;
+        count(b, &b->n.prefetched);
+        memcache_put(b->mem, blk.name, data, len);
+    }
+    pthread_mutex_unlock(lk);
+    data_fd_done(fd, own);
+    if (rc == 0 && j->done && blk.state == ST_REMOTE)
+        __atomic_fetch_add(j->done, len ? (uint64_t)b->bsize : 0, __ATOMIC_RELAXED);
+    return rc;
+}
+
+static int fetch_job_run(void *arg)
+{
+    struct fetch_job *j = arg;
+    struct blocks *b = j->b;
+    int rc = fetch_one(b, j);
+    if (rc && !j->done)
+        log_debug("read-ahead of inode %llu block %llu: %s", (unsigned long long)j->ino,
+                  (unsigned long long)j->idx, err_msg(rc));
+    pthread_mutex_lock(&b->lock);
+    hmap_del(b->ra.inflight, j->ino, j->idx);
+    pthread_mutex_unlock(&b->lock);
+    int warm = j->done != NULL;
+    free(j);
+    return warm ? rc : 0;
+}
+
+void blocks_prefetch_start(struct blocks *b, struct pool *pool, size_t max_bytes)
+{
+    b->ra.pool = pool;
+    b->ra.max = max_bytes / b->bsize ? max_bytes / b->bsize : 1;
+    batch_init(&b->ra.batch);
+}
+
+/* Marks the block in flight; 0 if it is already, or the budget is spent. */
+static int claim(struct blocks *b, uint64_t ino, uint64_t idx, int beyond_budget)
+{
+    pthread_mutex_lock(&b->lock);
+    int ok = !hmap_get(b->ra.inflight, ino, idx) &&
+             (beyond_budget || hmap_count(b->ra.inflight) < b->ra.max) &&
+             hmap_put(b->ra.inflight, ino, idx, (void *)1) == 0;
+    pthread_mutex_unlock(&b->lock);
+    return ok;
+}
+
+static int submit_fetch(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t idx,
+                        uint64_t *done)
+{
+    struct fetch_job *j = malloc(sizeof *j);
+    if (!j) {
+        pthread_mutex_lock(&b->lock);
+        hmap_del(b->ra.inflight, ino, idx);
+        pthread_mutex_unlock(&b->lock);
+        return -ENOMEM;
+    }
+    *j = (struct fetch_job){ b, ino, idx, done };
+    return pool_submit(b->ra.pool, batch, fetch_job_run, j);
+}
+
+static int is_remote(struct blocks *b, uint64_t ino, uint64_t idx)
+{
+    struct block blk = { 0 };
+    return !dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && blk.state == ST_REMOTE;
+}
+
+void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t first,
+                     unsigned count)
+{
+    uint64_t end = (size + b->bsize - 1) / b->bsize;
+    for (uint64_t idx = first; b->ra.pool && idx < end && idx < first + count; idx++)
+        if (is_remote(b, ino, idx) && claim(b, ino, idx, 0) &&
+            submit_fetch(b, &b->ra.batch, ino, idx, NULL))
+            break;
+}
+
+uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino)
+{
+    db_lock(b->db);
+    sqlite3_bind_int64(b->st_remote, 1, (sqlite3_int64)ino);
+    uint64_t n = sqlite3_step(b->st_remote) == SQLITE_ROW
+                     ? (uint64_t)sqlite3_column_int64(b->st_remote, 0)
+                     : 0;
+    sqlite3_reset(b->st_remote);
+    db_unlock(b->db);
+    return n * b->bsize;
+}
+
+int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size,
+                uint64_t *done)
+{
+    if (!b->ra.pool)
+        return err_set(-EINVAL, "fetching is not started");
+    uint64_t end = (size + b->bsize - 1) / b->bsize;
+    int rc = 0;
+    for (uint64_t idx = 0; rc == 0 && idx < end; idx++)
+        if (is_remote(b, ino, idx) && claim(b, ino, idx, 1))
+            rc = submit_fetch(b, batch, ino, idx, done);
+    return rc;
+}
+
+void blocks_prefetch_stop(struct blocks *b)
+{
+    if (!b->ra.pool)
+        return;
+    batch_wait(&b->ra.batch);
+    batch_destroy(&b->ra.batch);
+    b->ra.pool = NULL;
+}
+
 /* ---- lifetime ---- */
+
+static int has_sums_column(struct blocks *b)
+{
+    sqlite3_stmt *st;
+    int found = 0;
+    if (db_prepare(b->db, "SELECT 1 FROM pragma_table_info('blocks') WHERE name = 'sums'", &st))
+        return 0;
+    found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
+}
 
 static int prepare(struct blocks *b)
 {
     static const char schema[] =
         "CREATE TABLE IF NOT EXISTS blocks(ino INTEGER NOT NULL, idx INTEGER NOT NULL, "
-        "state INTEGER NOT NULL, name BLOB, PRIMARY KEY(ino, idx)) WITHOUT ROWID";
+        "state INTEGER NOT NULL, name BLOB, sums BLOB, PRIMARY KEY(ino, idx)) WITHOUT ROWID";
     int rc = db_exec(b->db, schema);
+    if (rc == 0 && !has_sums_column(b))
+        rc = db_exec(b->db, "ALTER TABLE blocks ADD COLUMN sums BLOB"); /* a cache of 0.1 */
     if (rc == 0)
-        rc = db_prepare(b->db, "SELECT state, name FROM blocks WHERE ino = ? AND idx = ?",
+        rc = db_prepare(b->db, "SELECT state, name, sums FROM blocks WHERE ino = ? AND idx = ?",
                         &b->st_get);
     if (rc == 0)
         rc = db_prepare(b->db,
-                        "INSERT OR REPLACE INTO blocks(ino, idx, state, name) VALUES(?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO blocks(ino, idx, state, name, sums) "
+                        "VALUES(?, ?, ?, ?, ?)",
                         &b->st_set);
     if (rc == 0)
         rc = db_prepare(b->db, "DELETE FROM blocks WHERE ino = ? AND idx >= ?", &b->st_del_from);
@@ -1080,8 +1819,17 @@ static int prepare(struct blocks *b)
         rc = db_prepare(b->db, "SELECT count(*) FROM blocks WHERE ino = ?", &b->st_count);
     if (rc == 0)
         rc = db_prepare(b->db, "DELETE FROM blocks", &b->st_clear);
+    if (rc == 0)
+        rc = db_prepare(b->db, "SELECT ino, idx FROM blocks WHERE state = 2", &b->st_clean);
+    if (rc == 0)
+        rc = db_prepare(b->db, "SELECT idx FROM blocks WHERE ino = ? AND idx >= ? AND state = 2",
+                        &b->st_clean_from);
+    if (rc == 0)
+        rc = db_prepare(b->db, "SELECT count(*) FROM blocks WHERE ino = ? AND state = 3",
+                        &b->st_remote);
     return rc;
 }
+
 
 /* Blocks an earlier run left dirty are dirty again (their versions restart). */
 static int load_dirty(struct blocks *b)
@@ -1098,6 +1846,56 @@ static int load_dirty(struct blocks *b)
     return err;
 }
 
+/* Clean blocks of an earlier run are evictable again (their order is lost). */
+static int load_clean(struct blocks *b)
+{
+    int rc, err = 0;
+    while (!err && (rc = sqlite3_step(b->st_clean)) == SQLITE_ROW)
+        err = policy_add(b->policy, (uint64_t)sqlite3_column_int64(b->st_clean, 0),
+                         (uint64_t)sqlite3_column_int64(b->st_clean, 1));
+    if (!err && rc != SQLITE_DONE)
+        err = db_fail(db_handle(b->db), rc, "clean blocks");
+    sqlite3_reset(b->st_clean);
+    return err;
+}
+
+/* What the data files take on disk, file by file, into the budget. With
+ * remove set, they go instead (the blocks were all forgotten). */
+static int measure_data(struct blocks *b, int remove)
+{
+    DIR *top = opendir(b->dir);
+    if (!top)
+        return err_set(-EIO, "cache directory %s: %s", b->dir, strerror(errno));
+    struct dirent *de;
+    int rc = 0;
+    while (rc == 0 && (de = readdir(top)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        int sub = openat(dirfd(top), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = sub >= 0 ? fdopendir(sub) : NULL;
+        struct dirent *fe;
+        while (d && (fe = readdir(d)) != NULL) {
+            struct stat st;
+            char *end;
+            uint64_t ino = strtoull(fe->d_name, &end, 10);
+            if (fe->d_name[0] == '.' || *end || fstatat(dirfd(d), fe->d_name, &st, 0))
+                continue;
+            if (remove) {
+                unlinkat(dirfd(d), fe->d_name, 0);
+            } else {
+                rc = hmap_put(b->alloc, ino, 0, (void *)(uintptr_t)(st.st_blocks * 512 + 1));
+                space_add(b->space, (int64_t)st.st_blocks * 512);
+            }
+        }
+        if (d)
+            closedir(d);
+        else if (sub >= 0)
+            close(sub);
+    }
+    closedir(top);
+    return rc;
+}
+
 /* Staging copies of a publish that never finished are worthless now. */
 static void clear_staging(const char *dir)
 {
@@ -1111,36 +1909,68 @@ static void clear_staging(const char *dir)
         closedir(d);
 }
 
-int blocks_open(struct db *db, struct remote *remote, const char *dir, size_t block_size,
-                struct blocks **out)
+static int start_evictor(struct blocks *b)
 {
+    if (pthread_create(&b->evictor.thread, NULL, evictor_loop, b))
+        return err_set(-EAGAIN, "cannot start the evictor thread");
+    b->evictor.running = 1;
+    return 0;
+}
+
+/* The tables, the tiers and the budget, as an earlier run left them. */
+static int open_state(struct blocks *b, const char *dir, const struct blocks_options *opt)
+{
+    b->dirty = hmap_new();
+    b->fds = hmap_new();
+    b->seals = hmap_new();
+    b->alloc = hmap_new();
+    b->ra.inflight = hmap_new();
+    if (!b->dirty || !b->fds || !b->seals || !b->alloc || !b->ra.inflight ||
+        policy_new(b->protect_pct, &b->policy) || space_new(opt->cache_size, &b->space) ||
+        memcache_new(opt->memory_cache, &b->mem) || asprintf(&b->dir, "%s/data", dir) < 0 ||
+        asprintf(&b->staging, "%s/staging", dir) < 0 || asprintf(&b->db_file, "%s/meta.db", dir) < 0)
+        return -ENOMEM;
+    if ((mkdir(b->dir, 0700) && errno != EEXIST) || (mkdir(b->staging, 0700) && errno != EEXIST))
+        return err_set(-EIO, "cache directory %s: %s", dir, strerror(errno));
+    clear_staging(b->staging);
+    db_lock(b->db);
+    int rc = prepare(b);
+    if (rc == 0)
+        rc = load_dirty(b);
+    if (rc == 0)
+        rc = load_clean(b);
+    db_unlock(b->db);
+    if (rc == 0)
+        rc = measure_data(b, 0);
+    if (rc == 0)
+        measure_db(b);
+    return rc;
+}
+
+int blocks_open(struct db *db, struct remote *remote, const char *dir,
+                const struct blocks_options *opt, struct blocks **out)
+{
+    size_t bsize = opt->block_size ? opt->block_size : BLOCKS_DEFAULT_SIZE;
+    if (bsize % BLOCKS_PIECE || bsize / BLOCKS_PIECE > MAX_PIECES)
+        return err_set(-EINVAL, "a block size of %zu bytes is not a multiple of %zu up to %zu",
+                       bsize, BLOCKS_PIECE, BLOCKS_PIECE * MAX_PIECES);
     struct blocks *b = calloc(1, sizeof *b);
     if (!b)
         return -ENOMEM;
     b->db = db;
     b->remote = remote;
-    b->bsize = block_size ? block_size : BLOCKS_DEFAULT_SIZE;
+    b->bsize = bsize;
+    b->npieces = bsize / BLOCKS_PIECE;
+    b->protect_pct = opt->protect_pct;
+    b->full_timeout_ms = opt->full_timeout_ms;
+    static const uint8_t zeros[BLOCKS_PIECE];
+    b->zero_sum = XXH3_64bits(zeros, sizeof zeros);
     pthread_mutex_init(&b->lock, NULL);
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_init(&b->stripe[i], NULL);
-    b->dirty = hmap_new();
-    b->fds = hmap_new();
-    b->seals = hmap_new();
-    int rc = b->dirty && b->fds && b->seals ? 0 : -ENOMEM;
-    if (rc == 0 &&
-        (asprintf(&b->dir, "%s/data", dir) < 0 || asprintf(&b->staging, "%s/staging", dir) < 0))
-        rc = -ENOMEM;
-    if (rc == 0 &&
-        ((mkdir(b->dir, 0700) && errno != EEXIST) || (mkdir(b->staging, 0700) && errno != EEXIST)))
-        rc = err_set(-EIO, "cache directory %s: %s", dir, strerror(errno));
-    if (rc == 0) {
-        clear_staging(b->staging);
-        db_lock(db);
-        rc = prepare(b);
-        if (rc == 0)
-            rc = load_dirty(b);
-        db_unlock(db);
-    }
+    int rc = open_state(b, dir, opt);
+    if (rc == 0)
+        rc = start_evictor(b);
     if (rc) {
         blocks_close(b);
         return rc;
@@ -1157,12 +1987,33 @@ static void close_fd(void *arg, uint64_t a, uint64_t bb, void *v)
     close((int)((intptr_t)v - 1));
 }
 
-static void free_value(void *arg, uint64_t a, uint64_t bb, void *v)
+static void free_dirty(void *arg, uint64_t a, uint64_t bb, void *v)
 {
     (void)arg;
     (void)a;
     (void)bb;
+    dirty_free(v);
+}
+
+static void free_seal(void *arg, uint64_t a, uint64_t bb, void *v)
+{
+    (void)arg;
+    (void)a;
+    (void)bb;
+    free(((struct seal *)v)->sums);
     free(v);
+}
+
+static void stop_evictor(struct blocks *b)
+{
+    if (!b->evictor.running)
+        return;
+    pthread_mutex_lock(&b->lock);
+    b->evictor.stop = 1;
+    pthread_mutex_unlock(&b->lock);
+    space_wake(b->space);
+    pthread_join(b->evictor.thread, NULL);
+    b->evictor.running = 0;
 }
 
 void blocks_close(struct blocks *b)
@@ -1170,15 +2021,23 @@ void blocks_close(struct blocks *b)
     if (!b)
         return;
     blocks_upload_stop(b);
+    blocks_prefetch_stop(b);
+    stop_evictor(b);
     if (b->fds)
         hmap_each(b->fds, close_fd, NULL);
     if (b->dirty)
-        hmap_each(b->dirty, free_value, NULL);
+        hmap_each(b->dirty, free_dirty, NULL);
     if (b->seals)
-        hmap_each(b->seals, free_value, NULL);
+        hmap_each(b->seals, free_seal, NULL);
     hmap_free(b->fds);
     hmap_free(b->dirty);
     hmap_free(b->seals);
+    hmap_free(b->alloc);
+    hmap_free(b->ra.inflight);
+    policy_free(b->policy);
+    memcache_free(b->mem);
+    space_free(b->space);
+    free(b->db_file);
     sqlite3_finalize(b->st_get);
     sqlite3_finalize(b->st_set);
     sqlite3_finalize(b->st_del_from);
@@ -1186,6 +2045,9 @@ void blocks_close(struct blocks *b)
     sqlite3_finalize(b->st_dirty);
     sqlite3_finalize(b->st_count);
     sqlite3_finalize(b->st_clear);
+    sqlite3_finalize(b->st_clean);
+    sqlite3_finalize(b->st_clean_from);
+    sqlite3_finalize(b->st_remote);
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_destroy(&b->stripe[i]);
     pthread_mutex_destroy(&b->lock);

@@ -9,6 +9,13 @@
  * that was dirty at the freeze keeps its bytes of that instant for the
  * snapshot, whatever is written afterwards (blocks.c, "Freezing").
  *
+ * Tiers: a read is served from the memory tier (decoded chunks), else from
+ * the data files (clean blocks checked against their checksums first), else
+ * fetched from the bucket. The data files stay within the cache size
+ * (space.h): clean blocks are evicted (policy.h), dirty ones never; a writer
+ * waits for room while uploads turn dirty blocks clean, and fails with
+ * -ENOSPC only after full_timeout_ms.
+ *
  * Errors: negative errno with the thread's message set (util/err.h); -EIO
  * for local I/O, and the store's errors when a chunk must be fetched.
  */
@@ -26,19 +33,41 @@
 #include "util/pool.h"
 
 #define BLOCKS_DEFAULT_SIZE ((size_t)4 << 20)
+#define BLOCKS_PIECE        ((size_t)64 << 10) /* what one checksum covers; block sizes are multiples */
 
 struct blocks;
+
+struct blocks_options {
+    size_t block_size;       /* 0: BLOCKS_DEFAULT_SIZE */
+    uint64_t cache_size;     /* bytes the cache directory may hold; 0: no bound */
+    size_t memory_cache;     /* bytes of decoded chunks kept in memory */
+    int64_t full_timeout_ms; /* how long a writer waits for room */
+    unsigned protect_pct;    /* the eviction policy's protected share (policy.h) */
+};
 
 struct blocks_stats {
     uint64_t dirty_blocks; /* blocks not yet in the bucket */
     uint64_t dirty_bytes;  /* at most dirty_blocks * block size */
-    uint64_t fetches;      /* chunks fetched to serve reads and writes */
+    uint64_t fetches;      /* chunks fetched from the bucket (misses of both tiers) */
+    uint64_t hits_memory, hits_disk;
+    uint64_t evictions, corrupt; /* clean blocks dropped; cached blocks that failed their check */
+    uint64_t prefetched;         /* chunks fetched ahead of reads, or by a warm-up */
+    uint64_t prefetch_queue;     /* fetches under way or waiting */
+    uint64_t clean_blocks;       /* blocks on disk that can be evicted */
+    uint64_t cache_used, cache_limit, cache_reserved;
+    uint64_t writers_waiting, writer_waits, writer_timeouts;
+    uint64_t memory_used, memory_limit;
 };
 
 /* Keeps data files under dir (created if missing); db and remote must
- * outlive it. Blocks left dirty by an earlier run are dirty again. */
-int blocks_open(struct db *db, struct remote *remote, const char *dir, size_t block_size,
-                struct blocks **out);
+ * outlive it. Blocks left dirty by an earlier run are dirty again; clean
+ * ones are clean again (and checked when read). */
+int blocks_open(struct db *db, struct remote *remote, const char *dir,
+                const struct blocks_options *opt, struct blocks **out);
+
+/* Called (from the evictor's thread) when dirty data fills the cache and
+ * only a snapshot can make it clean (partial blocks wait for one). */
+void blocks_on_pressure(struct blocks *b, void (*fn)(void *arg), void *arg);
 void blocks_close(struct blocks *b);
 
 size_t blocks_block_size(const struct blocks *b);
@@ -55,9 +84,13 @@ int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, co
 /* A write whose bytes the caller puts into sp->fd itself (with splice, say):
  * blocks_write_begin readies and locks the blocks of [off, off+len), len at
  * most one block; the caller writes that range of sp->fd, then calls
- * blocks_write_end, whatever the outcome. */
+ * blocks_write_end, whatever the outcome. blocks_write_begin waits while
+ * the cache has no room for new bytes, and fails with -ENOSPC after the
+ * full timeout. */
 struct blocks_span {
     int fd;
+    uint64_t ino;
+    size_t reserved; /* bytes of the disk budget held for the write */
     struct dirty *d[2];
     pthread_mutex_t *locks[2];
 };
@@ -129,5 +162,30 @@ int blocks_upload_ahead(struct blocks *b, struct pool *pool, unsigned quiet_ms);
 
 /* Stops that, waiting for uploads in flight. Harmless if never started. */
 void blocks_upload_stop(struct blocks *b);
+
+/* ---- fetching ahead ---- */
+
+/* Fetches through pool from now on, with at most max_bytes of chunks under
+ * way (the read-ahead memory budget). */
+void blocks_prefetch_start(struct blocks *b, struct pool *pool, size_t max_bytes);
+
+/* Read-ahead: starts fetching blocks [first, first+count) of a file of size
+ * bytes, those that are only in the bucket; skips the rest, and everything
+ * beyond the budget. Never waits. */
+void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t first,
+                     unsigned count);
+
+/* Warm-up: bytes of ino's blocks that are only in the bucket. */
+uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino);
+
+/* Warm-up: queues a fetch into the disk tier of every block of ino that is
+ * only in the bucket, in batch (the caller waits for it); each adds its
+ * bytes to *done when it is in (atomically). A fetch that finds no room
+ * fails with -ENOSPC. */
+int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size,
+                uint64_t *done);
+
+/* Waits for fetches under way (before the pool goes). */
+void blocks_prefetch_stop(struct blocks *b);
 
 #endif

@@ -45,7 +45,7 @@ static int read_marker(struct fs *fs, const struct buf *b, int encrypted, size_t
     else if (format != 1)
         rc = err_set(-EPROTONOSUPPORT, "%s uses ckptfs format %lld; this build reads format 1",
                      fs->url, (long long)format);
-    else if (bs < MIN_BLOCK || bs > MAX_BLOCK)
+    else if (bs < MIN_BLOCK || bs > MAX_BLOCK || bs % MIN_BLOCK)
         rc = err_set(-EBADMSG, "%s/%s names an impossible block size %lld", fs->url, MARKER_KEY,
                      (long long)bs);
     else if (enc && !encrypted)
@@ -170,7 +170,9 @@ static int open_tables(struct fs *fs, size_t block_size)
     if (rc == 0) {
         char data[4096];
         snprintf(data, sizeof data, "%s", fs->cache_dir);
-        rc = blocks_open(fs->db, fs->remote, data, block_size, &fs->blocks);
+        struct blocks_options opt = fs->cache;
+        opt.block_size = block_size;
+        rc = blocks_open(fs->db, fs->remote, data, &opt, &fs->blocks);
     }
     if (rc == 0) /* files unlinked while open when the last run died */
         rc = ns_orphans(fs->ns, delete_orphan, fs);

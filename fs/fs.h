@@ -26,6 +26,9 @@ struct fuse_session;
 
 enum sync_mode { SYNC_LOCAL, SYNC_REMOTE };
 
+#define FS_READ_AHEAD_MAX ((size_t)64 << 20) /* chunks in flight ahead of readers, at most */
+#define FS_MAX_READ       ((size_t)1 << 20)  /* the kernel's biggest read request */
+
 /* An inode the kernel knows of or has open (others live only in meta.db). */
 struct inode {
     uint64_t ino;
@@ -35,6 +38,10 @@ struct inode {
     int dirty; /* size, mtime, ctime below are newer than meta.db */
     uint64_t size;
     struct timespec mtime, ctime;
+    /* read-ahead (ops.c): where the last read ended, the window in blocks,
+     * and the block after the last one asked for */
+    uint64_t ra_next, ra_upto;
+    unsigned ra_window;
 };
 
 struct fs {
@@ -48,6 +55,8 @@ struct fs {
     struct remote *remote;
     struct blocks *blocks;
     struct pool *uploads;
+    struct pool *fetches; /* read-ahead and warm-up */
+    struct blocks_options cache;
     struct publisher *pub;
     struct fuse_session *se; /* for notifications to the kernel */
     enum sync_mode sync;

@@ -30,6 +30,9 @@
 
 #define UPLOAD_THREADS  8
 #define UPLOAD_QUIET_MS 200 /* a full block untouched this long goes up ahead of the snapshot */
+#define FETCH_THREADS   8   /* parallel GETs for read-ahead and warm-up: what saturates a server */
+#define MIN_CACHE       ((uint64_t)64 << 20) /* room for a few blocks per writer */
+#define SLRU_PROTECTED_PCT 80 /* the share of a full cache kept for data read more than once */
 
 static const char usage_text[] =
     "usage: ckptfs [OPTIONS] URL MOUNTPOINT\n"
@@ -47,6 +50,12 @@ static const char usage_text[] =
     "  --compress LEVEL|off        zstd level, 1 to 19 (default 1)\n"
     "  --encrypt-key FILE          AES-256-GCM client-side encryption (32 bytes or 64 hex)\n"
     "  --force                     take over a bucket whose writer stopped heartbeating\n"
+    "  --cache-size SIZE           what the cache directory may hold (default 10G); dirty\n"
+    "                              data is never evicted: writers wait for uploads instead\n"
+    "  --memory-cache SIZE         decoded chunks kept in memory (default 256M, 0 for none)\n"
+    "  --full-timeout SECS         how long a write waits for room in a full cache before\n"
+    "                              failing with ENOSPC (default 300)\n"
+    "  --eviction slru|lru         which clean data leaves a full cache first (default slru)\n"
     "  --allow-other               let other users use the mount (as -o allow_other)\n"
     "  --read-only                 the newest snapshot, read-only (as -o ro); sends no write\n"
     "                              request of any kind to the bucket\n"
@@ -62,6 +71,8 @@ struct cli {
     unsigned interval_s;
     int level;
     const char *key_file;
+    struct blocks_options cache;
+    unsigned full_timeout_s;
     struct store_options store;
     char *o_copy; /* -o strings point into it */
 };
@@ -87,6 +98,25 @@ static int parse_uint(const char *what, const char *v, unsigned lo, unsigned hi,
     if (!*v || *end || v[0] == '-' || n < lo || n > hi)
         return err_set(-EINVAL, "%s: '%s' is not a number from %u to %u", what, v, lo, hi);
     *out = (unsigned)n;
+    return 0;
+}
+
+/* A size: a number of bytes, or with K, M, G or T (powers of 1024). */
+static int parse_size(const char *what, const char *v, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    char up = (char)(*end & ~0x20);
+    const char *units = "KMGT", *u = up ? strchr(units, up) : NULL;
+    int shift = u ? 10 * (int)(u - units + 1) : 0;
+    if (u && (end[1] == 'i' || end[1] == 'B') && (end[2] == '\0' || end[2] == 'B'))
+        end += end[1] == 'i' ? 2 : 1; /* 4G, 4GB, 4GiB */
+    else if (u)
+        end++;
+    if (!*v || v[0] == '-' || errno || end == v || *end || (shift && n > (~0ULL >> shift)))
+        return err_set(-EINVAL, "%s: '%s' is not a size (say 512M or 10G)", what, v);
+    *out = (uint64_t)n << shift;
     return 0;
 }
 
@@ -117,6 +147,23 @@ static int set_option(struct cli *c, const char *name, const char *v)
             c->level = (int)n;
     } else if (!strcmp(name, "encrypt-key") || !strcmp(name, "encrypt_key")) {
         c->key_file = v;
+    } else if (!strcmp(name, "cache-size") || !strcmp(name, "cache_size")) {
+        if ((rc = parse_size("--cache-size", v, &c->cache.cache_size)) != 0)
+            return rc;
+        if (c->cache.cache_size < MIN_CACHE)
+            return err_set(-EINVAL, "--cache-size: %s is too small; give at least 64M", v);
+    } else if (!strcmp(name, "memory-cache") || !strcmp(name, "memory_cache")) {
+        uint64_t m;
+        if ((rc = parse_size("--memory-cache", v, &m)) != 0)
+            return rc;
+        c->cache.memory_cache = (size_t)m;
+    } else if (!strcmp(name, "full-timeout") || !strcmp(name, "full_timeout")) {
+        if ((rc = parse_uint("--full-timeout", v, 1, 7 * 86400, &c->full_timeout_s)) != 0)
+            return rc;
+    } else if (!strcmp(name, "eviction")) {
+        if (strcmp(v, "slru") && strcmp(v, "lru"))
+            return err_set(-EINVAL, "--eviction: '%s' is neither slru nor lru", v);
+        c->cache.protect_pct = v[0] == 's' ? SLRU_PROTECTED_PCT : 0;
     } else {
         return store_options_set(&c->store, name, v);
     }
@@ -181,6 +228,10 @@ static int parse_args(int argc, char **argv, struct cli *c)
         { "snapshot-interval", required_argument, NULL, 'x' },
         { "compress", required_argument, NULL, 'x' },
         { "encrypt-key", required_argument, NULL, 'x' },
+        { "cache-size", required_argument, NULL, 'x' },
+        { "memory-cache", required_argument, NULL, 'x' },
+        { "full-timeout", required_argument, NULL, 'x' },
+        { "eviction", required_argument, NULL, 'x' },
     };
     struct option all[sizeof own / sizeof own[0] + 16];
     size_t n = 0;
@@ -355,6 +406,13 @@ static void remove_pid_file(const struct fs *fs)
     unlink(path);
 }
 
+static void kick_publisher(void *arg)
+{
+    struct fs *fs = arg;
+    if (fs->pub)
+        publisher_kick(fs->pub);
+}
+
 static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_session *se)
 {
     struct control *ctl = NULL;
@@ -363,9 +421,14 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
                             .lock = PTHREAD_MUTEX_INITIALIZER,
                             .stop_cond = PTHREAD_COND_INITIALIZER };
     b->pub.interval_ms = c->interval_s * 1000;
-    int writable = !c->read_only, rc = 0;
-    if (writable)
+    int writable = !c->read_only;
+    int rc = pool_new(FETCH_THREADS, 8 * FETCH_THREADS, &fs->fetches);
+    if (rc == 0)
+        blocks_prefetch_start(fs->blocks, fs->fetches, FS_READ_AHEAD_MAX);
+    if (rc == 0 && writable)
         rc = pool_new(UPLOAD_THREADS, 2 * UPLOAD_THREADS, &fs->uploads);
+    if (rc == 0 && writable)
+        blocks_on_pressure(fs->blocks, kick_publisher, fs);
     if (rc == 0 && writable)
         rc = publisher_start(fs, &b->pub, &fs->pub);
     if (rc == 0 && writable)
@@ -384,6 +447,9 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
             heartbeat_stop(&hb);
     }
     control_stop(ctl);
+    blocks_prefetch_stop(fs->blocks);
+    pool_free(fs->fetches);
+    fs->fetches = NULL;
     if (!writable)
         return rc;
     blocks_upload_stop(fs->blocks);
@@ -407,7 +473,9 @@ static int run(struct cli *c)
                      .cache_dir = c->cache_dir,
                      .sync = c->sync,
                      .read_only = c->read_only,
-                     .publish_on = c->publish_on };
+                     .publish_on = c->publish_on,
+                     .cache = c->cache };
+    fs.cache.full_timeout_ms = (int64_t)c->full_timeout_s * 1000;
     struct bootstrap b = { .force = c->force };
     int rc = check_mountpoint(c->mountpoint);
     if (rc == 0)
@@ -448,7 +516,12 @@ static int run(struct cli *c)
 
 int main(int argc, char **argv)
 {
-    struct cli c = { .interval_s = 5, .level = 1 };
+    struct cli c = { .interval_s = 5,
+                     .level = 1,
+                     .full_timeout_s = 300,
+                     .cache = { .cache_size = (uint64_t)10 << 30,
+                                .memory_cache = (size_t)256 << 20,
+                                .protect_pct = SLRU_PROTECTED_PCT } };
     log_init("ckptfs", LOG_WARN);
     signal(SIGPIPE, SIG_IGN);
     int rc = parse_args(argc, argv, &c);

@@ -458,6 +458,37 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
 }
 
+/* Read-ahead. A read that continues the last one (give or take the
+ * kernel's own read-ahead, served out of order by several threads) doubles
+ * the window, in blocks, up to what the budget allows; any other read
+ * closes it. The blocks in the window are fetched in parallel. */
+static void read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t off, size_t len)
+{
+    struct inode *in = inode_get(fs, ino);
+    if (!in)
+        return;
+    uint64_t bs = blocks_block_size(fs->blocks), slack = 4 * FS_MAX_READ;
+    uint64_t end = off + len, first = 0;
+    unsigned count = 0;
+    pthread_mutex_lock(&in->lock);
+    if (off + slack >= in->ra_next && off <= in->ra_next + slack) {
+        unsigned max = (unsigned)(FS_READ_AHEAD_MAX / bs ? FS_READ_AHEAD_MAX / bs : 1);
+        in->ra_window = in->ra_window ? (in->ra_window * 2 < max ? in->ra_window * 2 : max) : 1;
+        uint64_t from = end / bs + 1, to = end / bs + 1 + in->ra_window;
+        first = from > in->ra_upto ? from : in->ra_upto;
+        count = to > first ? (unsigned)(to - first) : 0;
+        if (count)
+            in->ra_upto = to;
+    } else {
+        in->ra_window = 0;
+        in->ra_upto = 0;
+    }
+    in->ra_next = end > in->ra_next || !in->ra_window ? end : in->ra_next;
+    pthread_mutex_unlock(&in->lock);
+    if (count)
+        blocks_prefetch(fs->blocks, ino, size, first, count);
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -466,6 +497,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     struct ns_attr a;
     int rc = inode_attr(fs, ino, &a);
     char *buf = rc ? NULL : malloc(size ? size : 1);
+    if (rc == 0)
+        read_ahead(fs, ino, a.size, (uint64_t)off, size);
     ssize_t n = rc     ? rc
                 : !buf ? -ENOMEM
                        : blocks_read(fs->blocks, ino, a.size, (uint64_t)off, size, buf);
@@ -806,7 +839,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     /* A page under 1 MiB, so a request with its header fits a pipe of the default
      * maximum size (fs.pipe-max-size) and libfuse can splice it. */
     conn->max_write = (1 << 20) - 4096;
-    conn->max_readahead = 1 << 20;
+    conn->max_readahead = FS_MAX_READ;
     conn->max_background = 64;
     conn->congestion_threshold = 48;
     if (conn->capable & FUSE_CAP_READDIRPLUS)

@@ -196,6 +196,16 @@ int publisher_sync(struct publisher *p)
     return rc ? err_set(rc, "%s", msg) : 0;
 }
 
+void publisher_kick(struct publisher *p)
+{
+    pthread_mutex_lock(&p->lock);
+    if (!p->stopped) {
+        p->tickets++;
+        pthread_cond_signal(&p->wake);
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
 int publisher_stop(struct publisher *p)
 {
     if (!p)

@@ -28,6 +28,9 @@ int publisher_start(struct fs *fs, const struct publisher_options *opt, struct p
  * stopped it. p NULL (a read-only mount): -EROFS. */
 int publisher_sync(struct publisher *p);
 
+/* Asks for a publish soon, without waiting for it. */
+void publisher_kick(struct publisher *p);
+
 /* Publishes what is left (as publisher_sync), then stops the thread.
  * Returns the last publish's result. */
 int publisher_stop(struct publisher *p);

@@ -20,6 +20,7 @@ static const struct command commands[] = {
     { "store", cmd_store, "use the object store by hand: put, get, ls, rm, head, probe" },
     { "sync", cmd_sync, "publish a snapshot of a mount now; return once it is in the bucket" },
     { "status", cmd_status, "what a mount has not uploaded, its last snapshot and error" },
+    { "warm", cmd_warm, "fetch a subtree of a mount into its disk cache" },
 };
 
 static void usage(FILE *f)

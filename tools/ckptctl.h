@@ -11,6 +11,7 @@ enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_USAGE = 2 };
 int cmd_store(int argc, char **argv);
 int cmd_sync(int argc, char **argv);
 int cmd_status(int argc, char **argv);
+int cmd_warm(int argc, char **argv);
 
 /* Prints "ckptctl: error: MESSAGE" and returns EXIT_FAIL. */
 int ctl_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

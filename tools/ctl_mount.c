@@ -1,6 +1,7 @@
 /*
- * ckptctl sync / status: ask a running mount (through its control socket,
- * fs/control.h) to publish now, or how it is doing.
+ * ckptctl sync / status / warm: ask a running mount (through its control
+ * socket, fs/control.h) to publish now, how it is doing, or to fetch a
+ * subtree into its cache.
  */
 #include "ckptctl.h"
 
@@ -10,14 +11,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #define CTL_XATTR "user.ckptfs.control"
 
-/* Sends one request to the mount at mountpoint; *reply is its JSON answer. */
-static int request(const char *mountpoint, const char *what, json_t **reply)
+/* Sends one request to the mount at mountpoint; *reply is its JSON answer.
+ * Lines before the answer report progress: each goes to progress (if any). */
+static int request_with(const char *mountpoint, const char *what,
+                        void (*progress)(json_t *line, void *arg), void *arg, json_t **reply)
 {
     struct sockaddr_un addr = { .sun_family = AF_UNIX };
     ssize_t n = getxattr(mountpoint, CTL_XATTR, addr.sun_path, sizeof addr.sun_path - 1);
@@ -32,13 +36,28 @@ static int request(const char *mountpoint, const char *what, json_t **reply)
         return ctl_fail("cannot reach the ckptfs daemon of %s at %s: %s", mountpoint, addr.sun_path,
                         strerror(e));
     }
-    char line[16];
+    char line[64];
     snprintf(line, sizeof line, "%s\n", what);
-    json_error_t jerr;
     *reply = NULL;
-    if (write(fd, line, strlen(line)) == (ssize_t)strlen(line))
-        *reply = json_loadfd(fd, JSON_DISABLE_EOF_CHECK, &jerr);
-    close(fd);
+    FILE *in = write(fd, line, strlen(line)) == (ssize_t)strlen(line) ? fdopen(fd, "r") : NULL;
+    char *text = NULL;
+    size_t cap = 0;
+    while (in && !*reply && getline(&text, &cap, in) > 0) {
+        json_t *j = json_loads(text, 0, NULL);
+        if (j && json_object_get(j, "progress")) {
+            if (progress)
+                progress(j, arg);
+            json_decref(j);
+        } else {
+            *reply = j;
+            break;
+        }
+    }
+    free(text);
+    if (in)
+        fclose(in);
+    else
+        close(fd);
     if (!*reply)
         return ctl_fail("the ckptfs daemon of %s gave no readable answer", mountpoint);
     if (!json_is_true(json_object_get(*reply, "ok"))) {
@@ -48,6 +67,11 @@ static int request(const char *mountpoint, const char *what, json_t **reply)
         return rc;
     }
     return EXIT_OK;
+}
+
+static int request(const char *mountpoint, const char *what, json_t **reply)
+{
+    return request_with(mountpoint, what, NULL, NULL, reply);
 }
 
 static int one_mountpoint(int argc, char **argv, const char *usage, int *json)
@@ -144,6 +168,80 @@ int cmd_status(int argc, char **argv)
     } else {
         print_status(reply);
     }
+    json_decref(reply);
+    return EXIT_OK;
+}
+
+/* ---- warm ---- */
+
+static void progress_bar(json_t *line, void *arg)
+{
+    (void)arg;
+    double done = (double)json_integer_value(json_object_get(line, "done"));
+    double total = (double)json_integer_value(json_object_get(line, "total"));
+    double frac = total > 0 ? done / total : 1;
+    char have[32], want[32], bar[41];
+    size_text(done, have, sizeof have);
+    size_text(total, want, sizeof want);
+    int fill = (int)(frac * 40);
+    for (int i = 0; i < 40; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[40] = '\0';
+    fprintf(stderr, "\r[%s] %3.0f%%  %s of %s, %lld of %lld files ", bar, frac * 100, have, want,
+            (long long)num(line, "files_done"), (long long)num(line, "files"));
+}
+
+/* PATH's inode number, if PATH is inside the mount at mountpoint. */
+static int inode_in(const char *mountpoint, const char *path, unsigned long long *ino)
+{
+    struct stat m, p;
+    if (stat(mountpoint, &m))
+        return ctl_fail("%s: %s", mountpoint, strerror(errno));
+    if (stat(path, &p))
+        return ctl_fail("%s: %s", path, strerror(errno));
+    if (p.st_dev != m.st_dev)
+        return ctl_fail("%s is not inside the mount %s", path, mountpoint);
+    *ino = (unsigned long long)p.st_ino;
+    return EXIT_OK;
+}
+
+int cmd_warm(int argc, char **argv)
+{
+    static const char usage[] =
+        "usage: ckptctl warm MOUNTPOINT [PATH]\n"
+        "Fetches the files under PATH (default: all of the mount) into the mount's disk cache,\n"
+        "so that reading them later sends no request to the bucket. Shows progress on a\n"
+        "terminal. Fails if they do not fit in the cache.\n";
+    const char *args[2];
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+            return printf("%s", usage), EXIT_OK;
+        if (argv[i][0] == '-')
+            return ctl_usage_error("warm: unknown option %s", argv[i]);
+        if (n == 2)
+            return ctl_usage_error("warm takes MOUNTPOINT and at most one PATH");
+        args[n++] = argv[i];
+    }
+    if (n == 0)
+        return ctl_usage_error("warm takes MOUNTPOINT and at most one PATH");
+    unsigned long long ino = 0;
+    int rc = inode_in(args[0], n == 2 ? args[1] : args[0], &ino);
+    if (rc)
+        return rc;
+    char what[64];
+    snprintf(what, sizeof what, "warm %llu", ino);
+    json_t *reply;
+    int tty = isatty(STDERR_FILENO);
+    rc = request_with(args[0], what, tty ? progress_bar : NULL, NULL, &reply);
+    if (tty)
+        fputc('\n', stderr);
+    if (rc)
+        return rc;
+    char got[32];
+    size_text((double)num(reply, "fetched"), got, sizeof got);
+    printf("%s: %lld files warm, %s fetched\n", n == 2 ? args[1] : args[0],
+           (long long)num(reply, "files"), got);
     json_decref(reply);
     return EXIT_OK;
 }

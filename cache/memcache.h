@@ -1,0 +1,38 @@
+/*
+ * The memory tier: decoded chunks, keyed by name, up to a byte budget,
+ * least recently used out first. Chunks never change, so an entry is never
+ * stale: a file rewritten gets new chunk names, not new bytes under an old
+ * one. Thread-safe; a chunk being copied out stays alive until the copy ends.
+ */
+#ifndef CKPT_CACHE_MEMCACHE_H
+#define CKPT_CACHE_MEMCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/codec.h"
+
+struct memcache;
+
+struct memcache_stats {
+    uint64_t limit, bytes, chunks;
+    uint64_t hits, misses;
+};
+
+/* limit 0 keeps nothing. Returns 0 or -ENOMEM. */
+int memcache_new(size_t limit, struct memcache **out);
+void memcache_free(struct memcache *m);
+
+/* Copies len bytes at off of chunk name into out (zeros past the chunk's
+ * end). Returns 1 on a hit, 0 on a miss. */
+int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t off, size_t len,
+                  void *out);
+
+/* Keeps len bytes of data (from malloc; taken over, freed when evicted) as
+ * chunk name. If the chunk is there already or is bigger than the budget,
+ * data is freed at once. */
+void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *data, size_t len);
+
+void memcache_get_stats(struct memcache *m, struct memcache_stats *st);
+
+#endif
