@@ -114,11 +114,11 @@ struct blocks {
     char *dir, *staging;
     size_t bsize;
     pthread_mutex_t stripe[STRIPES];
-    pthread_mutex_t lock; /* guards dirty, fds, seals and the counters below */
-    struct hmap *dirty;   /* (ino, idx) -> struct dirty */
-    struct hmap *fds;     /* (ino, 0) -> data file descriptor + 1 */
-    struct hmap *seals;   /* (ino, idx) -> struct seal, during a publish */
-    struct hmap *alloc;   /* (ino, 0) -> bytes its data file takes on disk, + 1 */
+    pthread_mutex_t lock;  /* guards dirty, fds, seals and the counters below */
+    struct hmap *dirty;    /* (ino, idx) -> struct dirty */
+    struct hmap *fds;      /* (ino, 0) -> data file descriptor + 1 */
+    struct hmap *seals;    /* (ino, idx) -> struct seal, during a publish */
+    struct hmap *alloc;    /* (ino, 0) -> bytes its data file takes on disk, + 1 */
     struct policy *policy; /* the CLEAN blocks on disk */
     struct space *space;
     struct memcache *mem;
@@ -126,6 +126,7 @@ struct blocks {
     uint64_t db_bytes; /* meta.db and its WAL, as last measured */
     size_t npieces;
     unsigned protect_pct;
+    size_t capacity;   /* blocks a full cache holds, for the policy */
     uint64_t zero_sum; /* of a piece of zeros */
     int64_t full_timeout_ms;
     struct {
@@ -143,7 +144,7 @@ struct blocks {
         struct batch batch;
         struct hmap *inflight; /* (ino, idx) -> 1: queued or being fetched */
         size_t max;            /* blocks under way at most */
-    } ra; /* fetching ahead, guarded by b->lock */
+    } ra;                      /* fetching ahead, guarded by b->lock */
     struct {
         pthread_t thread;
         pthread_cond_t wake;
@@ -365,8 +366,8 @@ static void account_gone(struct blocks *b, uint64_t ino)
 /* Makes [off, off+len) of the data file a hole; zeros where holes cannot be. */
 static int punch(int fd, uint64_t ino, uint64_t off, size_t len)
 {
-    if (len == 0 || fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-                              (off_t)len) == 0)
+    if (len == 0 ||
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
         return 0;
     if (errno != EOPNOTSUPP)
         return io_fail("hole punch", ino);
@@ -485,8 +486,7 @@ static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
 }
 
 /* Rule 10: the block's bytes leave the disk. Caller holds its stripe lock. */
-static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
-                      const struct block *blk)
+static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const struct block *blk)
 {
     int rc = punch(fd, ino, idx * b->bsize, b->bsize);
     if (rc == 0)
@@ -557,11 +557,9 @@ static int add_seal(struct blocks *b, uint64_t ino, uint64_t idx, uint64_t versi
     struct seal *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
-    *s = (struct seal){ .ino = ino,
-                        .idx = idx,
-                        .version = version,
-                        .staged = staged,
-                        .staged_bytes = staged_bytes };
+    *s = (struct seal){
+        .ino = ino, .idx = idx, .version = version, .staged = staged, .staged_bytes = staged_bytes
+    };
     pthread_mutex_lock(&b->lock);
     int rc = hmap_put(b->seals, ino, idx, s);
     pthread_mutex_unlock(&b->lock);
@@ -729,8 +727,8 @@ static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
 }
 
 /* One block's part of a read, tier by tier. Caller holds its stripe lock. */
-static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint64_t pos,
-                      size_t n, uint8_t *out)
+static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint64_t pos, size_t n,
+                      uint8_t *out)
 {
     if (dirty_get(b, ino, idx)) {
         count(b, &b->n.hits_disk);
@@ -814,7 +812,8 @@ static int make_dirty(struct blocks *b, int fd, uint64_t ino, uint64_t idx, int 
     }
     struct block blk = { 0 };
     int rc = row_get(b, ino, idx, &blk);
-    if (rc == 0 && blk.state == ST_CLEAN && !covers_all && (rc = check_whole(b, fd, ino, idx, &blk)) == 1) {
+    if (rc == 0 && blk.state == ST_CLEAN && !covers_all &&
+        (rc = check_whole(b, fd, ino, idx, &blk)) == 1) {
         blk.state = ST_REMOTE; /* it failed, and is gone from disk */
         rc = 0;
     }
@@ -838,6 +837,23 @@ static int allocated(int fd, uint64_t off, size_t len)
     return hole >= 0 && (uint64_t)hole >= off + len;
 }
 
+ssize_t blocks_reserve(struct blocks *b, uint64_t ino, uint64_t off, size_t len)
+{
+    int fd = open_data(b, ino);
+    if (fd < 0)
+        return fd;
+    if (allocated(fd, off, len))
+        return 0;
+    int rc = space_reserve(b->space, len, b->full_timeout_ms);
+    return rc ? rc : (ssize_t)len;
+}
+
+void blocks_release(struct blocks *b, size_t reserved)
+{
+    if (reserved)
+        space_release(b->space, reserved);
+}
+
 int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
                        struct blocks_span *sp)
 {
@@ -847,12 +863,6 @@ int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t o
     int fd = open_data(b, ino);
     if (fd < 0)
         return fd;
-    /* Room first, before any lock: waiting must not hold up uploads or the evictor. */
-    size_t want = allocated(fd, off, len) ? 0 : len;
-    int rrc = want ? space_reserve(b->space, want, b->full_timeout_ms) : 0;
-    if (rrc)
-        return rrc;
-    sp->reserved = want;
     sp->ino = ino;
     sp->fd = fd;
     uint64_t first = off / b->bsize, last = (off + len - 1) / b->bsize;
@@ -886,10 +896,8 @@ static int64_t mono_ns(void)
 
 void blocks_write_end(struct blocks *b, struct blocks_span *sp)
 {
-    if (sp->ino) {
+    if (sp->ino)
         account(b, sp->ino, sp->fd);
-        space_release(b->space, sp->reserved);
-    }
     /* Whatever reached the file, the blocks' bytes may have changed. */
     int64_t t = mono_ns();
     for (int i = 0; i < 2; i++)
@@ -909,11 +917,13 @@ int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, co
     for (size_t done = 0; done < len;) {
         size_t n = len - done < b->bsize ? len - done : b->bsize;
         struct blocks_span sp;
-        int rc = blocks_write_begin(b, ino, size, off + done, n, &sp);
+        ssize_t held = blocks_reserve(b, ino, off + done, n);
+        int rc = held < 0 ? (int)held : blocks_write_begin(b, ino, size, off + done, n, &sp);
         if (rc == 0) {
             rc = write_local(sp.fd, ino, off + done, (const uint8_t *)data + done, n);
             blocks_write_end(b, &sp);
         }
+        blocks_release(b, held > 0 ? (size_t)held : 0);
         if (rc)
             return rc;
         done += n;
@@ -1007,7 +1017,7 @@ static int clear_files(struct blocks *b)
 {
     struct hmap *fds = hmap_new(), *alloc = hmap_new();
     struct policy *policy = NULL;
-    if (!fds || !alloc || policy_new(b->protect_pct, &policy)) {
+    if (!fds || !alloc || policy_new(b->protect_pct, b->capacity, &policy)) {
         hmap_free(fds);
         hmap_free(alloc);
         return -ENOMEM;
@@ -1650,7 +1660,7 @@ void blocks_on_pressure(struct blocks *b, void (*fn)(void *arg), void *arg)
 struct fetch_job {
     struct blocks *b;
     uint64_t ino, idx;
-    uint64_t *done;  /* a warm-up's progress, or NULL for read-ahead */
+    uint64_t *done; /* a warm-up's progress, or NULL for read-ahead */
 };
 
 /* Fetches one block that is only in the bucket into the tiers. */
@@ -1736,8 +1746,7 @@ static int is_remote(struct blocks *b, uint64_t ino, uint64_t idx)
     return !dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && blk.state == ST_REMOTE;
 }
 
-void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t first,
-                     unsigned count)
+void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t first, unsigned count)
 {
     uint64_t end = (size + b->bsize - 1) / b->bsize;
     for (uint64_t idx = first; b->ra.pool && idx < end && idx < first + count; idx++)
@@ -1758,8 +1767,7 @@ uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino)
     return n * b->bsize;
 }
 
-int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size,
-                uint64_t *done)
+int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size, uint64_t *done)
 {
     if (!b->ra.pool)
         return err_set(-EINVAL, "fetching is not started");
@@ -1829,7 +1837,6 @@ static int prepare(struct blocks *b)
                         &b->st_remote);
     return rc;
 }
-
 
 /* Blocks an earlier run left dirty are dirty again (their versions restart). */
 static int load_dirty(struct blocks *b)
@@ -1926,9 +1933,10 @@ static int open_state(struct blocks *b, const char *dir, const struct blocks_opt
     b->alloc = hmap_new();
     b->ra.inflight = hmap_new();
     if (!b->dirty || !b->fds || !b->seals || !b->alloc || !b->ra.inflight ||
-        policy_new(b->protect_pct, &b->policy) || space_new(opt->cache_size, &b->space) ||
-        memcache_new(opt->memory_cache, &b->mem) || asprintf(&b->dir, "%s/data", dir) < 0 ||
-        asprintf(&b->staging, "%s/staging", dir) < 0 || asprintf(&b->db_file, "%s/meta.db", dir) < 0)
+        policy_new(b->protect_pct, b->capacity, &b->policy) ||
+        space_new(opt->cache_size, &b->space) || memcache_new(opt->memory_cache, &b->mem) ||
+        asprintf(&b->dir, "%s/data", dir) < 0 || asprintf(&b->staging, "%s/staging", dir) < 0 ||
+        asprintf(&b->db_file, "%s/meta.db", dir) < 0)
         return -ENOMEM;
     if ((mkdir(b->dir, 0700) && errno != EEXIST) || (mkdir(b->staging, 0700) && errno != EEXIST))
         return err_set(-EIO, "cache directory %s: %s", dir, strerror(errno));
@@ -1962,6 +1970,7 @@ int blocks_open(struct db *db, struct remote *remote, const char *dir,
     b->bsize = bsize;
     b->npieces = bsize / BLOCKS_PIECE;
     b->protect_pct = opt->protect_pct;
+    b->capacity = (size_t)(opt->cache_size / bsize);
     b->full_timeout_ms = opt->full_timeout_ms;
     static const uint8_t zeros[BLOCKS_PIECE];
     b->zero_sum = XXH3_64bits(zeros, sizeof zeros);

@@ -77,20 +77,27 @@ size_t blocks_block_size(const struct blocks *b);
 ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
                     void *out);
 
-/* Writes len bytes at off of a file that had size bytes before the write. */
+/* Room in the disk tier for a write of len bytes at off of ino. Waits while
+ * there is none, up to the full timeout, so the caller must hold no lock a
+ * snapshot or an upload needs. Returns the bytes reserved (0 if the range
+ * takes no new room), to give back with blocks_release once the write is
+ * done, or -ENOSPC. */
+ssize_t blocks_reserve(struct blocks *b, uint64_t ino, uint64_t off, size_t len);
+void blocks_release(struct blocks *b, size_t reserved);
+
+/* Writes len bytes at off of a file that had size bytes before the write
+ * (reserving room as it goes). */
 int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, const void *data,
                  size_t len);
 
 /* A write whose bytes the caller puts into sp->fd itself (with splice, say):
  * blocks_write_begin readies and locks the blocks of [off, off+len), len at
  * most one block; the caller writes that range of sp->fd, then calls
- * blocks_write_end, whatever the outcome. blocks_write_begin waits while
- * the cache has no room for new bytes, and fails with -ENOSPC after the
- * full timeout. */
+ * blocks_write_end, whatever the outcome. Room for the bytes must be
+ * reserved first (blocks_reserve). */
 struct blocks_span {
     int fd;
     uint64_t ino;
-    size_t reserved; /* bytes of the disk budget held for the write */
     struct dirty *d[2];
     pthread_mutex_t *locks[2];
 };
@@ -172,8 +179,7 @@ void blocks_prefetch_start(struct blocks *b, struct pool *pool, size_t max_bytes
 /* Read-ahead: starts fetching blocks [first, first+count) of a file of size
  * bytes, those that are only in the bucket; skips the rest, and everything
  * beyond the budget. Never waits. */
-void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t first,
-                     unsigned count);
+void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t first, unsigned count);
 
 /* Warm-up: bytes of ino's blocks that are only in the bucket. */
 uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino);
@@ -182,8 +188,7 @@ uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino);
  * only in the bucket, in batch (the caller waits for it); each adds its
  * bytes to *done when it is in (atomically). A fetch that finds no room
  * fails with -ENOSPC. */
-int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size,
-                uint64_t *done);
+int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size, uint64_t *done);
 
 /* Waits for fetches under way (before the pool goes). */
 void blocks_prefetch_stop(struct blocks *b);

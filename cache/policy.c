@@ -3,6 +3,7 @@
 #include "policy.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "util/hmap.h"
@@ -19,7 +20,8 @@ struct policy {
     struct hmap *map; /* (ino, idx) -> node */
     struct node seg[2];
     size_t count[2];
-    unsigned protect_pct;
+    size_t protect_max; /* blocks protected at most */
+    int segmented;
 };
 
 static void unlink_node(struct policy *p, struct node *n)
@@ -40,7 +42,7 @@ static void push_head(struct policy *p, struct node *n, int seg)
     p->count[seg]++;
 }
 
-int policy_new(unsigned protect_pct, struct policy **out)
+int policy_new(unsigned protect_pct, size_t capacity, struct policy **out)
 {
     struct policy *p = calloc(1, sizeof *p);
     if (!p || !(p->map = hmap_new())) {
@@ -49,7 +51,8 @@ int policy_new(unsigned protect_pct, struct policy **out)
     }
     for (int i = 0; i < 2; i++)
         p->seg[i].prev = p->seg[i].next = &p->seg[i];
-    p->protect_pct = protect_pct > 100 ? 100 : protect_pct;
+    p->segmented = protect_pct > 0;
+    p->protect_max = capacity ? capacity * (protect_pct > 100 ? 100 : protect_pct) / 100 : SIZE_MAX;
     *out = p;
     return 0;
 }
@@ -70,8 +73,7 @@ void policy_free(struct policy *p)
 /* Keeps protected within its share: its coldest go back to probation. */
 static void rebalance(struct policy *p)
 {
-    size_t total = p->count[PROBATION] + p->count[PROTECTED];
-    while (p->count[PROTECTED] * 100 > total * p->protect_pct) {
+    while (p->count[PROTECTED] > p->protect_max) {
         struct node *n = p->seg[PROTECTED].prev;
         unlink_node(p, n);
         push_head(p, n, PROBATION);
@@ -84,7 +86,7 @@ void policy_hit(struct policy *p, uint64_t ino, uint64_t idx)
     if (!n)
         return;
     unlink_node(p, n);
-    push_head(p, n, p->protect_pct ? PROTECTED : PROBATION);
+    push_head(p, n, p->segmented ? PROTECTED : PROBATION);
     rebalance(p);
 }
 

@@ -2,8 +2,9 @@
  * Which clean block the disk tier evicts next: a segmented LRU (SLRU).
  *
  * A block enters the probationary segment. A hit there promotes it to the
- * protected segment, which holds at most protect_pct percent of all blocks;
- * a block pushed out of protected goes back to the head of probation.
+ * protected segment, which holds at most protect_pct percent of the cache's
+ * capacity in blocks; a block pushed out of protected goes back to the head
+ * of probation.
  * Victims come from the tail of probation first. So one pass over a lot of
  * data read once (a warm-up, a restore, a backfill) evicts itself rather
  * than the blocks read again and again. protect_pct 0 gives plain LRU.
@@ -19,8 +20,9 @@
 
 struct policy;
 
-/* Returns 0 or -ENOMEM. */
-int policy_new(unsigned protect_pct, struct policy **out);
+/* capacity: blocks the cache holds when full (0: no bound, nothing is ever
+ * pushed out of protected). Returns 0 or -ENOMEM. */
+int policy_new(unsigned protect_pct, size_t capacity, struct policy **out);
 void policy_free(struct policy *p);
 
 /* A block became clean (a hit if it is there already). Returns 0 or -ENOMEM. */

@@ -93,8 +93,9 @@ int space_reserve(struct space *s, uint64_t bytes, int64_t wait_ms)
         s->st.timeouts++;
     pthread_mutex_unlock(&s->lock);
     if (rc && wait_ms > 0)
-        return err_set(rc, "the cache is full of data not yet in the bucket, and no upload freed "
-                           "room for %lld s",
+        return err_set(rc,
+                       "the cache is full of data not yet in the bucket, and no upload freed "
+                       "room for %lld s",
                        (long long)(wait_ms / 1000));
     return rc ? err_set(rc, "the cache is full") : 0;
 }

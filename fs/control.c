@@ -282,11 +282,11 @@ static void *serve_one(void *arg)
     ssize_t n = read(fd, line, sizeof line - 1);
     line[n > 0 ? n : 0] = '\0';
     line[strcspn(line, "\r\n")] = '\0';
-    json_t *reply = !strcmp(line, "sync")           ? do_sync(fs)
-                    : !strcmp(line, "status")       ? status_json(fs)
-                    : !strncmp(line, "warm ", 5)    ? do_warm(fs, fd, line + 5)
-                                                    : json_pack("{s:b, s:s}", "ok", 0, "error",
-                                                                "unknown request");
+    json_t *reply = !strcmp(line, "sync")     ? do_sync(fs)
+                    : !strcmp(line, "status") ? status_json(fs)
+                    : !strncmp(line, "warm ", 5)
+                        ? do_warm(fs, fd, line + 5)
+                        : json_pack("{s:b, s:s}", "ok", 0, "error", "unknown request");
     send_line(fd, reply);
     close(fd);
     return NULL;

@@ -28,10 +28,11 @@
 #include "util/hex.h"
 #include "util/log.h"
 
-#define UPLOAD_THREADS  8
-#define UPLOAD_QUIET_MS 200 /* a full block untouched this long goes up ahead of the snapshot */
-#define FETCH_THREADS   8   /* parallel GETs for read-ahead and warm-up: what saturates a server */
-#define MIN_CACHE       ((uint64_t)64 << 20) /* room for a few blocks per writer */
+#define UPLOAD_THREADS     8
+#define UPLOAD_QUIET_MS    200 /* a full block untouched this long goes up ahead of the snapshot */
+#define FUSE_THREADS       48  /* writers waiting for room must leave some for everyone else */
+#define FETCH_THREADS      8 /* parallel GETs for read-ahead and warm-up: what saturates a server */
+#define MIN_CACHE          ((uint64_t)64 << 20) /* room for a few blocks per writer */
 #define SLRU_PROTECTED_PCT 80 /* the share of a full cache kept for data read more than once */
 
 static const char usage_text[] =
@@ -439,7 +440,7 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
         rc = err_set(-EAGAIN, "cannot start the heartbeat thread");
     if (rc == 0) {
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
-        fuse_loop_cfg_set_max_threads(cfg, 16);
+        fuse_loop_cfg_set_max_threads(cfg, FUSE_THREADS);
         fuse_session_loop_mt(se, cfg);
         fuse_loop_cfg_destroy(cfg);
         fuse_session_unmount(se);

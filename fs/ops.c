@@ -581,6 +581,10 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
     size_t size = fuse_buf_size(in);
     if (!in_mem)
         return reply_err(req, -EBADF);
+    /* Room first, holding nothing: a snapshot must be able to freeze meanwhile. */
+    ssize_t held = blocks_reserve(fs->blocks, ino, (uint64_t)off, size);
+    if (held < 0)
+        return reply_err(req, (int)held);
     pthread_rwlock_rdlock(&fs->freeze);
     pthread_mutex_lock(&in_mem->lock);
     int rc = in_mem->dirty ? 0 : ns_getattr(fs->ns, ino, &a);
@@ -597,6 +601,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
     if (rc == 0)
         kill_privs(fs, ino, fi);
     pthread_rwlock_unlock(&fs->freeze);
+    blocks_release(fs->blocks, held > 0 ? (size_t)held : 0);
     fs_changed(fs);
     if (rc)
         return reply_err(req, rc);
@@ -840,8 +845,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
      * maximum size (fs.pipe-max-size) and libfuse can splice it. */
     conn->max_write = (1 << 20) - 4096;
     conn->max_readahead = FS_MAX_READ;
-    conn->max_background = 64;
-    conn->congestion_threshold = 48;
+    conn->max_background = 32; /* below the worker threads: writers waiting for room leave some */
+    conn->congestion_threshold = 24;
     if (conn->capable & FUSE_CAP_READDIRPLUS)
         conn->want |= FUSE_CAP_READDIRPLUS;
     if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
