@@ -958,15 +958,20 @@ int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t 
     return rc;
 }
 
-uint64_t blocks_allocated(struct blocks *b, uint64_t ino, uint64_t size)
+/* Runs a count(*) statement for ino. */
+static uint64_t count_of(struct blocks *b, sqlite3_stmt *st, uint64_t ino)
 {
     db_lock(b->db);
-    sqlite3_bind_int64(b->st_count, 1, (sqlite3_int64)ino);
-    uint64_t n = sqlite3_step(b->st_count) == SQLITE_ROW
-                     ? (uint64_t)sqlite3_column_int64(b->st_count, 0)
-                     : 0;
-    sqlite3_reset(b->st_count);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)ino);
+    uint64_t n = sqlite3_step(st) == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
     db_unlock(b->db);
+    return n;
+}
+
+uint64_t blocks_allocated(struct blocks *b, uint64_t ino, uint64_t size)
+{
+    uint64_t n = count_of(b, b->st_count, ino);
     return n * b->bsize < size ? n * b->bsize : size;
 }
 
@@ -1757,14 +1762,7 @@ void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t fir
 
 uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino)
 {
-    db_lock(b->db);
-    sqlite3_bind_int64(b->st_remote, 1, (sqlite3_int64)ino);
-    uint64_t n = sqlite3_step(b->st_remote) == SQLITE_ROW
-                     ? (uint64_t)sqlite3_column_int64(b->st_remote, 0)
-                     : 0;
-    sqlite3_reset(b->st_remote);
-    db_unlock(b->db);
-    return n * b->bsize;
+    return count_of(b, b->st_remote, ino) * b->bsize;
 }
 
 int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size, uint64_t *done)
