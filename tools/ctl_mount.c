@@ -125,6 +125,28 @@ static json_int_t num(json_t *r, const char *k)
     return json_integer_value(json_object_get(r, k));
 }
 
+static void print_cache(json_t *r)
+{
+    char used[32], limit[32], mem[32], mlimit[32], got[32];
+    size_text((double)num(r, "cache_used"), used, sizeof used);
+    size_text((double)num(r, "cache_limit"), limit, sizeof limit);
+    size_text((double)num(r, "memory_used"), mem, sizeof mem);
+    size_text((double)num(r, "memory_limit"), mlimit, sizeof mlimit);
+    size_text((double)num(r, "bytes_fetched"), got, sizeof got);
+    printf("disk cache:     %s of %s; %lld evictions, %lld blocks failed their check\n", used,
+           limit, (long long)num(r, "evictions"), (long long)num(r, "corrupt_blocks"));
+    printf("memory cache:   %s of %s\n", mem, mlimit);
+    printf("reads:          %lld from memory, %lld from disk, %lld fetched (%s); %lld "
+           "fetched ahead, %lld fetches queued\n",
+           (long long)num(r, "hits_memory"), (long long)num(r, "hits_disk"),
+           (long long)num(r, "misses"), got, (long long)num(r, "prefetched"),
+           (long long)num(r, "fetch_queue"));
+    if (num(r, "writers_waiting") || num(r, "writer_waits"))
+        printf("backpressure:   %lld writers waiting for room now; %lld waited, %lld gave up\n",
+               (long long)num(r, "writers_waiting"), (long long)num(r, "writer_waits"),
+               (long long)num(r, "writer_timeouts"));
+}
+
 static void print_status(json_t *r)
 {
     char dirty[32], up[32], dedup[32];
@@ -144,6 +166,7 @@ static void print_status(json_t *r)
         printf("last snapshot:  none published by this mount yet\n");
     printf("uploaded:       %s in %lld chunks; %lld chunks (%s) already in the bucket\n", up,
            (long long)num(r, "chunks_uploaded"), (long long)num(r, "chunks_deduplicated"), dedup);
+    print_cache(r);
     printf("last error:     %s\n", err && *err ? err : "none");
 }
 

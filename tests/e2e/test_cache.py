@@ -232,6 +232,8 @@ def test_restart_keeps_the_warm_cache(mounts):
     assert {n: read_file(os.path.join(r.path, n)) for n in files} == files
     st = status(r)
     assert st["chunks_fetched"] == 0 and st["misses"] == 0 and st["hits_disk"] > 0
+    human = ckptctl("status", r.path).stdout.decode()
+    assert "disk cache:" in human and f"{st['hits_disk']} from disk, 0 fetched" in human
 
 
 def test_warm_fetches_a_subtree_and_refuses_what_cannot_fit(mounts):
