@@ -407,34 +407,41 @@ static void count(struct blocks *b, uint64_t *counter)
     pthread_mutex_unlock(&b->lock);
 }
 
-/* The plaintext of the block's chunk (len bytes; *data from malloc), from
- * the memory tier if it is there, else from the bucket, verified. */
-static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, uint8_t **data,
-                       size_t *len)
+/* A chunk's plaintext: len bytes at data, inside base (from malloc). */
+struct chunk {
+    uint8_t *base;
+    const uint8_t *data;
+    size_t len;
+};
+
+/* The plaintext of the block's chunk, from the memory tier if it is there,
+ * else from the bucket, verified. The caller frees c->base, or hands it to
+ * the memory tier. */
+static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, struct chunk *c)
 {
-    *data = malloc(b->bsize);
-    if (!*data)
+    *c = (struct chunk){ 0 };
+    if ((c->base = malloc(b->bsize)) == NULL)
         return -ENOMEM;
-    if (memcache_read(b->mem, blk->name, 0, b->bsize, *data)) {
-        *len = b->bsize; /* the zeros past the chunk's end included */
+    if (memcache_read(b->mem, blk->name, 0, b->bsize, c->base)) {
+        c->data = c->base;
+        c->len = b->bsize; /* the zeros past the chunk's end included */
         return 0;
     }
-    struct buf chunk = { 0 };
-    int rc = remote_get(b->remote, blk->name, &chunk);
-    if (rc == 0 && chunk.len > b->bsize)
+    free(c->base);
+    c->base = NULL;
+    struct buf got = { 0 };
+    size_t start = 0;
+    int rc = remote_fetch(b->remote, blk->name, &got, &start);
+    if (rc == 0 && got.len - start > b->bsize)
         rc = err_set(-EBADMSG, "a chunk of inode %llu holds more than a block",
                      (unsigned long long)ino);
-    if (rc == 0) {
-        memcpy(*data, chunk.data, chunk.len);
-        *len = chunk.len;
-    }
-    buf_free(&chunk);
     count(b, &b->n.fetches);
     if (rc) {
-        free(*data);
-        *data = NULL;
+        buf_free(&got);
+        return rc;
     }
-    return rc;
+    *c = (struct chunk){ got.data, got.data + start, got.len - start };
+    return 0;
 }
 
 /* Rules 2 and 3: the chunk's bytes into the block's range of the data file
@@ -476,12 +483,11 @@ static int keep_on_disk(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
 static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
                            const struct block *blk)
 {
-    uint8_t *data;
-    size_t len;
-    int rc = chunk_bytes(b, ino, blk, &data, &len);
+    struct chunk c;
+    int rc = chunk_bytes(b, ino, blk, &c);
     if (rc == 0)
-        rc = place(b, fd, ino, idx, data, len);
-    free(data);
+        rc = place(b, fd, ino, idx, c.data, c.len);
+    free(c.base);
     return rc;
 }
 
@@ -711,18 +717,17 @@ static int failed_check(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
 static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
                        const struct block *blk, uint64_t pos, size_t n, uint8_t *out)
 {
-    uint8_t *data;
-    size_t len;
-    int rc = chunk_bytes(b, ino, blk, &data, &len);
+    struct chunk c;
+    int rc = chunk_bytes(b, ino, blk, &c);
     if (rc)
         return rc;
-    size_t in = (size_t)(pos - idx * b->bsize), have = in < len ? len - in : 0;
+    size_t in = (size_t)(pos - idx * b->bsize), have = in < c.len ? c.len - in : 0;
     have = have < n ? have : n;
-    memcpy(out, data + in, have);
+    memcpy(out, c.data + in, have);
     memset(out + have, 0, n - have);
-    if (keep_on_disk(b, fd, ino, idx, blk, data, len, 0) == -EIO)
+    if (keep_on_disk(b, fd, ino, idx, blk, c.data, c.len, 0) == -EIO)
         log_warn("%s", err_msg(-EIO)); /* served all the same */
-    memcache_put(b->mem, blk->name, data, len);
+    memcache_put(b->mem, blk->name, c.base, c.data, c.len);
     return 0;
 }
 
@@ -1678,17 +1683,18 @@ static int fetch_one(struct blocks *b, const struct fetch_job *j)
     pthread_mutex_lock(lk);
     struct block blk = { 0 };
     int rc = dirty_get(b, j->ino, j->idx) ? 0 : row_get(b, j->ino, j->idx, &blk);
-    size_t len = 0;
-    uint8_t *data = NULL;
+    struct chunk c = { 0 };
     if (rc == 0 && blk.state == ST_REMOTE)
-        rc = chunk_bytes(b, j->ino, &blk, &data, &len);
-    if (rc == 0 && data) {
+        rc = chunk_bytes(b, j->ino, &blk, &c);
+    size_t len = c.len;
+    if (rc == 0 && c.base) {
         /* A warm-up is for the disk; read-ahead is served from memory when the disk is full. */
-        rc = keep_on_disk(b, fd, j->ino, j->idx, &blk, data, len, j->done ? b->full_timeout_ms : 0);
+        rc = keep_on_disk(b, fd, j->ino, j->idx, &blk, c.data, c.len,
+                          j->done ? b->full_timeout_ms : 0);
         if (!j->done)
             rc = 0;
         count(b, &b->n.prefetched);
-        memcache_put(b->mem, blk.name, data, len);
+        memcache_put(b->mem, blk.name, c.base, c.data, c.len);
     }
     pthread_mutex_unlock(lk);
     data_fd_done(fd, own);

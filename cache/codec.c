@@ -541,6 +541,56 @@ static int unpack(const struct codec *c, struct ws *w, const struct hdr *h,
     return 0;
 }
 
+/* The plaintext of h, in chunk's own bytes where it can be (a raw payload,
+ * decrypted in place), else decompressed into a buffer that replaces them. */
+static int unpack_in_place(const struct codec *c, struct ws *w, const struct hdr *h,
+                           const uint8_t name[CODEC_NAME_LEN], struct buf *chunk, size_t *start,
+                           const char *hex)
+{
+    if (h->flags & F_COMPRESSED) {
+        struct buf out = { 0 };
+        int rc = unpack(c, w, h, name, &out, hex);
+        if (rc) {
+            buf_free(&out);
+            return rc;
+        }
+        buf_free(chunk);
+        *chunk = out;
+        chunk->len = h->plain_len;
+        *start = 0;
+        return 0;
+    }
+    uint8_t *payload = chunk->data + (h->payload - chunk->data);
+    int rc = h->flags & F_ENCRYPTED ? open_chunk(c, w, h, name, payload, hex) : 0;
+    uint8_t got[CODEC_NAME_LEN];
+    if (rc == 0)
+        rc = name_of(c, payload, h->plain_len, got);
+    if (rc == 0 && CRYPTO_memcmp(got, name, CODEC_NAME_LEN) != 0)
+        rc = err_set(-EBADMSG, "chunk %s: content does not match its name", hex);
+    if (rc == 0) {
+        *start = (size_t)(payload - chunk->data);
+        chunk->len = *start + h->plain_len;
+    }
+    return rc;
+}
+
+int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name[CODEC_NAME_LEN],
+                          size_t *start)
+{
+    char hex[2 * CODEC_NAME_LEN + 1];
+    struct hdr h;
+    codec_name_hex(name, hex);
+    int rc = parse(c, chunk->data, chunk->len, hex, &h);
+    if (rc)
+        return rc;
+    struct ws *w = ws_get(c);
+    if (!w)
+        return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
+    rc = unpack_in_place(c, w, &h, name, chunk, start, hex);
+    ws_put(c, w);
+    return rc;
+}
+
 int codec_decode(struct codec *c, const void *enc, size_t len, const uint8_t name[CODEC_NAME_LEN],
                  struct buf *out)
 {

@@ -53,6 +53,13 @@ int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t na
 int codec_decode(struct codec *c, const void *enc, size_t len, const uint8_t name[CODEC_NAME_LEN],
                  struct buf *out);
 
+/* As codec_decode, without copying what need not be: on success the
+ * plaintext is chunk->data + *start up to chunk->len (chunk's bytes are
+ * decrypted in place, or replaced by the decompressed ones). On error chunk
+ * may be damaged, never grown. */
+int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name[CODEC_NAME_LEN],
+                          size_t *start);
+
 /* Reads a key file: exactly 32 raw bytes, or 64 hex digits and an optional
  * newline. Refuses a file others can read (-EACCES), since the key is the
  * whole secret. */

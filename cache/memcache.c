@@ -11,7 +11,8 @@
 struct entry {
     struct entry *prev, *next; /* LRU list, head most recent */
     uint8_t name[CODEC_NAME_LEN];
-    uint8_t *data;
+    void *base; /* what to free */
+    const uint8_t *data;
     size_t len;
     unsigned refs; /* the table's (while listed) and each copy's */
 };
@@ -47,7 +48,7 @@ int memcache_new(size_t limit, struct memcache **out)
 static void unref(struct entry *e)
 {
     if (--e->refs == 0) {
-        free(e->data);
+        free(e->base);
         free(e);
     }
 }
@@ -119,12 +120,13 @@ int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t
     return 1;
 }
 
-void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *data, size_t len)
+void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *base,
+                  const void *data, size_t len)
 {
     struct entry *e = NULL;
     pthread_mutex_lock(&m->lock);
     if (len <= m->st.limit && !find(m, name) && (e = calloc(1, sizeof *e)) != NULL) {
-        *e = (struct entry){ .data = data, .len = len, .refs = 1 };
+        *e = (struct entry){ .base = base, .data = data, .len = len, .refs = 1 };
         memcpy(e->name, name, CODEC_NAME_LEN);
         if (hmap_put(m->map, key(name, 0), key(name, 1), e)) {
             free(e);
@@ -140,7 +142,7 @@ void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *
     }
     pthread_mutex_unlock(&m->lock);
     if (!e)
-        free(data);
+        free(base);
 }
 
 void memcache_get_stats(struct memcache *m, struct memcache_stats *st)

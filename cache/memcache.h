@@ -28,10 +28,11 @@ void memcache_free(struct memcache *m);
 int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t off, size_t len,
                   void *out);
 
-/* Keeps len bytes of data (from malloc; taken over, freed when evicted) as
- * chunk name. If the chunk is there already or is bigger than the budget,
- * data is freed at once. */
-void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *data, size_t len);
+/* Keeps the len bytes at data as chunk name; they lie in base, a block
+ * from malloc that is taken over (freed when evicted). If the chunk is
+ * there already or is bigger than the budget, base is freed at once. */
+void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *base,
+                  const void *data, size_t len);
 
 void memcache_get_stats(struct memcache *m, struct memcache_stats *st);
 

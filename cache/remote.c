@@ -109,22 +109,29 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
     return rc;
 }
 
-int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out)
+int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *chunk,
+                 size_t *start)
 {
-    struct buf enc = { 0 };
     char key[82];
     remote_chunk_key(name, key);
-    size_t before = out->len;
-    int rc = store_get(r->store, key, 0, STORE_TO_END, &enc);
+    int rc = store_get(r->store, key, 0, STORE_TO_END, chunk);
     if (rc == 0)
-        rc = codec_decode(r->codec, enc.data, enc.len, name, out);
+        rc = codec_decode_in_place(r->codec, chunk, name, start);
     if (rc)
-        err_wrap(rc, "chunk %s", key);
-    buf_free(&enc);
-    if (rc == 0) {
-        add(&r->st.chunks_got, 1);
-        add(&r->st.bytes_got, out->len - before);
-    }
+        return err_wrap(rc, "chunk %s", key);
+    add(&r->st.chunks_got, 1);
+    add(&r->st.bytes_got, chunk->len - *start);
+    return 0;
+}
+
+int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out)
+{
+    struct buf chunk = { 0 };
+    size_t start = 0;
+    int rc = remote_fetch(r, name, &chunk, &start);
+    if (rc == 0)
+        rc = buf_append(out, chunk.data + start, chunk.len - start);
+    buf_free(&chunk);
     return rc;
 }
 

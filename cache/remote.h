@@ -38,6 +38,11 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
 /* Appends the plaintext of chunk name to out, verified against its name. */
 int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out);
 
+/* The same into chunk (empty on entry; the caller frees it), without
+ * copying: the plaintext is chunk->data + *start up to chunk->len. */
+int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *chunk,
+                 size_t *start);
+
 /* Records that chunk name is in the bucket (it is named by a snapshot there).
  * The _locked form is for a caller holding the database lock. */
 int remote_mark_known(struct remote *r, const uint8_t name[CODEC_NAME_LEN]);

@@ -180,6 +180,12 @@ static uint8_t *filled(size_t len, int c)
     return p;
 }
 
+static void put(struct memcache *m, const uint8_t *name, size_t len, int c)
+{
+    uint8_t *p = filled(len + 16, c);
+    memcache_put(m, name, p, p + 16, len); /* the bytes need not start the block */
+}
+
 static void test_memcache(void)
 {
     struct memcache *m;
@@ -187,17 +193,17 @@ static void test_memcache(void)
     uint8_t a[CODEC_NAME_LEN] = { 1 }, b[CODEC_NAME_LEN] = { 2 }, c[CODEC_NAME_LEN] = { 3 };
     uint8_t out[200];
     CHECK(!memcache_read(m, a, 0, 10, out));
-    memcache_put(m, a, filled(100, 'a'), 100);
-    memcache_put(m, b, filled(100, 'b'), 100);
+    put(m, a, 100, 'a');
+    put(m, b, 100, 'b');
     CHECK(memcache_read(m, a, 90, 20, out)); /* a is the most recent now */
     CHECK(out[0] == 'a' && out[9] == 'a' && out[10] == 0 && out[19] == 0, "zeros past the end");
-    memcache_put(m, c, filled(150, 'c'), 150); /* 350 > 300: b, the least recent, goes */
+    put(m, c, 150, 'c'); /* 350 > 300: b, the least recent, goes */
     CHECK(!memcache_read(m, b, 0, 1, out));
     CHECK(memcache_read(m, a, 0, 1, out) && out[0] == 'a');
     CHECK(memcache_read(m, c, 149, 1, out) && out[0] == 'c');
-    memcache_put(m, c, filled(150, 'x'), 150); /* already there: the old bytes stay */
+    put(m, c, 150, 'x'); /* already there: the old bytes stay */
     CHECK(memcache_read(m, c, 0, 1, out) && out[0] == 'c');
-    memcache_put(m, b, filled(400, 'b'), 400); /* bigger than the budget: not kept */
+    put(m, b, 400, 'b'); /* bigger than the budget: not kept */
     CHECK(!memcache_read(m, b, 0, 1, out));
     struct memcache_stats st;
     memcache_get_stats(m, &st);
@@ -208,7 +214,7 @@ static void test_memcache(void)
     memcache_free(m);
 
     CHECK(memcache_new(0, &m) == 0); /* --memory-cache 0 */
-    memcache_put(m, a, filled(10, 'a'), 10);
+    put(m, a, 10, 'a');
     CHECK(!memcache_read(m, a, 0, 1, out));
     memcache_free(m);
 }
