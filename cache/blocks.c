@@ -37,6 +37,9 @@
  *   5. Publishing a snapshot turns DIRTY blocks CLEAN (below).
  *  10. Eviction turns a CLEAN block REMOTE; so does a failed check (then it
  *      is fetched again at once).
+ *  11. Versions are never reused, not even by a block that became clean and
+ *      then dirty again: a seal or an upload of the block's earlier bytes
+ *      finishing late must not find "its" version and make it clean.
  *
  * Freezing. The in-memory dirty table has an entry per DIRTY block with a
  * version, bumped by every write. blocks_freeze marks all entries frozen:
@@ -88,7 +91,7 @@
 enum { ST_DIRTY = 1, ST_CLEAN = 2, ST_REMOTE = 3 };
 
 struct dirty {
-    uint64_t version;
+    uint64_t version; /* unique across all blocks and entries (rule 11) */
     int frozen;
     int uploading; /* a background upload is in flight (rule 9) */
     int has_up;    /* up_name is the chunk of its bytes at up_version */
@@ -124,6 +127,7 @@ struct blocks {
     struct memcache *mem;
     char *db_file;
     uint64_t db_bytes; /* meta.db and its WAL, as last measured */
+    uint64_t versions; /* the last version handed out */
     size_t npieces;
     unsigned protect_pct;
     size_t capacity;   /* blocks a full cache holds, for the policy */
@@ -408,8 +412,15 @@ static void count(struct blocks *b, uint64_t *counter)
 }
 
 /* A chunk's plaintext: len bytes at data, inside base (from malloc). */
+/* What a chunk is fetched into: a block, its header and tag, and buf's NUL. */
+static size_t buf_size(const struct blocks *b)
+{
+    return b->bsize + 4096;
+}
+
 struct chunk {
     uint8_t *base;
+    size_t cap; /* base's size */
     const uint8_t *data;
     size_t len;
 };
@@ -419,17 +430,15 @@ struct chunk {
  * the memory tier. */
 static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, struct chunk *c)
 {
-    *c = (struct chunk){ 0 };
-    if ((c->base = malloc(b->bsize)) == NULL)
+    *c = (struct chunk){ .base = memcache_buffer(b->mem), .cap = buf_size(b) };
+    if (!c->base)
         return -ENOMEM;
     if (memcache_read(b->mem, blk->name, 0, b->bsize, c->base)) {
         c->data = c->base;
         c->len = b->bsize; /* the zeros past the chunk's end included */
         return 0;
     }
-    free(c->base);
-    c->base = NULL;
-    struct buf got = { 0 };
+    struct buf got = { .data = c->base, .cap = c->cap };
     size_t start = 0;
     int rc = remote_fetch(b->remote, blk->name, &got, &start);
     if (rc == 0 && got.len - start > b->bsize)
@@ -437,10 +446,11 @@ static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, 
                      (unsigned long long)ino);
     count(b, &b->n.fetches);
     if (rc) {
-        buf_free(&got);
+        memcache_recycle(b->mem, got.data, got.cap);
+        *c = (struct chunk){ 0 };
         return rc;
     }
-    *c = (struct chunk){ got.data, got.data + start, got.len - start };
+    *c = (struct chunk){ got.data, got.cap, got.data + start, got.len - start };
     return 0;
 }
 
@@ -487,7 +497,7 @@ static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     int rc = chunk_bytes(b, ino, blk, &c);
     if (rc == 0)
         rc = place(b, fd, ino, idx, c.data, c.len);
-    free(c.base);
+    memcache_recycle(b->mem, c.base, c.cap);
     return rc;
 }
 
@@ -514,9 +524,17 @@ static struct dirty *dirty_get(struct blocks *b, uint64_t ino, uint64_t idx)
     return d;
 }
 
+/* Rule 11. */
+static uint64_t next_version(struct blocks *b)
+{
+    return __atomic_add_fetch(&b->versions, 1, __ATOMIC_RELAXED);
+}
+
 static int dirty_add(struct blocks *b, uint64_t ino, uint64_t idx, struct dirty **out)
 {
     struct dirty *d = calloc(1, sizeof *d);
+    if (d)
+        d->version = next_version(b);
     pthread_mutex_lock(&b->lock);
     int rc = d ? hmap_put(b->dirty, ino, idx, d) : -ENOMEM;
     pthread_mutex_unlock(&b->lock);
@@ -727,7 +745,7 @@ static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     memset(out + have, 0, n - have);
     if (keep_on_disk(b, fd, ino, idx, blk, c.data, c.len, 0) == -EIO)
         log_warn("%s", err_msg(-EIO)); /* served all the same */
-    memcache_put(b->mem, blk->name, c.base, c.data, c.len);
+    memcache_put(b->mem, blk->name, c.base, c.cap, c.data, c.len);
     return 0;
 }
 
@@ -907,7 +925,7 @@ void blocks_write_end(struct blocks *b, struct blocks_span *sp)
     int64_t t = mono_ns();
     for (int i = 0; i < 2; i++)
         if (sp->d[i]) {
-            sp->d[i]->version++;
+            sp->d[i]->version = next_version(b);
             sp->d[i]->quiet_since = t;
         }
     for (int i = 1; i >= 0; i--)
@@ -952,7 +970,7 @@ int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t 
         struct dirty *d = NULL;
         rc = make_dirty(b, fd, ino, idx, 0, &d);
         if (rc == 0) {
-            d->version++;
+            d->version = next_version(b);
             d->quiet_since = mono_ns();
         }
         pthread_mutex_unlock(lk);
@@ -1694,7 +1712,7 @@ static int fetch_one(struct blocks *b, const struct fetch_job *j)
         if (!j->done)
             rc = 0;
         count(b, &b->n.prefetched);
-        memcache_put(b->mem, blk.name, c.base, c.data, c.len);
+        memcache_put(b->mem, blk.name, c.base, c.cap, c.data, c.len);
     }
     pthread_mutex_unlock(lk);
     data_fd_done(fd, own);
@@ -1938,7 +1956,8 @@ static int open_state(struct blocks *b, const char *dir, const struct blocks_opt
     b->ra.inflight = hmap_new();
     if (!b->dirty || !b->fds || !b->seals || !b->alloc || !b->ra.inflight ||
         policy_new(b->protect_pct, b->capacity, &b->policy) ||
-        space_new(opt->cache_size, &b->space) || memcache_new(opt->memory_cache, &b->mem) ||
+        space_new(opt->cache_size, &b->space) ||
+        memcache_new(opt->memory_cache, buf_size(b), &b->mem) ||
         asprintf(&b->dir, "%s/data", dir) < 0 || asprintf(&b->staging, "%s/staging", dir) < 0 ||
         asprintf(&b->db_file, "%s/meta.db", dir) < 0)
         return -ENOMEM;

@@ -12,13 +12,19 @@ struct entry {
     struct entry *prev, *next; /* LRU list, head most recent */
     uint8_t name[CODEC_NAME_LEN];
     void *base; /* what to free */
+    size_t cap; /* its size */
     const uint8_t *data;
     size_t len;
     unsigned refs; /* the table's (while listed) and each copy's */
 };
 
+#define SPARE_MAX 16 /* buffers kept for reuse */
+
 struct memcache {
     pthread_mutex_t lock;
+    size_t buf_size;
+    void *spare[SPARE_MAX];
+    size_t nspare;
     struct hmap *map; /* the name's first 16 bytes -> entry */
     struct entry lru;
     struct memcache_stats st;
@@ -31,7 +37,7 @@ static uint64_t key(const uint8_t *name, int half)
     return k;
 }
 
-int memcache_new(size_t limit, struct memcache **out)
+int memcache_new(size_t limit, size_t buf_size, struct memcache **out)
 {
     struct memcache *m = calloc(1, sizeof *m);
     if (!m || !(m->map = hmap_new())) {
@@ -41,16 +47,41 @@ int memcache_new(size_t limit, struct memcache **out)
     pthread_mutex_init(&m->lock, NULL);
     m->lru.prev = m->lru.next = &m->lru;
     m->st.limit = limit;
+    m->buf_size = buf_size;
     *out = m;
     return 0;
 }
 
-static void unref(struct entry *e)
+/* Caller holds the lock. */
+static void recycle_locked(struct memcache *m, void *base, size_t cap)
+{
+    if (base && cap == m->buf_size && m->nspare < SPARE_MAX)
+        m->spare[m->nspare++] = base;
+    else
+        free(base);
+}
+
+static void unref(struct memcache *m, struct entry *e)
 {
     if (--e->refs == 0) {
-        free(e->base);
+        recycle_locked(m, e->base, e->cap);
         free(e);
     }
+}
+
+void memcache_recycle(struct memcache *m, void *base, size_t cap)
+{
+    pthread_mutex_lock(&m->lock);
+    recycle_locked(m, base, cap);
+    pthread_mutex_unlock(&m->lock);
+}
+
+void *memcache_buffer(struct memcache *m)
+{
+    pthread_mutex_lock(&m->lock);
+    void *p = m->nspare ? m->spare[--m->nspare] : NULL;
+    pthread_mutex_unlock(&m->lock);
+    return p ? p : malloc(m->buf_size);
 }
 
 static void drop(struct memcache *m, struct entry *e)
@@ -60,7 +91,7 @@ static void drop(struct memcache *m, struct entry *e)
     e->next->prev = e->prev;
     m->st.bytes -= e->len;
     m->st.chunks--;
-    unref(e);
+    unref(m, e);
 }
 
 void memcache_free(struct memcache *m)
@@ -69,6 +100,8 @@ void memcache_free(struct memcache *m)
         return;
     while (m->lru.next != &m->lru)
         drop(m, m->lru.next);
+    while (m->nspare)
+        free(m->spare[--m->nspare]);
     hmap_free(m->map);
     pthread_mutex_destroy(&m->lock);
     free(m);
@@ -115,18 +148,18 @@ int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t
     memcpy(out, e->data + off, have);
     memset((uint8_t *)out + have, 0, len - have);
     pthread_mutex_lock(&m->lock);
-    unref(e);
+    unref(m, e);
     pthread_mutex_unlock(&m->lock);
     return 1;
 }
 
-void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *base,
+void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *base, size_t cap,
                   const void *data, size_t len)
 {
     struct entry *e = NULL;
     pthread_mutex_lock(&m->lock);
     if (len <= m->st.limit && !find(m, name) && (e = calloc(1, sizeof *e)) != NULL) {
-        *e = (struct entry){ .base = base, .data = data, .len = len, .refs = 1 };
+        *e = (struct entry){ .base = base, .cap = cap, .data = data, .len = len, .refs = 1 };
         memcpy(e->name, name, CODEC_NAME_LEN);
         if (hmap_put(m->map, key(name, 0), key(name, 1), e)) {
             free(e);
@@ -140,9 +173,9 @@ void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *
         while (m->st.bytes > m->st.limit)
             drop(m, m->lru.prev);
     }
-    pthread_mutex_unlock(&m->lock);
     if (!e)
-        free(base);
+        recycle_locked(m, base, cap);
+    pthread_mutex_unlock(&m->lock);
 }
 
 void memcache_get_stats(struct memcache *m, struct memcache_stats *st)

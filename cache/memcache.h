@@ -19,8 +19,19 @@ struct memcache_stats {
     uint64_t hits, misses;
 };
 
-/* limit 0 keeps nothing. Returns 0 or -ENOMEM. */
-int memcache_new(size_t limit, struct memcache **out);
+/* limit 0 keeps nothing. buf_size: the size of the buffers it hands out
+ * (memcache_buffer). Returns 0 or -ENOMEM. */
+int memcache_new(size_t limit, size_t buf_size, struct memcache **out);
+
+/* A buffer of buf_size bytes to fetch a chunk into: one that held an
+ * evicted chunk if there is one, since fresh memory costs a page fault per
+ * page to touch (on some virtual machines more than copying it). NULL if
+ * out of memory. */
+void *memcache_buffer(struct memcache *m);
+
+/* Gives back a block that is no longer needed: kept for memcache_buffer if
+ * it is cap == buf_size bytes (and not too many are kept), else freed. */
+void memcache_recycle(struct memcache *m, void *base, size_t cap);
 void memcache_free(struct memcache *m);
 
 /* Copies len bytes at off of chunk name into out (zeros past the chunk's
@@ -28,10 +39,11 @@ void memcache_free(struct memcache *m);
 int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t off, size_t len,
                   void *out);
 
-/* Keeps the len bytes at data as chunk name; they lie in base, a block
- * from malloc that is taken over (freed when evicted). If the chunk is
- * there already or is bigger than the budget, base is freed at once. */
-void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *base,
+/* Keeps the len bytes at data as chunk name; they lie in base, a block of
+ * cap bytes from malloc that is taken over (recycled when evicted). If the
+ * chunk is there already or is bigger than the budget, base is recycled at
+ * once. */
+void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *base, size_t cap,
                   const void *data, size_t len);
 
 void memcache_get_stats(struct memcache *m, struct memcache_stats *st);

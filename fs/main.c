@@ -53,7 +53,7 @@ static const char usage_text[] =
     "  --force                     take over a bucket whose writer stopped heartbeating\n"
     "  --cache-size SIZE           what the cache directory may hold (default 10G); dirty\n"
     "                              data is never evicted: writers wait for uploads instead\n"
-    "  --memory-cache SIZE         decoded chunks kept in memory (default 256M, 0 for none)\n"
+    "  --memory-cache SIZE         decoded chunks kept in memory (default 64M, 0 for none)\n"
     "  --full-timeout SECS         how long a write waits for room in a full cache before\n"
     "                              failing with ENOSPC (default 300)\n"
     "  --eviction slru|lru         which clean data leaves a full cache first (default slru)\n"
@@ -521,7 +521,7 @@ int main(int argc, char **argv)
                      .level = 1,
                      .full_timeout_s = 300,
                      .cache = { .cache_size = (uint64_t)10 << 30,
-                                .memory_cache = (size_t)256 << 20,
+                                .memory_cache = (size_t)64 << 20,
                                 .protect_pct = SLRU_PROTECTED_PCT } };
     log_init("ckptfs", LOG_WARN);
     signal(SIGPIPE, SIG_IGN);

@@ -183,13 +183,13 @@ static uint8_t *filled(size_t len, int c)
 static void put(struct memcache *m, const uint8_t *name, size_t len, int c)
 {
     uint8_t *p = filled(len + 16, c);
-    memcache_put(m, name, p, p + 16, len); /* the bytes need not start the block */
+    memcache_put(m, name, p, len + 16, p + 16, len); /* the bytes need not start the block */
 }
 
 static void test_memcache(void)
 {
     struct memcache *m;
-    CHECK(memcache_new(300, &m) == 0);
+    CHECK(memcache_new(300, 116, &m) == 0);
     uint8_t a[CODEC_NAME_LEN] = { 1 }, b[CODEC_NAME_LEN] = { 2 }, c[CODEC_NAME_LEN] = { 3 };
     uint8_t out[200];
     CHECK(!memcache_read(m, a, 0, 10, out));
@@ -211,9 +211,15 @@ static void test_memcache(void)
     CHECK_EQ(st.chunks, 2);
     CHECK_EQ(st.hits, 4);
     CHECK_EQ(st.misses, 3);
+    /* b went out with 116 bytes, its buffer's size: it is handed out again. */
+    void *spare = memcache_buffer(m);
+    CHECK(spare != NULL);
+    memcache_recycle(m, spare, 116);
+    CHECK(memcache_buffer(m) == spare, "a recycled buffer is reused");
+    free(spare);
     memcache_free(m);
 
-    CHECK(memcache_new(0, &m) == 0); /* --memory-cache 0 */
+    CHECK(memcache_new(0, 116, &m) == 0); /* --memory-cache 0 */
     put(m, a, 10, 'a');
     CHECK(!memcache_read(m, a, 0, 1, out));
     memcache_free(m);
