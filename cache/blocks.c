@@ -1938,7 +1938,7 @@ static void clear_staging(const char *dir)
         closedir(d);
 }
 
-static int start_evictor(struct blocks *b)
+int blocks_evictor_start(struct blocks *b)
 {
     if (pthread_create(&b->evictor.thread, NULL, evictor_loop, b))
         return err_set(-EAGAIN, "cannot start the evictor thread");
@@ -2001,8 +2001,6 @@ int blocks_open(struct db *db, struct remote *remote, const char *dir,
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_init(&b->stripe[i], NULL);
     int rc = open_state(b, dir, opt);
-    if (rc == 0)
-        rc = start_evictor(b);
     if (rc) {
         blocks_close(b);
         return rc;

@@ -65,6 +65,10 @@ struct blocks_stats {
 int blocks_open(struct db *db, struct remote *remote, const char *dir,
                 const struct blocks_options *opt, struct blocks **out);
 
+/* Starts the evictor's thread, which keeps the cache within its size.
+ * Threads do not survive a fork: call it after daemonizing. */
+int blocks_evictor_start(struct blocks *b);
+
 /* Called (from the evictor's thread) when dirty data fills the cache and
  * only a snapshot can make it clean (partial blocks wait for one). */
 void blocks_on_pressure(struct blocks *b, void (*fn)(void *arg), void *arg);

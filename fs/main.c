@@ -423,7 +423,10 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
                             .stop_cond = PTHREAD_COND_INITIALIZER };
     b->pub.interval_ms = c->interval_s * 1000;
     int writable = !c->read_only;
-    int rc = pool_new(FETCH_THREADS, 8 * FETCH_THREADS, &fs->fetches);
+    /* Threads start here, after the fork into the background, never before. */
+    int rc = blocks_evictor_start(fs->blocks);
+    if (rc == 0)
+        rc = pool_new(FETCH_THREADS, 8 * FETCH_THREADS, &fs->fetches);
     if (rc == 0)
         blocks_prefetch_start(fs->blocks, fs->fetches, FS_READ_AHEAD_MAX);
     if (rc == 0 && writable)
