@@ -47,6 +47,24 @@ def test_daemonizes_once_mounted(place, tmp_path):
     assert read_back(url, tmp_path) == {"f": b"daemon"}
 
 
+def test_a_daemon_keeps_its_cache_within_the_bound(place, tmp_path):
+    """The evictor is a thread: it must run in the daemon, not die in the fork."""
+    from test_cache import CACHE, MARGIN, DiskSampler, blob, read_file, write_file
+    url, mnt, cache = place
+    p = subprocess.run([program("ckptfs"), "--cache-dir", cache, "--cache-size", "64M", "--full-timeout", "20",
+                        url, mnt],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    files = {f"f{i}": blob(60 + i, 40 * 1024 * 1024) for i in range(4)}
+    with DiskSampler(cache) as disk:
+        for name, data in files.items():
+            write_file(os.path.join(mnt, name), data)
+        assert {n: read_file(os.path.join(mnt, n)) for n in files} == files
+    subprocess.run(["umount", str(mnt)], check=True)
+    wait_daemon_exit(cache)
+    assert disk.peak <= CACHE + MARGIN, f"the cache held {disk.peak / (1 << 20):.1f} MiB"
+
+
 def test_mount_helper(place, tmp_path):
     url, mnt, cache = place
     env = {**os.environ, "CKPTFS_BIN": program("ckptfs")}
