@@ -125,7 +125,6 @@ struct blocks {
     struct policy *policy; /* the CLEAN blocks on disk */
     struct space *space;
     struct memcache *mem;
-    char *db_file;
     uint64_t db_bytes; /* meta.db and its WAL, as last measured */
     uint64_t versions; /* the last version handed out */
     size_t npieces;
@@ -341,20 +340,23 @@ static void data_fd_done(int fd, int own)
         close(fd);
 }
 
-/* What ino's data file takes on disk now, reported to the budget. */
-static void account(struct blocks *b, uint64_t ino, int fd)
+/* What ino's data file takes on disk now, reported to the budget.
+ * Returns the change in bytes. */
+static int64_t account(struct blocks *b, uint64_t ino, int fd)
 {
     struct stat st;
     if (fstat(fd, &st))
-        return;
+        return 0;
     uint64_t now = (uint64_t)st.st_blocks * 512;
     pthread_mutex_lock(&b->lock);
     uint64_t was = (uint64_t)(uintptr_t)hmap_get(b->alloc, ino, 0);
     was = was ? was - 1 : 0;
     int rc = hmap_put(b->alloc, ino, 0, (void *)(uintptr_t)(now + 1));
     pthread_mutex_unlock(&b->lock);
-    if (rc == 0)
-        space_add(b->space, (int64_t)now - (int64_t)was);
+    if (rc)
+        return 0;
+    space_add(b->space, (int64_t)now - (int64_t)was);
+    return (int64_t)now - (int64_t)was;
 }
 
 /* The file is gone from disk: its bytes leave the budget. */
@@ -386,10 +388,12 @@ static int punch(int fd, uint64_t ino, uint64_t off, size_t len)
     return 0;
 }
 
-/* The checksums of a block whose first len bytes are data, zeros after. */
-static void sums_of(const struct blocks *b, const uint8_t *data, size_t len, uint64_t *sums)
+/* The checksums of a block whose first len bytes are data, zeros after,
+ * from malloc (NULL if out of memory). */
+static uint64_t *sums_of(const struct blocks *b, const uint8_t *data, size_t len)
 {
-    for (size_t i = 0; i < b->npieces; i++) {
+    uint64_t *sums = malloc(b->npieces * sizeof *sums);
+    for (size_t i = 0; sums && i < b->npieces; i++) {
         size_t off = i * BLOCKS_PIECE;
         if (off + BLOCKS_PIECE <= len) {
             sums[i] = XXH3_64bits(data + off, BLOCKS_PIECE);
@@ -402,22 +406,26 @@ static void sums_of(const struct blocks *b, const uint8_t *data, size_t len, uin
             sums[i] = XXH3_64bits(piece, BLOCKS_PIECE);
         }
     }
+    return sums;
 }
 
-static void count(struct blocks *b, uint64_t *counter)
+static void count(uint64_t *counter)
 {
-    pthread_mutex_lock(&b->lock);
-    ++*counter;
-    pthread_mutex_unlock(&b->lock);
+    __atomic_fetch_add(counter, 1, __ATOMIC_RELAXED);
 }
 
-/* A chunk's plaintext: len bytes at data, inside base (from malloc). */
+static uint64_t counted(const uint64_t *counter)
+{
+    return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
+
 /* What a chunk is fetched into: a block, its header and tag, and buf's NUL. */
 static size_t buf_size(const struct blocks *b)
 {
     return b->bsize + 4096;
 }
 
+/* A chunk's plaintext: len bytes at data, inside base (from malloc). */
 struct chunk {
     uint8_t *base;
     size_t cap; /* base's size */
@@ -444,7 +452,7 @@ static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, 
     if (rc == 0 && got.len - start > b->bsize)
         rc = err_set(-EBADMSG, "a chunk of inode %llu holds more than a block",
                      (unsigned long long)ino);
-    count(b, &b->n.fetches);
+    count(&b->n.fetches);
     if (rc) {
         memcache_recycle(b->mem, got.data, got.cap);
         *c = (struct chunk){ 0 };
@@ -473,12 +481,10 @@ static int keep_on_disk(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     int rc = space_reserve(b->space, b->bsize, wait_ms);
     if (rc)
         return rc;
-    uint64_t *sums = malloc(b->npieces * sizeof *sums);
+    uint64_t *sums = sums_of(b, data, len);
     rc = sums ? place(b, fd, ino, idx, data, len) : -ENOMEM;
-    if (rc == 0) {
-        sums_of(b, data, len, sums);
+    if (rc == 0)
         rc = row_set(b, ino, idx, ST_CLEAN, blk->name, sums);
-    }
     if (rc == 0) {
         pthread_mutex_lock(&b->lock);
         policy_add(b->policy, ino, idx);
@@ -501,8 +507,10 @@ static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     return rc;
 }
 
-/* Rule 10: the block's bytes leave the disk. Caller holds its stripe lock. */
-static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const struct block *blk)
+/* Rule 10: the block's bytes leave the disk. Caller holds its stripe lock.
+ * *freed (if given) gets the bytes the disk gave back. */
+static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const struct block *blk,
+                      int64_t *freed)
 {
     int rc = punch(fd, ino, idx * b->bsize, b->bsize);
     if (rc == 0)
@@ -510,7 +518,22 @@ static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx, cons
     pthread_mutex_lock(&b->lock);
     policy_remove(b->policy, ino, idx);
     pthread_mutex_unlock(&b->lock);
-    account(b, ino, fd);
+    int64_t delta = account(b, ino, fd);
+    if (freed)
+        *freed = -delta;
+    return rc;
+}
+
+/* A block's bytes into the bucket (unless already there): their chunk's
+ * name, and their checksums (*sums from malloc) for when they are clean. */
+static int upload(struct blocks *b, const uint8_t *data, size_t len, uint8_t name[CODEC_NAME_LEN],
+                  uint64_t **sums)
+{
+    int rc = remote_name(b->remote, data, len, name);
+    if (rc == 0)
+        rc = remote_put(b->remote, name, data, len);
+    if (rc == 0 && (*sums = sums_of(b, data, len)) == NULL)
+        rc = -ENOMEM;
     return rc;
 }
 
@@ -698,8 +721,8 @@ static int drop_blocks_from(struct blocks *b, int fd, uint64_t ino, uint64_t fir
 
 /* ---- reads and writes ---- */
 
-/* Reads [pos, pos+n) of a CLEAN block from disk, checking the pieces it
- * touches first. Returns -EBADMSG if one fails its check. */
+/* Reads [pos, pos+n) of a CLEAN block from disk into out (if not NULL),
+ * checking the pieces it touches first. Returns -EBADMSG if one fails. */
 static int read_checked(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
                         const struct block *blk, uint64_t pos, size_t n, uint8_t *out)
 {
@@ -713,7 +736,7 @@ static int read_checked(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
         if (!blk->has_sums ||
             XXH3_64bits(buf + (i - first) * BLOCKS_PIECE, BLOCKS_PIECE) != blk->sums[i])
             rc = -EBADMSG;
-    if (rc == 0)
+    if (rc == 0 && out)
         memcpy(out, buf + (pos - start - first * BLOCKS_PIECE), n);
     free(buf);
     return rc;
@@ -726,8 +749,8 @@ static int failed_check(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
 {
     log_warn("cache: block %llu of inode %llu failed its check on disk; fetching it again",
              (unsigned long long)idx, (unsigned long long)ino);
-    count(b, &b->n.corrupt);
-    return drop_local(b, fd, ino, idx, blk);
+    count(&b->n.corrupt);
+    return drop_local(b, fd, ino, idx, blk, NULL);
 }
 
 /* [pos, pos+n) of a block only in the bucket, fetched; kept on disk if
@@ -749,12 +772,22 @@ static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     return 0;
 }
 
+/* A read was served from a tier: counted, and the block is warmer. */
+static int served(struct blocks *b, uint64_t *tier, uint64_t ino, uint64_t idx)
+{
+    count(tier);
+    pthread_mutex_lock(&b->lock);
+    policy_hit(b->policy, ino, idx);
+    pthread_mutex_unlock(&b->lock);
+    return 0;
+}
+
 /* One block's part of a read, tier by tier. Caller holds its stripe lock. */
 static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint64_t pos, size_t n,
                       uint8_t *out)
 {
     if (dirty_get(b, ino, idx)) {
-        count(b, &b->n.hits_disk);
+        count(&b->n.hits_disk);
         return read_local(fd, ino, pos, n, out);
     }
     struct block blk = { 0 };
@@ -763,22 +796,14 @@ static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint
         memset(out, 0, n);
         return rc;
     }
-    if (memcache_read(b->mem, blk.name, (size_t)(pos - idx * b->bsize), n, out)) {
-        pthread_mutex_lock(&b->lock);
-        b->n.hits_memory++;
-        policy_hit(b->policy, ino, idx);
-        pthread_mutex_unlock(&b->lock);
-        return 0;
-    }
+    if (memcache_read(b->mem, blk.name, (size_t)(pos - idx * b->bsize), n, out))
+        return served(b, &b->n.hits_memory, ino, idx);
     if (blk.state == ST_CLEAN) {
         rc = read_checked(b, fd, ino, idx, &blk, pos, n, out);
-        if (rc != -EBADMSG) {
-            pthread_mutex_lock(&b->lock);
-            b->n.hits_disk += rc == 0;
-            policy_hit(b->policy, ino, idx);
-            pthread_mutex_unlock(&b->lock);
+        if (rc == 0)
+            return served(b, &b->n.hits_disk, ino, idx);
+        if (rc != -EBADMSG)
             return rc;
-        }
         if ((rc = failed_check(b, fd, ino, idx, &blk)) != 0)
             return rc;
     }
@@ -815,9 +840,7 @@ ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off,
 static int check_whole(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
                        const struct block *blk)
 {
-    uint8_t *buf = malloc(b->bsize);
-    int rc = buf ? read_checked(b, fd, ino, idx, blk, idx * b->bsize, b->bsize, buf) : -ENOMEM;
-    free(buf);
+    int rc = read_checked(b, fd, ino, idx, blk, idx * b->bsize, b->bsize, NULL);
     if (rc != -EBADMSG)
         return rc;
     rc = failed_check(b, fd, ino, idx, blk);
@@ -862,6 +885,9 @@ static int allocated(int fd, uint64_t off, size_t len)
 
 ssize_t blocks_reserve(struct blocks *b, uint64_t ino, uint64_t off, size_t len)
 {
+    /* With room to spare, a write needs no more thought (nor a syscall). */
+    if (space_reserve(b->space, len, 0) == 0)
+        return (ssize_t)len;
     int fd = open_data(b, ino);
     if (fd < 0)
         return fd;
@@ -895,7 +921,6 @@ int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t o
     sp->locks[1] = a == z ? NULL : a < z ? z : a;
     for (int i = 0; i < 2 && sp->locks[i]; i++)
         pthread_mutex_lock(sp->locks[i]);
-    sp->fd = fd;
     int rc = 0;
     for (uint64_t idx = first; rc == 0 && idx <= last; idx++) {
         uint64_t start = idx * b->bsize, lo = off > start ? off : start;
@@ -1176,15 +1201,10 @@ static int seal_one(void *arg)
     struct seal *s = NULL;
     int rc = buf ? sealed_bytes(b, j->ino, j->idx, buf, &s) : -ENOMEM;
     uint8_t name[CODEC_NAME_LEN];
-    uint64_t *sums = rc == 0 ? malloc(b->npieces * sizeof *sums) : NULL;
-    if (rc == 0 && !sums)
-        rc = -ENOMEM;
+    uint64_t *sums = NULL;
     if (rc == 0)
-        rc = remote_name(b->remote, buf, j->len, name);
-    if (rc == 0)
-        rc = remote_put(b->remote, name, buf, j->len);
+        rc = upload(b, buf, j->len, name, &sums);
     if (rc == 0) {
-        sums_of(b, buf, j->len, sums);
         pthread_mutex_lock(&b->lock);
         memcpy(s->name, name, CODEC_NAME_LEN);
         s->sums = sums;
@@ -1392,12 +1412,12 @@ void blocks_get_stats(struct blocks *b, struct blocks_stats *st)
     pthread_mutex_lock(&b->lock);
     *st = (struct blocks_stats){
         .dirty_blocks = hmap_count(b->dirty),
-        .fetches = b->n.fetches,
-        .hits_memory = b->n.hits_memory,
-        .hits_disk = b->n.hits_disk,
-        .evictions = b->n.evictions,
-        .corrupt = b->n.corrupt,
-        .prefetched = b->n.prefetched,
+        .fetches = counted(&b->n.fetches),
+        .hits_memory = counted(&b->n.hits_memory),
+        .hits_disk = counted(&b->n.hits_disk),
+        .evictions = counted(&b->n.evictions),
+        .corrupt = counted(&b->n.corrupt),
+        .prefetched = counted(&b->n.prefetched),
         .prefetch_queue = b->ra.inflight ? hmap_count(b->ra.inflight) : 0,
         .clean_blocks = policy_count(b->policy),
         .cache_used = sp.used,
@@ -1477,23 +1497,16 @@ static int ahead_one(void *arg)
     uint8_t *buf = malloc(b->bsize), name[CODEC_NAME_LEN];
     uint64_t version = 0;
     int rc = buf ? ahead_read(b, j, buf, &version) : -ENOMEM;
+    uint64_t *sums = NULL;
     if (rc == 0)
-        rc = remote_name(b->remote, buf, b->bsize, name);
-    if (rc == 0)
-        rc = remote_put(b->remote, name, buf, b->bsize);
-    uint64_t *sums = rc == 0 ? malloc(b->npieces * sizeof *sums) : NULL;
-    if (sums)
-        sums_of(b, buf, b->bsize, sums);
-    else if (rc == 0)
-        rc = -ENOMEM;
-    int done = ahead_done(b, j, rc, version, name, sums);
+        rc = upload(b, buf, b->bsize, name, &sums);
+    ahead_done(b, j, rc, version, name, sums);
     if (rc && rc != -ENOENT) /* the publish will carry it; say why it could not go now */
         log_debug("upload ahead of inode %llu block %llu: %s", (unsigned long long)j->ino,
                   (unsigned long long)j->idx, err_msg(rc));
     free(buf);
     free(j);
-    (void)done; /* a failed upload ahead is the publish's to carry, not an error */
-    return 0;
+    return 0; /* a failed upload ahead is the publish's to carry, not an error */
 }
 
 struct ahead_scan {
@@ -1580,18 +1593,12 @@ static uint64_t evict_one(struct blocks *b, uint64_t ino, uint64_t idx)
     if (pthread_mutex_trylock(lk))
         return 0;
     struct block blk = { 0 };
-    int64_t before = 0, freed = 0;
+    int64_t freed = 0;
     int own = 0, fd = -1;
     if (!dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && blk.state == ST_CLEAN &&
         (fd = data_fd(b, ino, &own)) >= 0) {
-        pthread_mutex_lock(&b->lock);
-        before = (int64_t)(uintptr_t)hmap_get(b->alloc, ino, 0);
-        pthread_mutex_unlock(&b->lock);
-        if (drop_local(b, fd, ino, idx, &blk) == 0)
-            count(b, &b->n.evictions);
-        pthread_mutex_lock(&b->lock);
-        freed = before - (int64_t)(uintptr_t)hmap_get(b->alloc, ino, 0);
-        pthread_mutex_unlock(&b->lock);
+        if (drop_local(b, fd, ino, idx, &blk, &freed) == 0)
+            count(&b->n.evictions);
     } else { /* not clean any more: it should not be listed */
         pthread_mutex_lock(&b->lock);
         if (!hmap_get(b->dirty, ino, idx) && blk.state != ST_CLEAN)
@@ -1625,11 +1632,12 @@ static uint64_t evict(struct blocks *b, uint64_t want)
 /* meta.db grows with the tree: it is in the budget too. */
 static void measure_db(struct blocks *b)
 {
+    const char *file = sqlite3_db_filename(db_handle(b->db), "main");
     uint64_t now = 0;
     struct stat st;
     char path[PATH_MAX];
-    for (int wal = 0; wal < 2; wal++) {
-        snprintf(path, sizeof path, "%s%s", b->db_file, wal ? "-wal" : "");
+    for (int wal = 0; file && *file && wal < 2; wal++) {
+        snprintf(path, sizeof path, "%s%s", file, wal ? "-wal" : "");
         if (stat(path, &st) == 0)
             now += (uint64_t)st.st_blocks * 512;
     }
@@ -1711,7 +1719,7 @@ static int fetch_one(struct blocks *b, const struct fetch_job *j)
                           j->done ? b->full_timeout_ms : 0);
         if (!j->done)
             rc = 0;
-        count(b, &b->n.prefetched);
+        count(&b->n.prefetched);
         memcache_put(b->mem, blk.name, c.base, c.cap, c.data, c.len);
     }
     pthread_mutex_unlock(lk);
@@ -1958,8 +1966,7 @@ static int open_state(struct blocks *b, const char *dir, const struct blocks_opt
         policy_new(b->protect_pct, b->capacity, &b->policy) ||
         space_new(opt->cache_size, &b->space) ||
         memcache_new(opt->memory_cache, buf_size(b), &b->mem) ||
-        asprintf(&b->dir, "%s/data", dir) < 0 || asprintf(&b->staging, "%s/staging", dir) < 0 ||
-        asprintf(&b->db_file, "%s/meta.db", dir) < 0)
+        asprintf(&b->dir, "%s/data", dir) < 0 || asprintf(&b->staging, "%s/staging", dir) < 0)
         return -ENOMEM;
     if ((mkdir(b->dir, 0700) && errno != EEXIST) || (mkdir(b->staging, 0700) && errno != EEXIST))
         return err_set(-EIO, "cache directory %s: %s", dir, strerror(errno));
@@ -2067,7 +2074,6 @@ void blocks_close(struct blocks *b)
     policy_free(b->policy);
     memcache_free(b->mem);
     space_free(b->space);
-    free(b->db_file);
     sqlite3_finalize(b->st_get);
     sqlite3_finalize(b->st_set);
     sqlite3_finalize(b->st_del_from);
