@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "fs/publisher.h"
+#include "fs/warm.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -116,161 +117,34 @@ static void send_line(int fd, json_t *msg)
     json_decref(msg);
 }
 
-/* ---- warm-up ---- */
-
-struct warm {
-    struct fs *fs;
-    uint64_t (*files)[2]; /* ino, size */
-    size_t n, cap;
-    uint64_t total, done, files_done;
-    int rc, finished;
-};
-
-static int add_file(struct warm *w, uint64_t ino, uint64_t size)
+static json_t *warm_json(const struct warm_progress *p)
 {
-    if (w->n == w->cap) {
-        size_t cap = w->cap ? 2 * w->cap : 256;
-        void *p = realloc(w->files, cap * sizeof *w->files);
-        if (!p)
-            return -ENOMEM;
-        w->files = p;
-        w->cap = cap;
-    }
-    w->files[w->n][0] = ino;
-    w->files[w->n++][1] = size;
-    w->total += blocks_remote_bytes(w->fs->blocks, ino);
-    return 0;
+    return json_pack("{s:b, s:I, s:I, s:I, s:I}", "progress", 1, "done", (json_int_t)p->done,
+                     "total", (json_int_t)p->total, "files_done", (json_int_t)p->files_done,
+                     "files", (json_int_t)p->files);
 }
 
-struct walk {
-    struct warm *w;
-    uint64_t *dirs;
-    size_t n, cap;
-    uint64_t next;
-    int rc;
-};
-
-static int walk_entry(void *arg, const char *name, const struct ns_attr *a, uint64_t next_off)
-{
-    struct walk *k = arg;
-    k->next = next_off;
-    if (!strcmp(name, ".") || !strcmp(name, ".."))
-        return 0;
-    if (S_ISREG(a->mode)) {
-        struct ns_attr cur = *a;
-        inode_overlay(k->w->fs, &cur);
-        k->rc = add_file(k->w, a->ino, cur.size);
-    } else if (S_ISDIR(a->mode)) {
-        if (k->n == k->cap) {
-            size_t cap = k->cap ? 2 * k->cap : 64;
-            void *p = realloc(k->dirs, cap * sizeof *k->dirs);
-            if (!p)
-                return k->rc = -ENOMEM;
-            k->dirs = p;
-            k->cap = cap;
-        }
-        k->dirs[k->n++] = a->ino;
-    }
-    return k->rc;
-}
-
-/* Every regular file under ino (or ino itself), with the bytes to fetch. */
-static int collect(struct warm *w, uint64_t ino)
-{
-    struct ns_attr a;
-    int rc = inode_attr(w->fs, ino, &a);
-    if (rc || S_ISREG(a.mode))
-        return rc ? rc : add_file(w, ino, a.size);
-    if (!S_ISDIR(a.mode))
-        return 0;
-    struct walk k = { .w = w };
-    uint64_t dir = ino;
-    for (;;) {
-        k.next = 0;
-        for (uint64_t off = 0;; off = k.next) {
-            rc = ns_readdir(w->fs->ns, dir, off, 1024, walk_entry, &k);
-            if (rc < 0 || k.rc || k.next == off)
-                break;
-        }
-        if (rc < 0 || k.rc || k.n == 0)
-            break;
-        dir = k.dirs[--k.n];
-    }
-    free(k.dirs);
-    return rc < 0 ? rc : k.rc;
-}
-
-static void *warm_run(void *arg)
-{
-    struct warm *w = arg;
-    struct batch batch;
-    batch_init(&batch);
-    int rc = 0;
-    for (size_t i = 0; rc == 0 && i < w->n; i++) {
-        rc = blocks_warm(w->fs->blocks, &batch, w->files[i][0], w->files[i][1], &w->done);
-        __atomic_store_n(&w->files_done, i + 1, __ATOMIC_RELAXED);
-    }
-    int brc = batch_wait(&batch);
-    batch_destroy(&batch);
-    w->rc = rc ? rc : brc;
-    __atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
-    return NULL;
-}
-
-/* Room the disk tier could give a warm-up: all of it but the dirty data. */
-static int check_room(struct fs *fs, uint64_t want)
-{
-    struct blocks_stats bs;
-    blocks_get_stats(fs->blocks, &bs);
-    uint64_t room = bs.cache_limit > bs.dirty_bytes ? bs.cache_limit - bs.dirty_bytes : 0;
-    if (!bs.cache_limit || want <= room)
-        return 0;
-    return err_set(-ENOSPC,
-                   "that needs %llu MiB in the cache, which has room for %llu MiB "
-                   "(--cache-size %llu MiB)",
-                   (unsigned long long)(want >> 20), (unsigned long long)(room >> 20),
-                   (unsigned long long)(bs.cache_limit >> 20));
-}
-
-static json_t *warm_progress(struct warm *w)
-{
-    return json_pack("{s:b, s:I, s:I, s:I, s:I}", "progress", 1, "done",
-                     (json_int_t)__atomic_load_n(&w->done, __ATOMIC_RELAXED), "total",
-                     (json_int_t)w->total, "files_done",
-                     (json_int_t)__atomic_load_n(&w->files_done, __ATOMIC_RELAXED), "files",
-                     (json_int_t)w->n);
-}
-
-/* "warm INO": fetches what the subtree needs, reporting progress as it goes. */
+/* "warm INO": fetches what the subtree needs, a progress line every 200 ms. */
 static json_t *do_warm(struct fs *fs, int fd, const char *arg)
 {
-    struct warm w = { .fs = fs };
     char *end;
     uint64_t ino = strtoull(arg, &end, 10);
-    int rc = *arg && !*end ? 0 : err_set(-EINVAL, "warm: '%s' is not an inode number", arg);
-    if (rc == 0)
-        rc = collect(&w, ino);
-    if (rc == 0)
-        rc = check_room(fs, w.total);
-    pthread_t t;
-    if (rc == 0 && pthread_create(&t, NULL, warm_run, &w))
-        rc = err_set(-EAGAIN, "cannot start the warm-up");
-    if (rc) {
-        free(w.files);
+    struct warm *w = NULL;
+    struct warm_progress p;
+    int rc = *arg && !*end ? warm_start(fs, ino, &w)
+                           : err_set(-EINVAL, "warm: '%s' is not an inode number", arg);
+    if (rc)
         return json_pack("{s:b, s:s}", "ok", 0, "error", err_msg(rc));
-    }
-    while (!__atomic_load_n(&w.finished, __ATOMIC_ACQUIRE)) {
-        send_line(fd, warm_progress(&w));
+    while (warm_poll(w, &p)) {
+        send_line(fd, warm_json(&p));
         struct timespec pause = { 0, 200 * 1000000L };
         nanosleep(&pause, NULL);
     }
-    pthread_join(t, NULL);
-    free(w.files);
-    if (w.rc)
-        return json_pack("{s:b, s:s, s:I}", "ok", 0, "error", err_msg(w.rc), "done",
-                         (json_int_t)w.done);
-    return json_pack("{s:b, s:I, s:I}", "ok", 1, "fetched", (json_int_t)w.done, "files",
-                     (json_int_t)w.n);
+    if ((rc = warm_finish(w, &p)) != 0)
+        return json_pack("{s:b, s:s, s:I}", "ok", 0, "error", err_msg(rc), "done",
+                         (json_int_t)p.done);
+    return json_pack("{s:b, s:I, s:I}", "ok", 1, "fetched", (json_int_t)p.done, "files",
+                     (json_int_t)p.files);
 }
 
 static void *serve_one(void *arg)

@@ -1,13 +1,15 @@
 /*
- * The control socket: how `ckptctl sync` and `ckptctl status` talk to a
+ * The control socket: how `ckptctl sync`, `status` and `warm` talk to a
  * running mount. A Unix socket in the cache directory, found through the
  * mount's root directory (getxattr "user.ckptfs.control"). One request per
- * connection, a line of text; one JSON object back:
+ * connection, a line of text; JSON lines back, the last one the answer:
  *
- *   sync    -> {"ok": true, "snapshot": "EEEEEEEE-SSSSSSSSSSSS"} once a
- *              snapshot with every change made before the request is in the bucket
- *   status  -> {"ok": true, "url": ..., "dirty_bytes": ..., ...}
- *   failure -> {"ok": false, "error": "..."}
+ *   sync     -> {"ok": true, "snapshot": "EEEEEEEE-SSSSSSSSSSSS"} once a
+ *               snapshot with every change made before the request is in the bucket
+ *   status   -> {"ok": true, "url": ..., "dirty_bytes": ..., ...}
+ *   warm INO -> {"progress": true, "done": ..., "total": ..., ...} every 200 ms,
+ *               then {"ok": true, "fetched": BYTES, "files": N}
+ *   failure  -> {"ok": false, "error": "..."}
  */
 #ifndef CKPT_FS_CONTROL_H
 #define CKPT_FS_CONTROL_H
