@@ -495,14 +495,30 @@ static int keep_on_disk(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     return rc;
 }
 
+static uint64_t evict(struct blocks *b, uint64_t want);
+
+/* Room for bytes a caller holding a stripe lock must add now (it cannot
+ * wait for uploads): evicts clean blocks if need be, never waits. Returns
+ * what was reserved, to release once the bytes are accounted; 0 if the
+ * cache is full of dirty data (they go in all the same: the margin). */
+static uint64_t room_now(struct blocks *b, uint64_t bytes)
+{
+    if (space_reserve(b->space, bytes, 0) == 0)
+        return bytes;
+    evict(b, bytes); /* other stripes only: evict_one never waits for a lock */
+    return space_reserve(b->space, bytes, 0) == 0 ? bytes : 0;
+}
+
 /* Rule 2: a REMOTE block about to be written in part gets its bytes first. */
 static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
                            const struct block *blk)
 {
     struct chunk c;
     int rc = chunk_bytes(b, ino, blk, &c);
+    uint64_t held = rc ? 0 : room_now(b, c.len);
     if (rc == 0)
         rc = place(b, fd, ino, idx, c.data, c.len);
+    space_release(b->space, held);
     memcache_recycle(b->mem, c.base, c.cap);
     return rc;
 }
@@ -624,6 +640,7 @@ static int seal_to_staging(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (out < 0)
         return io_fail("staging copy", ino);
+    uint64_t held = room_now(b, b->bsize);
     uint8_t *buf = malloc(b->bsize);
     int rc = buf ? read_local(fd, ino, idx * b->bsize, b->bsize, buf) : -ENOMEM;
     if (rc == 0)
@@ -633,6 +650,7 @@ static int seal_to_staging(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     struct stat st;
     uint64_t bytes = fstat(out, &st) == 0 ? (uint64_t)st.st_blocks * 512 : b->bsize;
     space_add(b->space, (int64_t)bytes);
+    space_release(b->space, held);
     close(out);
     if (rc == 0)
         rc = add_seal(b, ino, idx, d->version, 1, bytes);
@@ -883,24 +901,48 @@ static int allocated(int fd, uint64_t off, size_t len)
     return hole >= 0 && (uint64_t)hole >= off + len;
 }
 
-ssize_t blocks_reserve(struct blocks *b, uint64_t ino, uint64_t off, size_t len)
+/* Bytes a write of [off, off+len) will copy aside first (rule 6): a block
+ * per frozen block it touches. */
+static size_t staging_for(struct blocks *b, uint64_t ino, uint64_t off, size_t len)
 {
+    size_t n = 0;
+    pthread_mutex_lock(&b->lock);
+    for (uint64_t idx = off / b->bsize; idx <= (off + len - 1) / b->bsize; idx++) {
+        struct dirty *d = hmap_get(b->dirty, ino, idx);
+        n += d && d->frozen;
+    }
+    pthread_mutex_unlock(&b->lock);
+    return n * b->bsize;
+}
+
+int blocks_reserve(struct blocks *b, uint64_t ino, uint64_t off, size_t len, struct blocks_room *r)
+{
+    r->staged = staging_for(b, ino, off, len);
+    r->held = len + r->staged;
     /* With room to spare, a write needs no more thought (nor a syscall). */
-    if (space_reserve(b->space, len, 0) == 0)
-        return (ssize_t)len;
+    if (len == 0 || space_reserve(b->space, r->held, 0) == 0)
+        return 0;
     int fd = open_data(b, ino);
     if (fd < 0)
         return fd;
     if (allocated(fd, off, len))
-        return 0;
-    int rc = space_reserve(b->space, len, b->full_timeout_ms);
-    return rc ? rc : (ssize_t)len;
+        r->held = r->staged;
+    int rc = r->held ? space_reserve(b->space, r->held, b->full_timeout_ms) : 0;
+    if (rc)
+        r->held = 0;
+    return rc;
 }
 
-void blocks_release(struct blocks *b, size_t reserved)
+int blocks_room_holds(struct blocks *b, uint64_t ino, uint64_t off, size_t len,
+                      const struct blocks_room *r)
 {
-    if (reserved)
-        space_release(b->space, reserved);
+    return len == 0 || staging_for(b, ino, off, len) <= r->staged;
+}
+
+void blocks_release(struct blocks *b, struct blocks_room *r)
+{
+    space_release(b->space, r->held);
+    r->held = 0;
 }
 
 int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
@@ -957,26 +999,6 @@ void blocks_write_end(struct blocks *b, struct blocks_span *sp)
         if (sp->locks[i])
             pthread_mutex_unlock(sp->locks[i]);
     memset(sp, 0, sizeof *sp);
-}
-
-int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, const void *data,
-                 size_t len)
-{
-    for (size_t done = 0; done < len;) {
-        size_t n = len - done < b->bsize ? len - done : b->bsize;
-        struct blocks_span sp;
-        ssize_t held = blocks_reserve(b, ino, off + done, n);
-        int rc = held < 0 ? (int)held : blocks_write_begin(b, ino, size, off + done, n, &sp);
-        if (rc == 0) {
-            rc = write_local(sp.fd, ino, off + done, (const uint8_t *)data + done, n);
-            blocks_write_end(b, &sp);
-        }
-        blocks_release(b, held > 0 ? (size_t)held : 0);
-        if (rc)
-            return rc;
-        done += n;
-    }
-    return 0;
 }
 
 int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t new_size)

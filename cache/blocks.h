@@ -81,18 +81,22 @@ size_t blocks_block_size(const struct blocks *b);
 ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
                     void *out);
 
-/* Room in the disk tier for a write of len bytes at off of ino. Waits while
- * there is none, up to the full timeout, so the caller must hold no lock a
- * snapshot or an upload needs. Returns the bytes reserved (0 if the range
- * takes no new room), to give back with blocks_release once the write is
- * done, or -ENOSPC. */
-ssize_t blocks_reserve(struct blocks *b, uint64_t ino, uint64_t off, size_t len);
-void blocks_release(struct blocks *b, size_t reserved);
-
-/* Writes len bytes at off of a file that had size bytes before the write
- * (reserving room as it goes). */
-int blocks_write(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, const void *data,
-                 size_t len);
+/* Room in the disk tier for a write of len bytes at off of ino, and for the
+ * copies of frozen blocks it will make first (rule 6). blocks_reserve waits
+ * while there is none, up to the full timeout, so the caller must hold no
+ * lock a snapshot or an upload needs; it fails with -ENOSPC. Once the
+ * caller holds the lock that keeps snapshots out, blocks_room_holds says
+ * whether the room still covers the write: 0 if a snapshot froze its blocks
+ * in between (release, unlock, reserve again). blocks_release gives the
+ * room back once the write is done. */
+struct blocks_room {
+    size_t held;   /* bytes reserved */
+    size_t staged; /* of which for copies of frozen blocks */
+};
+int blocks_reserve(struct blocks *b, uint64_t ino, uint64_t off, size_t len, struct blocks_room *r);
+int blocks_room_holds(struct blocks *b, uint64_t ino, uint64_t off, size_t len,
+                      const struct blocks_room *r);
+void blocks_release(struct blocks *b, struct blocks_room *r);
 
 /* A write whose bytes the caller puts into sp->fd itself (with splice, say):
  * blocks_write_begin readies and locks the blocks of [off, off+len), len at

@@ -572,6 +572,25 @@ static int write_data(struct fs *fs, uint64_t ino, uint64_t size_before, uint64_
     return 0;
 }
 
+/* Room for a write, then fs->freeze shared. The room is reserved holding
+ * nothing, since a snapshot must be able to freeze while a writer waits;
+ * if one froze the write's blocks in between, the copies they now need
+ * were not counted: try again. */
+static int hold_room(struct fs *fs, uint64_t ino, uint64_t off, size_t len,
+                     struct blocks_room *room)
+{
+    for (;;) {
+        int rc = blocks_reserve(fs->blocks, ino, off, len, room);
+        if (rc)
+            return rc;
+        pthread_rwlock_rdlock(&fs->freeze);
+        if (blocks_room_holds(fs->blocks, ino, off, len, room))
+            return 0;
+        pthread_rwlock_unlock(&fs->freeze);
+        blocks_release(fs->blocks, room);
+    }
+}
+
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
                          struct fuse_file_info *fi)
 {
@@ -581,13 +600,12 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
     size_t size = fuse_buf_size(in);
     if (!in_mem)
         return reply_err(req, -EBADF);
-    /* Room first, holding nothing: a snapshot must be able to freeze meanwhile. */
-    ssize_t held = blocks_reserve(fs->blocks, ino, (uint64_t)off, size);
-    if (held < 0)
-        return reply_err(req, (int)held);
-    pthread_rwlock_rdlock(&fs->freeze);
+    struct blocks_room room;
+    int rc = hold_room(fs, ino, (uint64_t)off, size, &room);
+    if (rc)
+        return reply_err(req, rc);
     pthread_mutex_lock(&in_mem->lock);
-    int rc = in_mem->dirty ? 0 : ns_getattr(fs->ns, ino, &a);
+    rc = in_mem->dirty ? 0 : ns_getattr(fs->ns, ino, &a);
     uint64_t size_before = in_mem->dirty ? in_mem->size : a.size;
     if (rc == 0)
         rc = write_data(fs, ino, size_before, (uint64_t)off, in, size);
@@ -601,7 +619,7 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
     if (rc == 0)
         kill_privs(fs, ino, fi);
     pthread_rwlock_unlock(&fs->freeze);
-    blocks_release(fs->blocks, held > 0 ? (size_t)held : 0);
+    blocks_release(fs->blocks, &room);
     fs_changed(fs);
     if (rc)
         return reply_err(req, rc);
