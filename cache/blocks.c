@@ -74,6 +74,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -132,6 +133,7 @@ struct blocks {
     size_t capacity;   /* blocks a full cache holds, for the policy */
     uint64_t zero_sum; /* of a piece of zeros */
     int64_t full_timeout_ms;
+    int no_direct; /* the cache's file system refused O_DIRECT */
     struct {
         uint64_t fetches, hits_memory, hits_disk, evictions, corrupt, prefetched;
     } n;
@@ -419,13 +421,14 @@ static uint64_t counted(const uint64_t *counter)
     return __atomic_load_n(counter, __ATOMIC_RELAXED);
 }
 
-/* What a chunk is fetched into: a block, its header and tag, and buf's NUL. */
+/* What a chunk is fetched into: a block, its header and tag, buf's NUL,
+ * and the room to place the header so that the block starts aligned. */
 static size_t buf_size(const struct blocks *b)
 {
-    return b->bsize + 4096;
+    return b->bsize + 2 * BUFPOOL_ALIGN;
 }
 
-/* A chunk's plaintext: len bytes at data, inside base (from malloc). */
+/* A chunk's plaintext: len bytes at data, inside base (a memory tier buffer). */
 struct chunk {
     uint8_t *base;
     size_t cap; /* base's size */
@@ -433,9 +436,39 @@ struct chunk {
     size_t len;
 };
 
+/* Fetches and verifies the chunk into c (whose base is a memory tier
+ * buffer), its plaintext aligned for write_direct: a raw chunk is received
+ * so that its header ends on BUFPOOL_ALIGN, a compressed one is
+ * decompressed into a second buffer, which c then takes. */
+static int fetch_chunk(struct blocks *b, uint64_t ino, const struct block *blk, struct chunk *c)
+{
+    uint8_t *other = memcache_buffer(b->mem);
+    if (!other)
+        return -ENOMEM;
+    size_t skip = BUFPOOL_ALIGN - remote_raw_offset(b->remote) % BUFPOOL_ALIGN;
+    struct buf got = { .data = c->base + skip, .cap = c->cap - skip, .fixed = 1 };
+    struct buf spare = { .data = other, .cap = c->cap, .fixed = 1 };
+    size_t start = 0;
+    int rc = remote_fetch(b->remote, blk->name, &got, &start, &spare);
+    if (rc == 0 && got.len - start > b->bsize)
+        rc = err_set(-EBADMSG, "a chunk of inode %llu holds more than a block",
+                     (unsigned long long)ino);
+    count(&b->n.fetches);
+    if (got.data == other) { /* decompressed */
+        other = c->base;
+        c->base = got.data;
+    }
+    memcache_recycle(b->mem, other, c->cap);
+    if (rc)
+        return rc;
+    c->data = got.data + start;
+    c->len = got.len - start;
+    return 0;
+}
+
 /* The plaintext of the block's chunk, from the memory tier if it is there,
- * else from the bucket, verified. The caller frees c->base, or hands it to
- * the memory tier. */
+ * else from the bucket, verified. The caller recycles c->base, or hands it
+ * to the memory tier. */
 static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, struct chunk *c)
 {
     *c = (struct chunk){ .base = memcache_buffer(b->mem), .cap = buf_size(b) };
@@ -446,28 +479,53 @@ static int chunk_bytes(struct blocks *b, uint64_t ino, const struct block *blk, 
         c->len = b->bsize; /* the zeros past the chunk's end included */
         return 0;
     }
-    struct buf got = { .data = c->base, .cap = c->cap };
-    size_t start = 0;
-    int rc = remote_fetch(b->remote, blk->name, &got, &start);
-    if (rc == 0 && got.len - start > b->bsize)
-        rc = err_set(-EBADMSG, "a chunk of inode %llu holds more than a block",
-                     (unsigned long long)ino);
-    count(&b->n.fetches);
+    int rc = fetch_chunk(b, ino, blk, c);
     if (rc) {
-        memcache_recycle(b->mem, got.data, got.cap);
+        memcache_recycle(b->mem, c->base, c->cap);
         *c = (struct chunk){ 0 };
-        return rc;
     }
-    *c = (struct chunk){ got.data, got.cap, got.data + start, got.len - start };
-    return 0;
+    return rc;
+}
+
+/* Writes a fetched chunk into its block past the page cache, if the file
+ * system lets it: the bytes are in the memory tier already, and copying
+ * them into the page cache too cost more CPU than fetching them did. The
+ * bytes up to the next BUFPOOL_ALIGN become zeros, as the block's are.
+ * Returns 1 if it could not (the caller writes them the usual way). */
+static int write_direct(struct blocks *b, uint64_t ino, uint64_t off, struct chunk *c)
+{
+    size_t n = (c->len + BUFPOOL_ALIGN - 1) & ~(size_t)(BUFPOOL_ALIGN - 1);
+    size_t at = (size_t)(c->data - c->base);
+    if (__atomic_load_n(&b->no_direct, __ATOMIC_RELAXED) || (uintptr_t)c->data % BUFPOOL_ALIGN ||
+        at + n > c->cap || n > b->bsize)
+        return 1;
+    char path[PATH_MAX];
+    data_path(b, ino, path);
+    int fd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EINVAL) /* not on this file system: never again */
+            __atomic_store_n(&b->no_direct, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    memset(c->base + at + c->len, 0, n - c->len);
+    ssize_t put;
+    do
+        put = pwrite(fd, c->base + at, n, (off_t)off);
+    while (put < 0 && errno == EINTR);
+    int rc = put == (ssize_t)n             ? 0
+             : put >= 0 || errno == EINVAL ? 1 /* a short or refused write: buffered redoes it */
+                                           : io_fail("write", ino);
+    close(fd);
+    return rc;
 }
 
 /* Rules 2 and 3: the chunk's bytes into the block's range of the data file
  * (a hole until now: the rest stays zeros). */
-static int place(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const uint8_t *data,
-                 size_t len)
+static int place(struct blocks *b, int fd, uint64_t ino, uint64_t idx, struct chunk *c)
 {
-    int rc = write_local(fd, ino, idx * b->bsize, data, len);
+    int rc = write_direct(b, ino, idx * b->bsize, c);
+    if (rc == 1)
+        rc = write_local(fd, ino, idx * b->bsize, c->data, c->len);
     account(b, ino, fd);
     return rc;
 }
@@ -476,13 +534,13 @@ static int place(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const uin
  * room for it now; if not, the block stays REMOTE (its bytes live on in
  * the memory tier). Caller holds the block's stripe lock. */
 static int keep_on_disk(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
-                        const struct block *blk, const uint8_t *data, size_t len, int64_t wait_ms)
+                        const struct block *blk, struct chunk *c, int64_t wait_ms)
 {
     int rc = space_reserve(b->space, b->bsize, wait_ms);
     if (rc)
         return rc;
-    uint64_t *sums = sums_of(b, data, len);
-    rc = sums ? place(b, fd, ino, idx, data, len) : -ENOMEM;
+    uint64_t *sums = sums_of(b, c->data, c->len);
+    rc = sums ? place(b, fd, ino, idx, c) : -ENOMEM;
     if (rc == 0)
         rc = row_set(b, ino, idx, ST_CLEAN, blk->name, sums);
     if (rc == 0) {
@@ -517,7 +575,7 @@ static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     int rc = chunk_bytes(b, ino, blk, &c);
     uint64_t held = rc ? 0 : room_now(b, c.len);
     if (rc == 0)
-        rc = place(b, fd, ino, idx, c.data, c.len);
+        rc = place(b, fd, ino, idx, &c);
     space_release(b->space, held);
     memcache_recycle(b->mem, c.base, c.cap);
     return rc;
@@ -739,8 +797,34 @@ static int drop_blocks_from(struct blocks *b, int fd, uint64_t ino, uint64_t fir
 
 /* ---- reads and writes ---- */
 
+/* Whole pieces of the data file into buf: out of the page cache if they are
+ * all there, else past it, straight from the disk into buf when it is
+ * aligned (fetched blocks were written past it, and the copy out of the
+ * page cache cost more CPU than all the rest of a read). */
+static int read_pieces(struct blocks *b, int fd, uint64_t ino, uint64_t off, size_t len,
+                       uint8_t *buf)
+{
+    struct iovec iov = { buf, len };
+    if (preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT) == (ssize_t)len)
+        return 0;
+    if ((uintptr_t)buf % BUFPOOL_ALIGN == 0 && !__atomic_load_n(&b->no_direct, __ATOMIC_RELAXED)) {
+        char path[PATH_MAX];
+        data_path(b, ino, path);
+        int direct = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        if (direct < 0 && errno == EINVAL)
+            __atomic_store_n(&b->no_direct, 1, __ATOMIC_RELAXED);
+        int rc = direct < 0 ? 1 : read_local(direct, ino, off, len, buf);
+        if (direct >= 0)
+            close(direct);
+        if (rc == 0)
+            return 0;
+    }
+    return read_local(fd, ino, off, len, buf);
+}
+
 /* Reads [pos, pos+n) of a CLEAN block from disk into out (if not NULL),
- * checking the pieces it touches first. Returns -EBADMSG if one fails. */
+ * checking the pieces it touches first. Returns -EBADMSG if one fails
+ * (out may then hold anything). */
 static int read_checked(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
                         const struct block *blk, uint64_t pos, size_t n, uint8_t *out)
 {
@@ -748,15 +832,19 @@ static int read_checked(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     size_t first = (size_t)(pos - start) / BLOCKS_PIECE;
     size_t last = (size_t)(pos + n - 1 - start) / BLOCKS_PIECE;
     size_t span = (last - first + 1) * BLOCKS_PIECE;
-    uint8_t *buf = malloc(span);
-    int rc = buf ? read_local(fd, ino, start + first * BLOCKS_PIECE, span, buf) : -ENOMEM;
+    uint64_t from = start + first * BLOCKS_PIECE;
+    /* Whole pieces (as the kernel asks for them) are checked where they land. */
+    int whole = out && from == pos && span == n;
+    uint8_t *buf = whole ? out : memcache_buffer(b->mem); /* span <= a block */
+    int rc = buf ? read_pieces(b, fd, ino, from, span, buf) : -ENOMEM;
     for (size_t i = first; rc == 0 && i <= last; i++)
         if (!blk->has_sums ||
             XXH3_64bits(buf + (i - first) * BLOCKS_PIECE, BLOCKS_PIECE) != blk->sums[i])
             rc = -EBADMSG;
-    if (rc == 0 && out)
-        memcpy(out, buf + (pos - start - first * BLOCKS_PIECE), n);
-    free(buf);
+    if (rc == 0 && out && !whole)
+        memcpy(out, buf + (pos - from), n);
+    if (!whole)
+        memcache_recycle(b->mem, buf, buf_size(b));
     return rc;
 }
 
@@ -784,7 +872,7 @@ static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     have = have < n ? have : n;
     memcpy(out, c.data + in, have);
     memset(out + have, 0, n - have);
-    if (keep_on_disk(b, fd, ino, idx, blk, c.data, c.len, 0) == -EIO)
+    if (keep_on_disk(b, fd, ino, idx, blk, &c, 0) == -EIO)
         log_warn("%s", err_msg(-EIO)); /* served all the same */
     memcache_put(b->mem, blk->name, c.base, c.cap, c.data, c.len);
     return 0;
@@ -851,6 +939,37 @@ ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off,
         done += n;
     }
     return (ssize_t)len;
+}
+
+int blocks_view(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
+                struct blocks_view *v)
+{
+    uint64_t idx = off / b->bsize, in = off - idx * b->bsize;
+    if (off >= size || len > size - off || in + len > b->bsize)
+        return 0;
+    pthread_mutex_t *lk = stripe_of(b, ino, idx);
+    pthread_mutex_lock(lk);
+    struct block blk = { 0 };
+    const uint8_t *data = NULL;
+    size_t have = 0;
+    if (!dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && blk.state != 0)
+        data = memcache_pin(b->mem, blk.name, &have, &v->pin);
+    pthread_mutex_unlock(lk);
+    if (data && in + len > have) { /* the zeros past the chunk's end: blocks_read makes them */
+        memcache_unpin(b->mem, v->pin);
+        data = NULL;
+    }
+    if (!data)
+        return 0;
+    served(b, &b->n.hits_memory, ino, idx);
+    v->data = data + in;
+    v->len = len;
+    return 1;
+}
+
+void blocks_view_done(struct blocks *b, struct blocks_view *v)
+{
+    memcache_unpin(b->mem, v->pin);
 }
 
 /* A CLEAN block's bytes that a write will keep must be right before they
@@ -1737,8 +1856,7 @@ static int fetch_one(struct blocks *b, const struct fetch_job *j)
     size_t len = c.len;
     if (rc == 0 && c.base) {
         /* A warm-up is for the disk; read-ahead is served from memory when the disk is full. */
-        rc = keep_on_disk(b, fd, j->ino, j->idx, &blk, c.data, c.len,
-                          j->done ? b->full_timeout_ms : 0);
+        rc = keep_on_disk(b, fd, j->ino, j->idx, &blk, &c, j->done ? b->full_timeout_ms : 0);
         if (!j->done)
             rc = 0;
         count(&b->n.prefetched);

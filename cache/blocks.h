@@ -81,6 +81,20 @@ size_t blocks_block_size(const struct blocks *b);
 ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
                     void *out);
 
+/* A read served in place: bytes of a chunk in the memory tier, pinned. */
+struct blocks_view {
+    const void *data;
+    size_t len;
+    void *pin;
+};
+
+/* If the len bytes at off of a file of size bytes lie in one block whose
+ * chunk is in the memory tier, points v at them (pinned until
+ * blocks_view_done) and returns 1; else 0, and blocks_read is the way. */
+int blocks_view(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
+                struct blocks_view *v);
+void blocks_view_done(struct blocks *b, struct blocks_view *v);
+
 /* Room in the disk tier for a write of len bytes at off of ino, and for the
  * copies of frozen blocks it will make first (rule 6). blocks_reserve waits
  * while there is none, up to the full timeout, so the caller must hold no

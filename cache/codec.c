@@ -542,20 +542,20 @@ static int unpack(const struct codec *c, struct ws *w, const struct hdr *h,
 }
 
 /* The plaintext of h, in chunk's own bytes where it can be (a raw payload,
- * decrypted in place), else decompressed into a buffer that replaces them. */
+ * decrypted in place), else decompressed into spare, which then trades
+ * places with chunk. */
 static int unpack_in_place(const struct codec *c, struct ws *w, const struct hdr *h,
                            const uint8_t name[CODEC_NAME_LEN], struct buf *chunk, size_t *start,
-                           const char *hex)
+                           struct buf *spare, const char *hex)
 {
     if (h->flags & F_COMPRESSED) {
-        struct buf out = { 0 };
-        int rc = unpack(c, w, h, name, &out, hex);
-        if (rc) {
-            buf_free(&out);
+        spare->len = 0;
+        int rc = unpack(c, w, h, name, spare, hex);
+        if (rc)
             return rc;
-        }
-        buf_free(chunk);
-        *chunk = out;
+        struct buf old = *chunk;
+        *chunk = *spare;
+        *spare = old;
         chunk->len = h->plain_len;
         *start = 0;
         return 0;
@@ -574,8 +574,13 @@ static int unpack_in_place(const struct codec *c, struct ws *w, const struct hdr
     return rc;
 }
 
+size_t codec_raw_offset(const struct codec *c)
+{
+    return c->keyed ? HDR_ENC : HDR_PLAIN;
+}
+
 int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name[CODEC_NAME_LEN],
-                          size_t *start)
+                          size_t *start, struct buf *spare)
 {
     char hex[2 * CODEC_NAME_LEN + 1];
     struct hdr h;
@@ -586,7 +591,7 @@ int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name
     struct ws *w = ws_get(c);
     if (!w)
         return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
-    rc = unpack_in_place(c, w, &h, name, chunk, start, hex);
+    rc = unpack_in_place(c, w, &h, name, chunk, start, spare, hex);
     ws_put(c, w);
     return rc;
 }

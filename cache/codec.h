@@ -53,12 +53,19 @@ int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t na
 int codec_decode(struct codec *c, const void *enc, size_t len, const uint8_t name[CODEC_NAME_LEN],
                  struct buf *out);
 
+/* The bytes before the plaintext in a chunk this codec encodes raw (not
+ * compressed): where a reader can place the chunk so the plaintext lands
+ * aligned. */
+size_t codec_raw_offset(const struct codec *c);
+
 /* As codec_decode, without copying what need not be: on success the
- * plaintext is chunk->data + *start up to chunk->len (chunk's bytes are
- * decrypted in place, or replaced by the decompressed ones). On error chunk
- * may be damaged, never grown. */
+ * plaintext is chunk->data + *start up to chunk->len. A raw chunk's bytes
+ * are decrypted in place; a compressed one is decompressed into spare (grown
+ * if it is too small), which then trades places with chunk, so that the
+ * caller chooses where plaintext lands and gets the old buffer back in
+ * spare. On error chunk may be damaged, never grown. */
 int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name[CODEC_NAME_LEN],
-                          size_t *start);
+                          size_t *start, struct buf *spare);
 
 /* Reads a key file: exactly 32 raw bytes, or 64 hex digits and an optional
  * newline. Refuses a file others can read (-EACCES), since the key is the

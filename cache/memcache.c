@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/bufpool.h"
 #include "util/hmap.h"
 
 struct entry {
@@ -22,9 +23,7 @@ struct entry {
 
 struct memcache {
     pthread_mutex_t lock;
-    size_t buf_size;
-    void *spare[SPARE_MAX];
-    size_t nspare;
+    struct bufpool *bufs;
     struct hmap *map; /* the name's first 16 bytes -> entry */
     struct entry lru;
     struct memcache_stats st;
@@ -40,48 +39,35 @@ static uint64_t key(const uint8_t *name, int half)
 int memcache_new(size_t limit, size_t buf_size, struct memcache **out)
 {
     struct memcache *m = calloc(1, sizeof *m);
-    if (!m || !(m->map = hmap_new())) {
+    if (!m || !(m->map = hmap_new()) || bufpool_new(buf_size, SPARE_MAX, &m->bufs)) {
+        if (m)
+            hmap_free(m->map);
         free(m);
         return -ENOMEM;
     }
     pthread_mutex_init(&m->lock, NULL);
     m->lru.prev = m->lru.next = &m->lru;
     m->st.limit = limit;
-    m->buf_size = buf_size;
     *out = m;
     return 0;
-}
-
-/* Caller holds the lock. */
-static void recycle_locked(struct memcache *m, void *base, size_t cap)
-{
-    if (base && cap == m->buf_size && m->nspare < SPARE_MAX)
-        m->spare[m->nspare++] = base;
-    else
-        free(base);
 }
 
 static void unref(struct memcache *m, struct entry *e)
 {
     if (--e->refs == 0) {
-        recycle_locked(m, e->base, e->cap);
+        bufpool_put(m->bufs, e->base, e->cap);
         free(e);
     }
 }
 
 void memcache_recycle(struct memcache *m, void *base, size_t cap)
 {
-    pthread_mutex_lock(&m->lock);
-    recycle_locked(m, base, cap);
-    pthread_mutex_unlock(&m->lock);
+    bufpool_put(m->bufs, base, cap);
 }
 
 void *memcache_buffer(struct memcache *m)
 {
-    pthread_mutex_lock(&m->lock);
-    void *p = m->nspare ? m->spare[--m->nspare] : NULL;
-    pthread_mutex_unlock(&m->lock);
-    return p ? p : malloc(m->buf_size);
+    return bufpool_get(m->bufs);
 }
 
 static void drop(struct memcache *m, struct entry *e)
@@ -100,8 +86,7 @@ void memcache_free(struct memcache *m)
         return;
     while (m->lru.next != &m->lru)
         drop(m, m->lru.next);
-    while (m->nspare)
-        free(m->spare[--m->nspare]);
+    bufpool_free(m->bufs);
     hmap_free(m->map);
     pthread_mutex_destroy(&m->lock);
     free(m);
@@ -128,8 +113,8 @@ static void to_front(struct memcache *m, struct entry *e)
     link_front(m, e);
 }
 
-int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t off, size_t len,
-                  void *out)
+const void *memcache_pin(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t *len,
+                         void **pin)
 {
     pthread_mutex_lock(&m->lock);
     struct entry *e = find(m, name);
@@ -141,15 +126,31 @@ int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t
         m->st.misses++;
     }
     pthread_mutex_unlock(&m->lock);
-    if (!e)
-        return 0;
-    size_t have = off < e->len ? e->len - off : 0;
-    have = have < len ? have : len;
-    memcpy(out, e->data + off, have);
-    memset((uint8_t *)out + have, 0, len - have);
+    *pin = e;
+    *len = e ? e->len : 0;
+    return e ? e->data : NULL;
+}
+
+void memcache_unpin(struct memcache *m, void *pin)
+{
     pthread_mutex_lock(&m->lock);
-    unref(m, e);
+    unref(m, pin);
     pthread_mutex_unlock(&m->lock);
+}
+
+int memcache_read(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t off, size_t len,
+                  void *out)
+{
+    void *pin;
+    size_t n;
+    const uint8_t *data = memcache_pin(m, name, &n, &pin);
+    if (!data)
+        return 0;
+    size_t have = off < n ? n - off : 0;
+    have = have < len ? have : len;
+    memcpy(out, data + off, have);
+    memset((uint8_t *)out + have, 0, len - have);
+    memcache_unpin(m, pin);
     return 1;
 }
 
@@ -174,7 +175,7 @@ void memcache_put(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], void *
             drop(m, m->lru.prev);
     }
     if (!e)
-        recycle_locked(m, base, cap);
+        bufpool_put(m->bufs, base, cap);
     pthread_mutex_unlock(&m->lock);
 }
 

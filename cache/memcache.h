@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "cache/codec.h"
+#include "util/bufpool.h"
 
 struct memcache;
 
@@ -20,19 +21,24 @@ struct memcache_stats {
 };
 
 /* limit 0 keeps nothing. buf_size: the size of the buffers it hands out
- * (memcache_buffer). Returns 0 or -ENOMEM. */
+ * (memcache_buffer), a multiple of BUFPOOL_ALIGN. Returns 0 or -ENOMEM. */
 int memcache_new(size_t limit, size_t buf_size, struct memcache **out);
 
-/* A buffer of buf_size bytes to fetch a chunk into: one that held an
- * evicted chunk if there is one, since fresh memory costs a page fault per
- * page to touch (on some virtual machines more than copying it). NULL if
- * out of memory. */
+/* A buffer of buf_size bytes, BUFPOOL_ALIGN-aligned, to fetch a chunk
+ * into: one that held an evicted chunk if there is one (see bufpool.h).
+ * NULL if out of memory. */
 void *memcache_buffer(struct memcache *m);
 
 /* Gives back a block that is no longer needed: kept for memcache_buffer if
  * it is cap == buf_size bytes (and not too many are kept), else freed. */
 void memcache_recycle(struct memcache *m, void *base, size_t cap);
 void memcache_free(struct memcache *m);
+
+/* The bytes of chunk name (*len of them), or NULL on a miss. They stay
+ * valid, evicted or not, until memcache_unpin(*pin). */
+const void *memcache_pin(struct memcache *m, const uint8_t name[CODEC_NAME_LEN], size_t *len,
+                         void **pin);
+void memcache_unpin(struct memcache *m, void *pin);
 
 /* Copies len bytes at off of chunk name into out (zeros past the chunk's
  * end). Returns 1 on a hit, 0 on a miss. */

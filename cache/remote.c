@@ -110,13 +110,13 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
 }
 
 int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *chunk,
-                 size_t *start)
+                 size_t *start, struct buf *spare)
 {
     char key[82];
     remote_chunk_key(name, key);
     int rc = store_get(r->store, key, 0, STORE_TO_END, chunk);
     if (rc == 0)
-        rc = codec_decode_in_place(r->codec, chunk, name, start);
+        rc = codec_decode_in_place(r->codec, chunk, name, start, spare);
     if (rc)
         return err_wrap(rc, "chunk %s", key);
     add(&r->st.chunks_got, 1);
@@ -124,14 +124,20 @@ int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct bu
     return 0;
 }
 
+size_t remote_raw_offset(const struct remote *r)
+{
+    return codec_raw_offset(r->codec);
+}
+
 int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out)
 {
-    struct buf chunk = { 0 };
+    struct buf chunk = { 0 }, spare = { 0 };
     size_t start = 0;
-    int rc = remote_fetch(r, name, &chunk, &start);
+    int rc = remote_fetch(r, name, &chunk, &start, &spare);
     if (rc == 0)
         rc = buf_append(out, chunk.data + start, chunk.len - start);
     buf_free(&chunk);
+    buf_free(&spare);
     return rc;
 }
 

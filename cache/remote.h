@@ -38,10 +38,15 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
 /* Appends the plaintext of chunk name to out, verified against its name. */
 int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out);
 
-/* The same into chunk (empty on entry; the caller frees it), without
- * copying: the plaintext is chunk->data + *start up to chunk->len. */
+/* The same into chunk (its buffer is used as is when big enough), without
+ * copying: the plaintext is chunk->data + *start up to chunk->len. A
+ * compressed chunk is decompressed into spare, which then trades places with
+ * chunk (codec_decode_in_place). The caller frees both. */
 int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *chunk,
-                 size_t *start);
+                 size_t *start, struct buf *spare);
+
+/* codec_raw_offset of the chunks this fetches. */
+size_t remote_raw_offset(const struct remote *r);
 
 /* Records that chunk name is in the bucket (it is named by a snapshot there).
  * The _locked form is for a caller holding the database lock. */

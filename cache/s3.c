@@ -37,7 +37,9 @@
 #define MAX_ERROR_BODY (64u << 10) /* kept of an error body: enough for any <Error> */
 #define MAX_XML_BODY   (16u << 20) /* a list page of 1000 keys is well under 1 MiB */
 #define MAX_RESERVE    (64u << 20) /* trust a server's size claim this far up front */
-#define EMPTY_SHA256   "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#define RECV_BUFFER                                                                                \
+    (256L << 10) /* per pooled handle; curl's 16 KiB costs a recv and a callback each */
+#define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct s3 {
     char *bucket;
@@ -307,6 +309,7 @@ static void set_options(const struct s3 *s, CURL *h, struct req *r, const char *
     /* An idle limit, not a total one: a large transfer may take long, a stalled one may not. */
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, idle_s > 0 ? idle_s : 1L);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, RECV_BUFFER);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);

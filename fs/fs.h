@@ -44,6 +44,8 @@ struct inode {
     unsigned ra_window;
 };
 
+struct bufpool;
+
 struct fs {
     char *url;
     char *cache_dir;
@@ -55,7 +57,9 @@ struct fs {
     struct remote *remote;
     struct blocks *blocks;
     struct pool *uploads;
-    struct pool *fetches; /* read-ahead and warm-up */
+    struct pool *fetches;      /* read-ahead and warm-up */
+    size_t read_ahead;         /* bytes a reader's window may hold ahead of it */
+    struct bufpool *read_bufs; /* op_read's, FS_MAX_READ bytes each */
     struct blocks_options cache;
     struct publisher *pub;
     struct fuse_session *se; /* for notifications to the kernel */

@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "cache/store_options.h"
@@ -24,6 +26,7 @@
 #include "fs/control.h"
 #include "fs/fs.h"
 #include "fs/publisher.h"
+#include "util/bufpool.h"
 #include "util/err.h"
 #include "util/hex.h"
 #include "util/log.h"
@@ -31,6 +34,7 @@
 #define UPLOAD_THREADS     8
 #define UPLOAD_QUIET_MS    200 /* a full block untouched this long goes up ahead of the snapshot */
 #define FUSE_THREADS       48  /* writers waiting for room must leave some for everyone else */
+#define READ_BUFS          16  /* read replies' buffers kept: reads in flight at once, at most */
 #define FETCH_THREADS      8 /* parallel GETs for read-ahead and warm-up: what saturates a server */
 #define MIN_CACHE          ((uint64_t)64 << 20) /* room for a few blocks per writer */
 #define SLRU_PROTECTED_PCT 80 /* the share of a full cache kept for data read more than once */
@@ -65,6 +69,7 @@ static const char usage_text[] =
 
 struct cli {
     const char *url, *mountpoint;
+    char mount_path[PATH_MAX]; /* mountpoint made absolute, for after the daemon's chdir */
     char *cache_dir;
     int foreground, force, allow_other, read_only;
     enum sync_mode sync;
@@ -269,6 +274,8 @@ static int parse_args(int argc, char **argv, struct cli *c)
         return err_set(-EINVAL, "expected URL and MOUNTPOINT");
     c->url = argv[optind];
     c->mountpoint = argv[optind + 1];
+    if (!realpath(c->mountpoint, c->mount_path))
+        snprintf(c->mount_path, sizeof c->mount_path, "%s", c->mountpoint);
     return 0;
 }
 
@@ -414,6 +421,36 @@ static void kick_publisher(void *arg)
         publisher_kick(fs->pub);
 }
 
+/* The kernel offers a FUSE mount 128 KiB of read-ahead and lets the daemon
+ * ask for no more, so a sequential read arrives in 128 KiB requests. Its
+ * own knob in sysfs (root's to turn) takes it to FS_MAX_READ: four times
+ * fewer requests, each a wake-up and a reply. A thread, since the stat
+ * waits for the loop to answer the kernel's INIT, which resets the knob. */
+static void *widen_read_ahead(void *arg)
+{
+    struct stat st;
+    char path[96];
+    if (stat(arg, &st) == 0) {
+        snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
+                 minor(st.st_dev));
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        char kb[24];
+        int n = snprintf(kb, sizeof kb, "%zu", FS_MAX_READ >> 10);
+        if (fd < 0 || write(fd, kb, (size_t)n) != n)
+            log_debug("read-ahead stays the kernel's: %s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    return NULL;
+}
+
+static void start_widen_read_ahead(const char *mountpoint)
+{
+    pthread_t t;
+    if (geteuid() == 0 && pthread_create(&t, NULL, widen_read_ahead, (void *)mountpoint) == 0)
+        pthread_detach(t);
+}
+
 static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_session *se)
 {
     struct control *ctl = NULL;
@@ -424,11 +461,17 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
     b->pub.interval_ms = c->interval_s * 1000;
     int writable = !c->read_only;
     /* Threads start here, after the fork into the background, never before. */
+    /* Half the memory tier at most (what is fetched ahead must still be there when the
+     * reader comes); without one, read-ahead lands on disk only. */
+    size_t half = fs->cache.memory_cache / 2;
+    fs->read_ahead = half && half < FS_READ_AHEAD_MAX ? half : FS_READ_AHEAD_MAX;
     int rc = blocks_evictor_start(fs->blocks);
     if (rc == 0)
         rc = pool_new(FETCH_THREADS, 8 * FETCH_THREADS, &fs->fetches);
     if (rc == 0)
-        blocks_prefetch_start(fs->blocks, fs->fetches, FS_READ_AHEAD_MAX);
+        rc = bufpool_new(FS_MAX_READ, READ_BUFS, &fs->read_bufs);
+    if (rc == 0)
+        blocks_prefetch_start(fs->blocks, fs->fetches, fs->read_ahead);
     if (rc == 0 && writable)
         rc = pool_new(UPLOAD_THREADS, 2 * UPLOAD_THREADS, &fs->uploads);
     if (rc == 0 && writable)
@@ -442,6 +485,7 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
     if (rc == 0 && writable && pthread_create(&hb.thread, NULL, beat, &hb))
         rc = err_set(-EAGAIN, "cannot start the heartbeat thread");
     if (rc == 0) {
+        start_widen_read_ahead(c->mount_path);
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
         fuse_loop_cfg_set_max_threads(cfg, FUSE_THREADS);
         fuse_session_loop_mt(se, cfg);
@@ -454,6 +498,8 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
     blocks_prefetch_stop(fs->blocks);
     pool_free(fs->fetches);
     fs->fetches = NULL;
+    bufpool_free(fs->read_bufs);
+    fs->read_bufs = NULL;
     if (!writable)
         return rc;
     blocks_upload_stop(fs->blocks);

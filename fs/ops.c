@@ -22,6 +22,7 @@
 #include "fs/control.h"
 #include "fs/fs.h"
 #include "fs/publisher.h"
+#include "util/bufpool.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -472,7 +473,7 @@ static void read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t off,
     unsigned count = 0;
     pthread_mutex_lock(&in->lock);
     if (off + slack >= in->ra_next && off <= in->ra_next + slack) {
-        unsigned max = (unsigned)(FS_READ_AHEAD_MAX / bs ? FS_READ_AHEAD_MAX / bs : 1);
+        unsigned max = (unsigned)(fs->read_ahead / bs ? fs->read_ahead / bs : 1);
         in->ra_window = in->ra_window ? (in->ra_window * 2 < max ? in->ra_window * 2 : max) : 1;
         uint64_t from = end / bs + 1, to = end / bs + 1 + in->ra_window;
         first = from > in->ra_upto ? from : in->ra_upto;
@@ -496,17 +497,24 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     struct fs *fs = fs_of(req);
     struct ns_attr a;
     int rc = inode_attr(fs, ino, &a);
-    char *buf = rc ? NULL : malloc(size ? size : 1);
-    if (rc == 0)
-        read_ahead(fs, ino, a.size, (uint64_t)off, size);
-    ssize_t n = rc     ? rc
-                : !buf ? -ENOMEM
-                       : blocks_read(fs->blocks, ino, a.size, (uint64_t)off, size, buf);
+    if (rc)
+        return reply_err(req, rc);
+    read_ahead(fs, ino, a.size, (uint64_t)off, size);
+    struct blocks_view v;
+    if (blocks_view(fs->blocks, ino, a.size, (uint64_t)off, size, &v)) {
+        fuse_reply_buf(req, v.data, v.len); /* the one copy: into the kernel */
+        blocks_view_done(fs->blocks, &v);
+        touch_atime(fs, &a);
+        return;
+    }
+    size_t cap = size <= FS_MAX_READ ? FS_MAX_READ : size; /* the kernel asks no more */
+    char *buf = cap == FS_MAX_READ ? bufpool_get(fs->read_bufs) : aligned_alloc(BUFPOOL_ALIGN, cap);
+    ssize_t n = !buf ? -ENOMEM : blocks_read(fs->blocks, ino, a.size, (uint64_t)off, size, buf);
     if (n < 0)
         reply_err(req, (int)n);
     else
         fuse_reply_buf(req, buf, (size_t)n);
-    free(buf);
+    bufpool_put(fs->read_bufs, buf, cap);
     if (n >= 0)
         touch_atime(fs, &a);
 }

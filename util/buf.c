@@ -10,7 +10,7 @@ int buf_reserve(struct buf *b, size_t n)
 {
     if (b->len + n + 1 <= b->cap)
         return 0;
-    if (n > SIZE_MAX / 2 - b->len)
+    if (b->fixed || n > SIZE_MAX / 2 - b->len)
         return -ENOMEM;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->len + n + 1)

@@ -12,9 +12,11 @@ struct buf {
     uint8_t *data;
     size_t len;
     size_t cap;
+    int fixed; /* data is not to be reallocated (it may point inside a block) */
 };
 
-/* Makes room for at least n more bytes. Returns 0 or -ENOMEM. */
+/* Makes room for at least n more bytes. Returns 0, or -ENOMEM (also when a
+ * fixed buffer has no room). */
 int buf_reserve(struct buf *b, size_t n);
 
 /* Appends n bytes. Returns 0 or -ENOMEM. */

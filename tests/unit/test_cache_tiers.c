@@ -5,12 +5,15 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "cache/memcache.h"
+#include "util/buf.h"
+#include "util/bufpool.h"
 #include "cache/policy.h"
 #include "cache/space.h"
 #include "check.h"
@@ -219,10 +222,49 @@ static void test_memcache(void)
     free(spare);
     memcache_free(m);
 
+    /* A pinned chunk outlives its eviction. */
+    CHECK(memcache_new(200, 4096, &m) == 0);
+    put(m, a, 150, 'a');
+    void *pin;
+    size_t n;
+    const uint8_t *pinned = memcache_pin(m, a, &n, &pin);
+    CHECK(pinned && n == 150 && pinned[149] == 'a');
+    put(m, b, 150, 'b'); /* evicts a */
+    CHECK(!memcache_read(m, a, 0, 1, out), "a was evicted");
+    CHECK(pinned[0] == 'a' && pinned[149] == 'a', "a pinned chunk's bytes stay");
+    memcache_unpin(m, pin);
+    CHECK(memcache_pin(m, c, &n, &pin) == NULL && n == 0);
+    memcache_free(m);
+
     CHECK(memcache_new(0, 116, &m) == 0); /* --memory-cache 0 */
     put(m, a, 10, 'a');
     CHECK(!memcache_read(m, a, 0, 1, out));
     memcache_free(m);
+}
+
+static void test_bufpool(void)
+{
+    struct bufpool *p;
+    CHECK(bufpool_new(8192, 2, &p) == 0);
+    CHECK_EQ(bufpool_size(p), 8192);
+    void *x = bufpool_get(p), *y = bufpool_get(p), *z = bufpool_get(p);
+    CHECK(x && y && z && x != y && y != z);
+    CHECK((uintptr_t)x % BUFPOOL_ALIGN == 0 && (uintptr_t)z % BUFPOOL_ALIGN == 0, "aligned");
+    bufpool_put(p, x, 8192);
+    bufpool_put(p, y, 8192);
+    bufpool_put(p, z, 8192);        /* beyond keep: freed */
+    bufpool_put(p, malloc(10), 10); /* not the pool's size: freed */
+    bufpool_put(p, NULL, 8192);
+    void *again = bufpool_get(p);
+    CHECK(again == y, "the last given back comes out first");
+    bufpool_put(p, again, 8192);
+    bufpool_free(p); /* frees what it keeps (ASan checks) */
+
+    /* A fixed buffer never moves: it refuses to grow instead. */
+    uint8_t block[32];
+    struct buf f = { .data = block, .cap = sizeof block, .fixed = 1 };
+    CHECK(buf_append(&f, "0123456789", 10) == 0 && f.data == block);
+    CHECK(buf_reserve(&f, 40) == -ENOMEM && f.data == block && f.len == 10);
 }
 
 int main(void)
@@ -234,5 +276,6 @@ int main(void)
     test_space_times_out();
     test_space_unbounded();
     test_memcache();
+    test_bufpool();
     return check_done("cache_tiers");
 }

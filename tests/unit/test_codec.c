@@ -265,6 +265,28 @@ static void round_trip(struct codec *c, int level, const uint8_t *key, const uin
           "%s: decoded bytes differ", ctx);
     CHECK(out.data[out.len] == 0, "%s: out not NUL-terminated", ctx);
     buf_free(&out);
+
+    /* In place: a raw chunk's plaintext follows codec_raw_offset bytes; a
+     * compressed one lands in spare, which trades places with the chunk. */
+    CHECK(codec_raw_offset(c) == hlen, "%s: raw offset %zu", ctx, codec_raw_offset(c));
+    struct buf chunk = { 0 }, spare = { 0 };
+    CHECK(buf_append(&chunk, e, elen) == 0);
+    uint8_t *was_chunk = chunk.data;
+    CHECK(buf_reserve(&spare, size + 64) == 0);
+    uint8_t *was_spare = spare.data;
+    size_t start = 99;
+    rc = codec_decode_in_place(c, &chunk, name, &start, &spare);
+    CHECK(rc == 0, "%s: decode in place: %s", ctx, err_msg(rc));
+    CHECK(chunk.len - start == size && (size == 0 || memcmp(chunk.data + start, data, size) == 0),
+          "%s: decoded in place bytes differ", ctx);
+    if (compressed)
+        CHECK(start == 0 && chunk.data == was_spare && spare.data == was_chunk,
+              "%s: decompressed elsewhere than into spare", ctx);
+    else
+        CHECK(start == hlen && chunk.data == was_chunk && spare.data == was_spare,
+              "%s: a raw chunk moved", ctx);
+    buf_free(&chunk);
+    buf_free(&spare);
     buf_free(&enc);
 }
 
