@@ -181,17 +181,17 @@ static int open_tables(struct fs *fs, size_t block_size)
 
 /* ---- 5. the tree ---- */
 
-static int load_latest(struct fs *fs, struct snapshot_id latest)
+static int load_snapshot(struct fs *fs, struct snapshot_id id)
 {
     struct buf plain = { 0 };
     struct snapshot_info info;
-    int rc = snapshot_fetch(fs->store, fs->codec, latest, &plain);
+    int rc = snapshot_fetch(fs->store, fs->codec, id, &plain);
     if (rc == 0)
         rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, fs->remote, &info);
     buf_free(&plain);
     if (rc == 0)
         log_info("starting from snapshot %08llx-%012llx: %llu files, %llu bytes",
-                 (unsigned long long)latest.epoch, (unsigned long long)latest.seq,
+                 (unsigned long long)id.epoch, (unsigned long long)id.seq,
                  (unsigned long long)info.inodes, (unsigned long long)info.bytes);
     return rc;
 }
@@ -214,7 +214,7 @@ static int settle_tree(struct fs *fs, struct bootstrap *b, int fresh)
         ours.epoch = (uint64_t)v;
     if (!fresh && db_meta_get_int(fs->db, "seq", &v) == 0)
         ours.seq = (uint64_t)v;
-    if (fresh && have_latest && (rc = load_latest(fs, latest)) != 0)
+    if (fresh && have_latest && (rc = load_snapshot(fs, latest)) != 0)
         return rc;
     if (!fresh && have_latest && older(ours, latest) && latest.epoch >= b->claim.epoch)
         return err_set(-ESTALE,
@@ -241,25 +241,42 @@ static int remember(struct fs *fs, const struct bootstrap *b, int fresh)
     return rc ? rc : fresh ? 0 : clean != 1;
 }
 
-/* A read-only mount shows the newest snapshot: loaded anew when the bucket has
- * a newer one than the cache holds, and never a write to the bucket. */
+/* The snapshot a read-only mount shows: --snapshot's if it exists, else
+ * the newest; -ENOENT if the bucket has none. */
+static int shown(struct fs *fs, struct snapshot_id *id)
+{
+    if (!fs->pinned)
+        return snapshot_latest(fs->store, id);
+    char key[SNAPSHOT_KEY_LEN], text[SNAPSHOT_ID_LEN];
+    struct store_object o;
+    snapshot_key(fs->snapshot, key);
+    snapshot_id_text(fs->snapshot, text);
+    int rc = store_head(fs->store, key, &o);
+    if (rc == -ENOENT)
+        return err_set(-ESRCH, "%s has no snapshot %s (ckptctl snapshots lists them)", fs->url,
+                       text);
+    *id = fs->snapshot;
+    return rc;
+}
+
+/* A read-only mount shows its snapshot: loaded anew when it is not the one
+ * the cache holds, and never a write to the bucket. */
 static int open_read_only(struct fs *fs, struct bootstrap *b)
 {
     size_t block_size = 0;
-    char loaded[64] = "", want[64] = "";
-    struct snapshot_id latest;
+    char loaded[64] = "", want[SNAPSHOT_ID_LEN] = "";
+    struct snapshot_id id;
     int rc = check_marker(fs, fs->codec_keyed, &block_size);
     int fresh = rc ? rc : open_cache(fs, b->claim.mount_id, sizeof b->claim.mount_id);
     rc = fresh < 0 ? fresh : open_tables(fs, block_size);
-    int found = rc ? rc : snapshot_latest(fs->store, &latest);
+    int found = rc ? rc : shown(fs, &id);
     if (found == 0) {
-        snprintf(want, sizeof want, "%08llx-%012llx", (unsigned long long)latest.epoch,
-                 (unsigned long long)latest.seq);
+        snapshot_id_text(id, want);
         db_meta_get_text(fs->db, "loaded", loaded, sizeof loaded);
     }
     rc = found == -ENOENT ? 0 : found;
     if (rc == 0 && found == 0 && strcmp(loaded, want) != 0)
-        rc = load_latest(fs, latest);
+        rc = load_snapshot(fs, id);
     if (rc == 0 && found == 0)
         rc = db_meta_set_text(fs->db, "loaded", want);
     if (rc == 0)

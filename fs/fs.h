@@ -17,6 +17,7 @@
 #include "cache/remote.h"
 #include "cache/store.h"
 #include "fs/namespace.h"
+#include "fs/snapshot.h"
 #include "util/db.h"
 #include "util/hmap.h"
 #include "util/pool.h"
@@ -60,6 +61,8 @@ struct fs {
     struct pool *fetches;      /* read-ahead and warm-up */
     size_t read_ahead;         /* bytes a reader's window may hold ahead of it */
     struct bufpool *read_bufs; /* op_read's, FS_MAX_READ bytes each */
+    const char *mount_path;    /* absolute */
+    int widened;               /* the kernel's read-ahead was looked at (ops.c) */
     struct blocks_options cache;
     struct publisher *pub;
     struct fuse_session *se; /* for notifications to the kernel */
@@ -67,7 +70,9 @@ struct fs {
     const char *publish_on; /* a glob matched against names, or NULL */
     int codec_keyed;        /* chunks are encrypted */
     int read_only;          /* the newest snapshot, read-only: never a write to the bucket */
-    unsigned caps;          /* STORE_CAP_* of the server */
+    int pinned;             /* read-only at the snapshot below, not the newest */
+    struct snapshot_id snapshot;
+    unsigned caps; /* STORE_CAP_* of the server */
 
     pthread_rwlock_t freeze;
     pthread_mutex_t inodes_lock;

@@ -18,7 +18,6 @@
 #include <string.h>
 #include <pthread.h>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "cache/store_options.h"
@@ -26,6 +25,7 @@
 #include "fs/control.h"
 #include "fs/fs.h"
 #include "fs/publisher.h"
+#include "fs/snapshot.h"
 #include "util/bufpool.h"
 #include "util/err.h"
 #include "util/hex.h"
@@ -64,6 +64,7 @@ static const char usage_text[] =
     "  --allow-other               let other users use the mount (as -o allow_other)\n"
     "  --read-only                 the newest snapshot, read-only (as -o ro); sends no write\n"
     "                              request of any kind to the bucket\n"
+    "  --snapshot ID               with --read-only: that snapshot, not the newest\n"
     "%s"
     "  -h, --help  --version\n";
 
@@ -72,6 +73,8 @@ struct cli {
     char mount_path[PATH_MAX]; /* mountpoint made absolute, for after the daemon's chdir */
     char *cache_dir;
     int foreground, force, allow_other, read_only;
+    int pinned;                  /* --snapshot given */
+    struct snapshot_id snapshot; /* its ID */
     enum sync_mode sync;
     const char *publish_on;
     unsigned interval_s;
@@ -166,6 +169,13 @@ static int set_option(struct cli *c, const char *name, const char *v)
     } else if (!strcmp(name, "full-timeout") || !strcmp(name, "full_timeout")) {
         if ((rc = parse_uint("--full-timeout", v, 1, 7 * 86400, &c->full_timeout_s)) != 0)
             return rc;
+    } else if (!strcmp(name, "snapshot")) {
+        if (snapshot_parse_id(v, &c->snapshot))
+            return err_set(-EINVAL,
+                           "--snapshot: '%s' is not a snapshot ID (EEEEEEEE-SSSSSSSSSSSS, "
+                           "as ckptctl snapshots lists them)",
+                           v);
+        c->pinned = 1;
     } else if (!strcmp(name, "eviction")) {
         if (strcmp(v, "slru") && strcmp(v, "lru"))
             return err_set(-EINVAL, "--eviction: '%s' is neither slru nor lru", v);
@@ -238,6 +248,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
         { "memory-cache", required_argument, NULL, 'x' },
         { "full-timeout", required_argument, NULL, 'x' },
         { "eviction", required_argument, NULL, 'x' },
+        { "snapshot", required_argument, NULL, 'x' },
     };
     struct option all[sizeof own / sizeof own[0] + 16];
     size_t n = 0;
@@ -421,36 +432,6 @@ static void kick_publisher(void *arg)
         publisher_kick(fs->pub);
 }
 
-/* The kernel offers a FUSE mount 128 KiB of read-ahead and lets the daemon
- * ask for no more, so a sequential read arrives in 128 KiB requests. Its
- * own knob in sysfs (root's to turn) takes it to FS_MAX_READ: four times
- * fewer requests, each a wake-up and a reply. A thread, since the stat
- * waits for the loop to answer the kernel's INIT, which resets the knob. */
-static void *widen_read_ahead(void *arg)
-{
-    struct stat st;
-    char path[96];
-    if (stat(arg, &st) == 0) {
-        snprintf(path, sizeof path, "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
-                 minor(st.st_dev));
-        int fd = open(path, O_WRONLY | O_CLOEXEC);
-        char kb[24];
-        int n = snprintf(kb, sizeof kb, "%zu", FS_MAX_READ >> 10);
-        if (fd < 0 || write(fd, kb, (size_t)n) != n)
-            log_debug("read-ahead stays the kernel's: %s: %s", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-    }
-    return NULL;
-}
-
-static void start_widen_read_ahead(const char *mountpoint)
-{
-    pthread_t t;
-    if (geteuid() == 0 && pthread_create(&t, NULL, widen_read_ahead, (void *)mountpoint) == 0)
-        pthread_detach(t);
-}
-
 static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_session *se)
 {
     struct control *ctl = NULL;
@@ -485,7 +466,6 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
     if (rc == 0 && writable && pthread_create(&hb.thread, NULL, beat, &hb))
         rc = err_set(-EAGAIN, "cannot start the heartbeat thread");
     if (rc == 0) {
-        start_widen_read_ahead(c->mount_path);
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
         fuse_loop_cfg_set_max_threads(cfg, FUSE_THREADS);
         fuse_session_loop_mt(se, cfg);
@@ -523,11 +503,17 @@ static int run(struct cli *c)
                      .cache_dir = c->cache_dir,
                      .sync = c->sync,
                      .read_only = c->read_only,
+                     .pinned = c->pinned,
+                     .snapshot = c->snapshot,
                      .publish_on = c->publish_on,
+                     .mount_path = c->mount_path,
                      .cache = c->cache };
     fs.cache.full_timeout_ms = (int64_t)c->full_timeout_s * 1000;
     struct bootstrap b = { .force = c->force };
     int rc = check_mountpoint(c->mountpoint);
+    if (rc == 0 && c->pinned && !c->read_only)
+        rc = err_set(-EINVAL, "--snapshot needs --read-only: a writable mount continues from the "
+                              "newest snapshot");
     if (rc == 0)
         rc = store_open(c->url, &c->store, &fs.store);
     if (rc == 0)

@@ -13,11 +13,13 @@
 #include <fcntl.h>
 #include <fnmatch.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include "fs/control.h"
 #include "fs/fs.h"
@@ -120,8 +122,57 @@ static int name_ok(const char *name)
 
 /* ---- lookup and attributes ---- */
 
+/* mountinfo escapes a space, tab, newline and backslash as \ooo. */
+static void unescape(char *s)
+{
+    char *out = s;
+    for (; *s; s++) {
+        unsigned v;
+        if (s[0] == '\\' && sscanf(s + 1, "%3o", &v) == 1 && v < 256) {
+            *out++ = (char)v;
+            s += 3;
+        } else {
+            *out++ = *s;
+        }
+    }
+    *out = '\0';
+}
+
+/* The kernel offers a FUSE mount 128 KiB of read-ahead and lets the daemon
+ * ask for no more, so a sequential read arrives in 128 KiB requests. The
+ * mount's own knob in sysfs (root's to turn) takes it to FS_MAX_READ: four
+ * times fewer requests, each a wake-up and a reply. Turned on the first
+ * request after INIT (whose answer resets it), and found through
+ * /proc/self/mountinfo: a stat of the mount point from in here would be a
+ * request to ourselves, which a SIGKILL at the wrong moment turns into a
+ * daemon that can never exit. */
+static void widen_read_ahead(struct fs *fs)
+{
+    if (__atomic_exchange_n(&fs->widened, 1, __ATOMIC_RELAXED) || geteuid() != 0 || !fs->mount_path)
+        return;
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    char line[4096 + 256], path[4096 + 256], dev[32] = "";
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "%*s %*s %31s %*s %4351s", dev, path) == 2 && (unescape(path), 1) &&
+            !strcmp(path, fs->mount_path) && strstr(line, " - fuse"))
+            break;
+        else
+            dev[0] = '\0';
+    if (f)
+        fclose(f);
+    char knob[96], kb[24];
+    snprintf(knob, sizeof knob, "/sys/class/bdi/%s/read_ahead_kb", dev);
+    int n = snprintf(kb, sizeof kb, "%zu", FS_MAX_READ >> 10);
+    int fd = dev[0] ? open(knob, O_WRONLY | O_CLOEXEC) : -1;
+    if (fd < 0 || write(fd, kb, (size_t)n) != n)
+        log_debug("read-ahead stays the kernel's: %s", dev[0] ? knob : "mount not found");
+    if (fd >= 0)
+        close(fd);
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+    widen_read_ahead(fs_of(req));
     struct ns_attr a;
     int rc = name_ok(name);
     if (rc == 0)
@@ -153,6 +204,7 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+    widen_read_ahead(fs_of(req));
     (void)fi;
     struct fs *fs = fs_of(req);
     struct ns_attr a;

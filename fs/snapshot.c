@@ -60,6 +60,9 @@
 #define MAX_TARGET 4096
 #define MAX_XATTR  65536
 #define MAX_DEPTH  4096
+/* The largest snapshot object: its name, a chunk header and tag, and the zstd
+ * bound of a plaintext of CODEC_MAX_CHUNK bytes (what the codec decodes). */
+#define MAX_OBJECT ((uint64_t)CODEC_MAX_CHUNK + (CODEC_MAX_CHUNK >> 7) + 4096)
 
 /* ---- keys ---- */
 
@@ -84,16 +87,34 @@ static int newer(struct snapshot_id a, struct snapshot_id b)
     return a.epoch != b.epoch ? a.epoch > b.epoch : a.seq > b.seq;
 }
 
+struct lister {
+    snapshot_list_fn fn;
+    void *arg;
+};
+
+static int list_one(void *arg, const struct store_object *o)
+{
+    struct lister *l = arg;
+    struct snapshot_id id;
+    return snapshot_parse_key(o->key, &id) == 0 ? l->fn(l->arg, id, o->size) : 0;
+}
+
+int snapshot_list(struct store *s, snapshot_list_fn fn, void *arg)
+{
+    struct lister l = { fn, arg };
+    return store_list(s, SNAPSHOT_PREFIX, list_one, &l);
+}
+
 struct latest {
     struct snapshot_id id;
     int found;
 };
 
-static int consider(void *arg, const struct store_object *o)
+static int consider(void *arg, struct snapshot_id id, uint64_t size)
 {
+    (void)size;
     struct latest *l = arg;
-    struct snapshot_id id;
-    if (snapshot_parse_key(o->key, &id) == 0 && (!l->found || newer(id, l->id))) {
+    if (!l->found || newer(id, l->id)) {
         l->id = id;
         l->found = 1;
     }
@@ -103,11 +124,25 @@ static int consider(void *arg, const struct store_object *o)
 int snapshot_latest(struct store *s, struct snapshot_id *id)
 {
     struct latest l = { { 0, 0 }, 0 };
-    int rc = store_list(s, SNAPSHOT_PREFIX, consider, &l);
+    int rc = snapshot_list(s, consider, &l);
     if (rc == 0 && !l.found)
         return -ENOENT;
     *id = l.id;
     return rc;
+}
+
+int snapshot_parse_id(const char *text, struct snapshot_id *id)
+{
+    char key[SNAPSHOT_KEY_LEN];
+    if (strlen(text) != SNAPSHOT_ID_LEN - 1)
+        return -EINVAL;
+    snprintf(key, sizeof key, SNAPSHOT_PREFIX "%s", text);
+    return snapshot_parse_key(key, id);
+}
+
+void snapshot_id_text(struct snapshot_id id, char text[SNAPSHOT_ID_LEN])
+{
+    snprintf(text, SNAPSHOT_ID_LEN, "%08" PRIx64 "-%012" PRIx64, id.epoch, id.seq);
 }
 
 /* ---- varints ---- */
@@ -325,9 +360,11 @@ int snapshot_fetch(struct store *s, struct codec *c, struct snapshot_id id, stru
     struct buf obj = { 0 };
     char key[SNAPSHOT_KEY_LEN];
     snapshot_key(id, key);
-    int rc = store_get(s, key, 0, STORE_TO_END, &obj);
+    int rc = store_get(s, key, 0, MAX_OBJECT + 1, &obj);
     if (rc == 0 && obj.len < CODEC_NAME_LEN)
         rc = err_set(-EBADMSG, "snapshot %s is truncated", key);
+    if (rc == 0 && obj.len > MAX_OBJECT)
+        rc = err_set(-EBADMSG, "snapshot %s is bigger than any snapshot can be", key);
     if (rc == 0)
         rc = codec_decode(c, obj.data + CODEC_NAME_LEN, obj.len - CODEC_NAME_LEN, obj.data, plain);
     if (rc)
@@ -348,9 +385,8 @@ struct seen {
 
 struct load {
     struct cur c;
-    struct ns *ns;
-    struct blocks *b;
-    struct remote *r;
+    const struct snapshot_visitor *v; /* NULL: check only */
+    void *arg;
     struct hmap *inodes; /* ino -> struct seen */
     struct snapshot_info *info;
 };
@@ -402,9 +438,10 @@ static int load_inode(struct load *l, uint64_t *last)
     }
     *s = (struct seen){ .mode = a.mode, .size = a.size, .last_idx = -1 };
     l->info->inodes++;
+    l->info->files += S_ISREG(a.mode) != 0;
     if (S_ISREG(a.mode))
         l->info->bytes += a.size;
-    return ns_load_inode(l->ns, &a, target, tlen);
+    return l->v && l->v->inode ? l->v->inode(l->arg, &a, target, tlen) : 0;
 }
 
 static int valid_name(const uint8_t *p, size_t n)
@@ -432,7 +469,7 @@ static int load_dentry(struct load *l)
             return bad("a directory has two entries");
         child->parent = parent;
     }
-    int rc = ns_load_dentry(l->ns, parent, (const char *)name, n, ino);
+    int rc = l->v && l->v->dentry ? l->v->dentry(l->arg, parent, (const char *)name, n, ino) : 0;
     return rc == -EEXIST ? bad("a directory holds one name twice") : rc;
 }
 
@@ -446,7 +483,7 @@ static int load_xattr(struct load *l)
         return bad("an xattr record is cut short");
     if (!hmap_get(l->inodes, ino, 0) || nn == 0 || memchr(name, '\0', nn))
         return bad("an xattr record is impossible");
-    int rc = ns_load_xattr(l->ns, ino, (const char *)name, nn, value, vn);
+    int rc = l->v && l->v->xattr ? l->v->xattr(l->arg, ino, (const char *)name, nn, value, vn) : 0;
     return rc == -EEXIST ? bad("an inode has one xattr twice") : rc;
 }
 
@@ -463,8 +500,8 @@ static int load_block(struct load *l, uint64_t *last_ino)
         return bad("a block lies outside its file");
     s->last_idx = (int64_t)idx;
     *last_ino = ino;
-    int rc = blocks_set_remote(l->b, ino, idx, name);
-    return rc ? rc : remote_mark_known_locked(l->r, name);
+    l->info->blocks++;
+    return l->v && l->v->block ? l->v->block(l->arg, ino, idx, name) : 0;
 }
 
 /* Rule 4: a count that cannot fit the bytes left is a lie. */
@@ -548,7 +585,9 @@ static int read_header(struct load *l, size_t block_size)
     l->info->id = (struct snapshot_id){ get_le(h + 8, 8), get_le(h + 16, 8) };
     l->info->created_ns = (int64_t)get_le(h + 24, 8);
     l->info->block_size = (uint32_t)get_le(h + 32, 4);
-    if (l->info->block_size != block_size)
+    if (l->info->block_size == 0)
+        return bad("the block size is 0");
+    if (block_size && l->info->block_size != block_size)
         return err_set(-EPROTONOSUPPORT,
                        "snapshot uses %u-byte blocks; this cache uses %zu-byte blocks",
                        l->info->block_size, block_size);
@@ -563,28 +602,81 @@ static void free_seen(void *arg, uint64_t a, uint64_t b, void *v)
     free(v);
 }
 
+/* One pass over the encoding, calling v (if not NULL) per record once it
+ * passed the checks that can be made so far. */
+static int walk_once(const struct buf *plain, size_t block_size, const struct snapshot_visitor *v,
+                     void *arg, struct snapshot_info *info)
+{
+    memset(info, 0, sizeof *info);
+    struct load l = { { plain->data, plain->data + plain->len, 0 }, v, arg, hmap_new(), info };
+    if (!l.inodes)
+        return -ENOMEM;
+    int rc = read_header(&l, block_size);
+    if (rc == 0)
+        rc = load_sections(&l);
+    hmap_each(l.inodes, free_seen, NULL);
+    hmap_free(l.inodes);
+    return rc;
+}
+
+int snapshot_walk(const struct buf *plain, size_t block_size, const struct snapshot_visitor *v,
+                  void *arg, struct snapshot_info *info)
+{
+    /* The whole snapshot is checked before v sees a record: the loops and
+     * unreachable directories rule 2 forbids show only at the end. */
+    int rc = walk_once(plain, block_size, NULL, NULL, info);
+    return rc || !v ? rc : walk_once(plain, block_size, v, arg, info);
+}
+
+struct loader {
+    struct ns *ns;
+    struct blocks *b;
+    struct remote *r;
+};
+
+static int ld_inode(void *arg, const struct ns_attr *a, const void *target, size_t target_len)
+{
+    return ns_load_inode(((struct loader *)arg)->ns, a, target, target_len);
+}
+
+static int ld_dentry(void *arg, uint64_t parent, const char *name, size_t len, uint64_t ino)
+{
+    return ns_load_dentry(((struct loader *)arg)->ns, parent, name, len, ino);
+}
+
+static int ld_xattr(void *arg, uint64_t ino, const char *name, size_t name_len, const void *value,
+                    size_t value_len)
+{
+    return ns_load_xattr(((struct loader *)arg)->ns, ino, name, name_len, value, value_len);
+}
+
+static int ld_block(void *arg, uint64_t ino, uint64_t idx, const uint8_t name[CODEC_NAME_LEN])
+{
+    struct loader *ld = arg;
+    int rc = blocks_set_remote(ld->b, ino, idx, name);
+    return rc ? rc : remote_mark_known_locked(ld->r, name);
+}
+
 int snapshot_load(const struct buf *plain, struct db *db, struct ns *ns, struct blocks *b,
                   struct remote *r, struct snapshot_info *info)
 {
-    memset(info, 0, sizeof *info);
-    struct load l = { { plain->data, plain->data + plain->len, 0 }, ns, b, r, hmap_new(), info };
-    if (!l.inodes)
-        return -ENOMEM;
+    static const struct snapshot_visitor load_into_tables = { ld_inode, ld_dentry, ld_xattr,
+                                                              ld_block };
+    struct loader ld = { ns, b, r };
+    int rc = snapshot_walk(plain, blocks_block_size(b), NULL, NULL, info);
+    if (rc)
+        return rc;
     db_lock(db);
-    int rc = db_exec(db, "BEGIN IMMEDIATE");
+    rc = db_exec(db, "BEGIN IMMEDIATE");
     if (rc == 0) {
         rc = ns_clear(ns);
         if (rc == 0)
             rc = blocks_clear_locked(b);
         if (rc == 0)
-            rc = read_header(&l, blocks_block_size(b));
-        if (rc == 0)
-            rc = load_sections(&l);
+            rc = walk_once(plain, blocks_block_size(b), &load_into_tables, &ld, info);
         int end = db_exec(db, rc ? "ROLLBACK" : "COMMIT");
         rc = rc ? rc : end;
     }
     db_unlock(db);
-    hmap_each(l.inodes, free_seen, NULL);
-    hmap_free(l.inodes);
     return rc;
 }

@@ -31,6 +31,17 @@ struct snapshot_id {
 void snapshot_key(struct snapshot_id id, char key[SNAPSHOT_KEY_LEN]);
 int snapshot_parse_key(const char *key, struct snapshot_id *id);
 
+/* A snapshot's ID as people see it, "EEEEEEEE-SSSSSSSSSSSS", and back
+ * (-EINVAL if text is not one). */
+#define SNAPSHOT_ID_LEN 22
+void snapshot_id_text(struct snapshot_id id, char text[SNAPSHOT_ID_LEN]);
+int snapshot_parse_id(const char *text, struct snapshot_id *id);
+
+/* Calls fn for every snapshot in the bucket (size: its object's bytes), in
+ * publishing order; a non-zero return from fn ends the listing with it. */
+typedef int (*snapshot_list_fn)(void *arg, struct snapshot_id id, uint64_t size);
+int snapshot_list(struct store *s, snapshot_list_fn fn, void *arg);
+
 /* The newest snapshot in the bucket; -ENOENT if there is none. */
 int snapshot_latest(struct store *s, struct snapshot_id *id);
 
@@ -51,8 +62,26 @@ struct snapshot_info {
     struct snapshot_id id;
     int64_t created_ns;
     uint32_t block_size;
-    uint64_t inodes, bytes;
+    uint64_t inodes, files, bytes; /* files: regular ones; bytes: their sizes */
+    uint64_t blocks;               /* chunk references */
 };
+
+/* What a walk of a snapshot meets, in the encoding's order: every inode,
+ * then every entry, xattr and block. A callback returns 0 to go on, or an
+ * error that ends the walk. NULL callbacks are skipped. */
+struct snapshot_visitor {
+    int (*inode)(void *arg, const struct ns_attr *a, const void *target, size_t target_len);
+    int (*dentry)(void *arg, uint64_t parent, const char *name, size_t len, uint64_t ino);
+    int (*xattr)(void *arg, uint64_t ino, const char *name, size_t name_len, const void *value,
+                 size_t value_len);
+    int (*block)(void *arg, uint64_t ino, uint64_t idx, const uint8_t name[CODEC_NAME_LEN]);
+};
+
+/* Checks every rule of the format on a decoded snapshot (block_size 0: any
+ * it states; else it must state this one), then, if v is not NULL, walks it
+ * calling v: a snapshot that breaks a rule is never seen in part. */
+int snapshot_walk(const struct buf *plain, size_t block_size, const struct snapshot_visitor *v,
+                  void *arg, struct snapshot_info *info);
 
 /* Replaces the namespace and block tables with the snapshot's tree: files
  * become REMOTE blocks, their chunks known to be in the bucket. Checks every

@@ -3,11 +3,15 @@
  */
 #include "ckptctl.h"
 
+#include <errno.h>
+#include <getopt.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "cache/store_options.h"
+#include "util/err.h"
 #include "util/log.h"
 
 struct command {
@@ -21,6 +25,9 @@ static const struct command commands[] = {
     { "sync", cmd_sync, "publish a snapshot of a mount now; return once it is in the bucket" },
     { "status", cmd_status, "what a mount has not uploaded, its last snapshot and error" },
     { "warm", cmd_warm, "fetch a subtree of a mount into its disk cache" },
+    { "snapshots", cmd_snapshots, "list a bucket's snapshots: ID, epoch, time, files, bytes" },
+    { "verify", cmd_verify, "check that every chunk a bucket's snapshots name is there and sound" },
+    { "pull", cmd_pull, "restore a snapshot of a bucket into a plain directory" },
 };
 
 static void usage(FILE *f)
@@ -56,6 +63,29 @@ int ctl_usage_error(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "Try 'ckptctl --help'.\n");
     return EXIT_USAGE;
+}
+
+int ctl_parse(int argc, char **argv, const struct option *own, struct store_options *opt,
+              int (*on)(void *arg, int val, const char *value), void *arg)
+{
+    struct option all[64];
+    size_t n = 0;
+    for (; own[n].name && n < 32; n++)
+        all[n] = own[n];
+    for (const struct option *o = store_long_options; o->name && n < 63; o++)
+        all[n++] = *o;
+    all[n] = (struct option){ 0 };
+    int c, idx;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", all, &idx)) != -1) {
+        if (c == '?')
+            return EXIT_USAGE;
+        if (c >= STORE_OPT_BASE && store_options_set(opt, all[idx].name, optarg) < 0)
+            return ctl_usage_error("%s", err_msg(-EINVAL));
+        if (c < STORE_OPT_BASE && on(arg, c, optarg))
+            return EXIT_USAGE;
+    }
+    return EXIT_OK;
 }
 
 int main(int argc, char **argv)

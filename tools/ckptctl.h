@@ -12,6 +12,19 @@ int cmd_store(int argc, char **argv);
 int cmd_sync(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_warm(int argc, char **argv);
+int cmd_snapshots(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_pull(int argc, char **argv);
+
+struct option;
+struct store_options;
+
+/* Parses argv's options wherever they are on the line: own's (a list ended
+ * by a zeroed entry; each met is passed to on with its val and argument) and
+ * the store's (into opt). Leaves the operands in argv[optind..]. Returns
+ * EXIT_OK, or EXIT_USAGE once it said what is wrong. */
+int ctl_parse(int argc, char **argv, const struct option *own, struct store_options *opt,
+              int (*on)(void *arg, int val, const char *value), void *arg);
 
 /* Prints "ckptctl: error: MESSAGE" and returns EXIT_FAIL. */
 int ctl_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -4,6 +4,7 @@
  * subtree into its cache.
  */
 #include "ckptctl.h"
+#include "progress.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -111,15 +112,6 @@ int cmd_sync(int argc, char **argv)
     return EXIT_OK;
 }
 
-static void size_text(double bytes, char *out, size_t n)
-{
-    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
-    int u = 0;
-    while (bytes >= 1024 && u < 4)
-        bytes /= 1024, u++;
-    snprintf(out, n, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
-}
-
 static json_int_t num(json_t *r, const char *k)
 {
     return json_integer_value(json_object_get(r, k));
@@ -128,11 +120,11 @@ static json_int_t num(json_t *r, const char *k)
 static void print_cache(json_t *r)
 {
     char used[32], limit[32], mem[32], mlimit[32], got[32];
-    size_text((double)num(r, "cache_used"), used, sizeof used);
-    size_text((double)num(r, "cache_limit"), limit, sizeof limit);
-    size_text((double)num(r, "memory_used"), mem, sizeof mem);
-    size_text((double)num(r, "memory_limit"), mlimit, sizeof mlimit);
-    size_text((double)num(r, "bytes_fetched"), got, sizeof got);
+    ctl_size_text((double)num(r, "cache_used"), used, sizeof used);
+    ctl_size_text((double)num(r, "cache_limit"), limit, sizeof limit);
+    ctl_size_text((double)num(r, "memory_used"), mem, sizeof mem);
+    ctl_size_text((double)num(r, "memory_limit"), mlimit, sizeof mlimit);
+    ctl_size_text((double)num(r, "bytes_fetched"), got, sizeof got);
     printf("disk cache:     %s of %s; %lld evictions, %lld blocks failed their check\n", used,
            limit, (long long)num(r, "evictions"), (long long)num(r, "corrupt_blocks"));
     printf("memory cache:   %s of %s\n", mem, mlimit);
@@ -152,9 +144,9 @@ static void print_status(json_t *r)
     char dirty[32], up[32], dedup[32];
     const char *last = json_string_value(json_object_get(r, "last_snapshot"));
     const char *err = json_string_value(json_object_get(r, "last_error"));
-    size_text((double)num(r, "dirty_bytes"), dirty, sizeof dirty);
-    size_text((double)num(r, "bytes_uploaded"), up, sizeof up);
-    size_text((double)num(r, "bytes_deduplicated"), dedup, sizeof dedup);
+    ctl_size_text((double)num(r, "dirty_bytes"), dirty, sizeof dirty);
+    ctl_size_text((double)num(r, "bytes_uploaded"), up, sizeof up);
+    ctl_size_text((double)num(r, "bytes_deduplicated"), dedup, sizeof dedup);
     printf("url:            %s\n", json_string_value(json_object_get(r, "url")));
     printf("cache:          %s\n", json_string_value(json_object_get(r, "cache_dir")));
     printf("not uploaded:   %s in %lld blocks%s\n", dirty, (long long)num(r, "upload_queue"),
@@ -200,18 +192,8 @@ int cmd_status(int argc, char **argv)
 static void progress_bar(json_t *line, void *arg)
 {
     (void)arg;
-    double done = (double)json_integer_value(json_object_get(line, "done"));
-    double total = (double)json_integer_value(json_object_get(line, "total"));
-    double frac = total > 0 ? done / total : 1;
-    char have[32], want[32], bar[41];
-    size_text(done, have, sizeof have);
-    size_text(total, want, sizeof want);
-    int fill = (int)(frac * 40);
-    for (int i = 0; i < 40; i++)
-        bar[i] = i < fill ? '#' : '.';
-    bar[40] = '\0';
-    fprintf(stderr, "\r[%s] %3.0f%%  %s of %s, %lld of %lld files ", bar, frac * 100, have, want,
-            (long long)num(line, "files_done"), (long long)num(line, "files"));
+    ctl_progress((double)num(line, "done"), (double)num(line, "total"),
+                 (long long)num(line, "files_done"), (long long)num(line, "files"), "files");
 }
 
 /* PATH's inode number, if PATH is inside the mount at mountpoint. */
@@ -262,7 +244,7 @@ int cmd_warm(int argc, char **argv)
     if (rc)
         return rc;
     char got[32];
-    size_text((double)num(reply, "fetched"), got, sizeof got);
+    ctl_size_text((double)num(reply, "fetched"), got, sizeof got);
     printf("%s: %lld files warm, %s fetched\n", n == 2 ? args[1] : args[0],
            (long long)num(reply, "files"), got);
     json_decref(reply);

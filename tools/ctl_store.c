@@ -48,37 +48,29 @@ struct args {
     int help;
 };
 
+static int on_option(void *arg, int val, const char *value)
+{
+    (void)value;
+    struct args *a = arg;
+    if (val == 'a')
+        a->if_absent = 1;
+    else if (val == 's')
+        a->stats = 1;
+    else if (val == 'h')
+        a->help = 1;
+    return 0;
+}
+
 /* Parses options anywhere on the line; leaves the operands in argv[optind..]. */
 static int parse(int argc, char **argv, struct args *a)
 {
-    static struct option own[] = {
+    static const struct option own[] = {
         { "if-absent", no_argument, NULL, 'a' },
         { "stats", no_argument, NULL, 's' },
         { "help", no_argument, NULL, 'h' },
+        { 0 },
     };
-    struct option all[sizeof own / sizeof own[0] + 16];
-    size_t n = 0;
-    for (; n < sizeof own / sizeof own[0]; n++)
-        all[n] = own[n];
-    for (const struct option *o = store_long_options; o->name; o++)
-        all[n++] = *o;
-    all[n] = (struct option){ 0 };
-
-    int c, idx;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", all, &idx)) != -1) {
-        if (c == 'a')
-            a->if_absent = 1;
-        else if (c == 's')
-            a->stats = 1;
-        else if (c == 'h')
-            a->help = 1;
-        else if (c >= STORE_OPT_BASE && store_options_set(&a->opt, all[idx].name, optarg) < 0)
-            return ctl_usage_error("%s", err_msg(-EINVAL));
-        else if (c == '?')
-            return EXIT_USAGE;
-    }
-    return EXIT_OK;
+    return ctl_parse(argc, argv, own, &a->opt, on_option, a);
 }
 
 static void print_stats(struct store *s)

@@ -5,6 +5,7 @@ stopped afterwards, also when the test fails.
         open(m.path + "/f", "w").write("x")
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -89,3 +90,26 @@ class CkptfsMount:
     def _lazy_unmount(self):
         if is_mounted(self.path):
             subprocess.run(["fusermount3", "-uz", self.path], capture_output=True)
+
+
+@contextlib.contextmanager
+def mount_factory(tmp_path, url, env=None):
+    """Yields mount(*args, name=, url=, env=): starts a CkptfsMount of url (unless given another)
+    with its own cache directory under tmp_path and returns it. Every mount made is stopped at
+    the end, or killed if it will not stop, whatever happened."""
+    made = []
+
+    def mount(*args, name=None, url=url, env=env):
+        name = name or f"m{len(made)}"
+        m = CkptfsMount(url, tmp_path / f"{name}-cache", tmp_path / f"{name}-mnt", *args, env=env)
+        made.append(m)
+        return m.start()
+
+    try:
+        yield mount
+    finally:
+        for m in made:
+            try:
+                m.stop(timeout=60)
+            except Exception:
+                m.kill()

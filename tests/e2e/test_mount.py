@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from ckpt import ckptctl, program
-from fsmount import CkptfsMount, is_mounted
+from fsmount import CkptfsMount, is_mounted, mount_factory
 
 MIB = 1 << 20
 
@@ -21,22 +21,9 @@ def mounts(tmp_path):
     every mount is stopped (or killed) at the end, whatever happened."""
     bucket = tmp_path / "bucket"
     bucket.mkdir()
-    made = []
-
-    def mount(*args, url=None, name=None, env=None):
-        name = name or f"m{len(made)}"
-        m = CkptfsMount(url or f"file://{bucket}", tmp_path / f"{name}-cache",
-                        tmp_path / f"{name}-mnt", *args, env=env)
-        made.append(m)
-        return m.start()
-
-    mount.bucket = bucket
-    yield mount
-    for m in made:
-        try:
-            m.stop(timeout=60)
-        except Exception:
-            m.kill()
+    with mount_factory(tmp_path, f"file://{bucket}") as mount:
+        mount.bucket = bucket
+        yield mount
 
 
 def snapshots(bucket):

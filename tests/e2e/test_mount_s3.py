@@ -12,27 +12,14 @@ import pytest
 
 from ckpt import ckptctl, program
 from faultproxy import FaultProxy
-from fsmount import CkptfsMount, is_mounted
+from fsmount import CkptfsMount, is_mounted, mount_factory
 from test_mount import checkpoint, tree, write_durably
 
 
 @pytest.fixture
 def s3mounts(tmp_path, bucket, s3env):
-    made = []
-
-    def mount(*args, name=None, env=None, url=None):
-        name = name or f"m{len(made)}"
-        m = CkptfsMount(url or f"s3://{bucket}/team/job", tmp_path / f"{name}-cache",
-                        tmp_path / f"{name}-mnt", *args, env=env or s3env)
-        made.append(m)
-        return m.start()
-
-    yield mount
-    for m in made:
-        try:
-            m.stop(timeout=60)
-        except Exception:
-            m.kill()
+    with mount_factory(tmp_path, f"s3://{bucket}/team/job", env=s3env) as mount:
+        yield mount
 
 
 def test_checkpoint_reaches_swift_and_restores_elsewhere(s3mounts, s3server, bucket):
