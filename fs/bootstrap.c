@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fs/seed.h"
 #include "fs/snapshot.h"
 #include "util/err.h"
 #include "util/hex.h"
@@ -31,7 +32,7 @@
 
 /* ---- 1. the marker ---- */
 
-static int read_marker(struct fs *fs, const struct buf *b, int encrypted, size_t *block_size)
+static int read_marker(const char *url, const struct buf *b, int encrypted, size_t *block_size)
 {
     json_error_t jerr;
     json_t *j = json_loadb((const char *)b->data, b->len, 0, &jerr);
@@ -40,18 +41,18 @@ static int read_marker(struct fs *fs, const struct buf *b, int encrypted, size_t
     int rc = 0;
     if (!j ||
         json_unpack(j, "{s:I, s:I, s:b}", "format", &format, "block_size", &bs, "encrypted", &enc))
-        rc = err_set(-EBADMSG, "%s/%s is not a ckptfs marker (%s)", fs->url, MARKER_KEY,
+        rc = err_set(-EBADMSG, "%s/%s is not a ckptfs marker (%s)", url, MARKER_KEY,
                      j ? "fields missing" : jerr.text);
     else if (format != 1)
-        rc = err_set(-EPROTONOSUPPORT, "%s uses ckptfs format %lld; this build reads format 1",
-                     fs->url, (long long)format);
+        rc = err_set(-EPROTONOSUPPORT, "%s uses ckptfs format %lld; this build reads format 1", url,
+                     (long long)format);
     else if (bs < MIN_BLOCK || bs > MAX_BLOCK || bs % MIN_BLOCK)
-        rc = err_set(-EBADMSG, "%s/%s names an impossible block size %lld", fs->url, MARKER_KEY,
+        rc = err_set(-EBADMSG, "%s/%s names an impossible block size %lld", url, MARKER_KEY,
                      (long long)bs);
     else if (enc && !encrypted)
-        rc = err_set(-EINVAL, "%s is encrypted: mount it with --encrypt-key FILE", fs->url);
+        rc = err_set(-EINVAL, "%s is encrypted: mount it with --encrypt-key FILE", url);
     else if (!enc && encrypted)
-        rc = err_set(-EINVAL, "%s is not encrypted, but --encrypt-key was given", fs->url);
+        rc = err_set(-EINVAL, "%s is not encrypted, but --encrypt-key was given", url);
     *block_size = (size_t)bs;
     json_decref(j);
     return rc;
@@ -83,18 +84,26 @@ static int write_marker(struct fs *fs, int encrypted, size_t block_size)
     return rc;
 }
 
-/* A read-only mount needs the marker; a writable one writes it into an empty prefix. */
-static int check_marker(struct fs *fs, int encrypted, size_t *block_size)
+int marker_read(struct store *s, const char *url, int encrypted, size_t *block_size)
 {
     struct buf b = { 0 };
-    int rc = store_get(fs->store, MARKER_KEY, 0, STORE_TO_END, &b);
+    int rc = store_get(s, MARKER_KEY, 0, 4096, &b);
     if (rc == 0)
-        rc = read_marker(fs, &b, encrypted, block_size);
-    else if (rc == -ENOENT && fs->read_only)
-        rc = err_set(-ENOENT, "%s holds no ckptfs data (no %s object)", fs->url, MARKER_KEY);
+        rc = read_marker(url, &b, encrypted, block_size);
     else if (rc == -ENOENT)
-        rc = write_marker(fs, encrypted, *block_size = BLOCKS_DEFAULT_SIZE);
+        rc = err_set(-ENOENT, "%s holds no ckptfs data (no %s object)", url, MARKER_KEY);
     buf_free(&b);
+    return rc;
+}
+
+/* A read-only mount needs the marker; a writable one writes it into an
+ * empty prefix, with blocks of *block_size bytes (0: the default). */
+static int check_marker(struct fs *fs, int encrypted, size_t *block_size)
+{
+    size_t fresh = *block_size ? *block_size : BLOCKS_DEFAULT_SIZE;
+    int rc = marker_read(fs->store, fs->url, encrypted, block_size);
+    if (rc == -ENOENT && !fs->read_only)
+        rc = write_marker(fs, encrypted, *block_size = fresh);
     return rc;
 }
 
@@ -286,10 +295,28 @@ static int open_read_only(struct fs *fs, struct bootstrap *b)
     return rc;
 }
 
+/* --seed-from: 1 if the tree came from the seed, 0 if it is not used (the
+ * cache is not new, or our bucket has snapshots of its own already). */
+static int seed_if_new(struct fs *fs, int fresh)
+{
+    struct snapshot_id ours;
+    if (!fs->seed_url || !fresh)
+        return 0;
+    int rc = snapshot_latest(fs->store, &ours);
+    if (rc == 0)
+        log_warn("%s has snapshots of its own: --seed-from %s is not used", fs->url, fs->seed_url);
+    if (rc != -ENOENT)
+        return rc;
+    rc = seed_tree(fs);
+    return rc ? rc : 1;
+}
+
 static int open_writable(struct fs *fs, struct bootstrap *b)
 {
     size_t block_size = 0;
-    int rc = check_marker(fs, fs->codec_keyed, &block_size);
+    int rc = fs->seed_url ? seed_block_size(fs, &block_size) : 0;
+    if (rc == 0)
+        rc = check_marker(fs, fs->codec_keyed, &block_size);
     if (rc == 0)
         rc = store_probe(fs->store, &fs->caps);
     if (rc == 0 && !(fs->caps & STORE_CAP_IF_ABSENT))
@@ -309,6 +336,8 @@ static int open_writable(struct fs *fs, struct bootstrap *b)
     int owned = rc == 0;
     if (rc == 0)
         rc = open_tables(fs, block_size);
+    int seeded = rc ? rc : seed_if_new(fs, fresh);
+    rc = seeded < 0 ? seeded : 0;
     if (rc == 0)
         rc = settle_tree(fs, b, fresh);
     int pending = rc ? rc : remember(fs, b, fresh);
@@ -322,7 +351,7 @@ static int open_writable(struct fs *fs, struct bootstrap *b)
         bootstrap_close(fs);
         return pending;
     }
-    b->pub.pending = pending;
+    b->pub.pending = pending || seeded; /* a seeded tree is published as ours at once */
     b->pub.if_absent = b->claim.if_absent;
     return 0;
 }

@@ -10,7 +10,9 @@
  *   2. the server's capabilities (conditional put) are probed;
  *   3. the cache directory is opened (or created), and must belong to URL;
  *   4. ownership is claimed (owner.h);
- *   5. a new cache starts from the newest snapshot in the bucket.
+ *   5. a new cache starts from the newest snapshot in the bucket; if there
+ *      is none and --seed-from names a seed, from the seed's (seed.h), whose
+ *      block size the marker of step 1 then takes.
  *
  * A read-only mount does 1 (the marker must exist), 3, and 5 (the newest
  * snapshot, loaded again if the cache holds an older one), and no more: it
@@ -34,6 +36,12 @@ struct bootstrap {
 /* Fills fs (whose url, cache_dir, store and codec are set) and b. On error
  * everything opened is closed again (bootstrap_close). */
 int bootstrap_open(struct fs *fs, struct bootstrap *b);
+
+/* Reads and checks the marker of the bucket at url: its block size into
+ * *block_size. -ENOENT (said) if there is none; -EINVAL if encrypted (a key
+ * given) does not match the bucket; -EBADMSG, -EPROTONOSUPPORT if the marker
+ * is not one this build reads. */
+int marker_read(struct store *s, const char *url, int encrypted, size_t *block_size);
 
 /* Closes what bootstrap_open opened (NULL-safe field by field). */
 void bootstrap_close(struct fs *fs);

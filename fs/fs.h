@@ -52,6 +52,8 @@ struct fs {
     char *cache_dir;
     char *db_path;
     struct store *store;
+    const char *seed_url;     /* --seed-from, or NULL */
+    struct store *seed_store; /* its store: only ever read */
     struct codec *codec;
     struct db *db;
     struct ns *ns;

@@ -64,7 +64,10 @@ static const char usage_text[] =
     "  --allow-other               let other users use the mount (as -o allow_other)\n"
     "  --read-only                 the newest snapshot, read-only (as -o ro); sends no write\n"
     "                              request of any kind to the bucket\n"
-    "  --snapshot ID               with --read-only: that snapshot, not the newest\n"
+    "  --seed-from URL             a new bucket starts from that bucket's newest snapshot\n"
+    "                              (its chunks copied over first; the seed is only read)\n"
+    "  --snapshot ID               with --read-only or --seed-from: that snapshot, not the\n"
+    "                              newest\n"
     "%s"
     "  -h, --help  --version\n";
 
@@ -73,6 +76,7 @@ struct cli {
     char mount_path[PATH_MAX]; /* mountpoint made absolute, for after the daemon's chdir */
     char *cache_dir;
     int foreground, force, allow_other, read_only;
+    const char *seed_url;        /* --seed-from */
     int pinned;                  /* --snapshot given */
     struct snapshot_id snapshot; /* its ID */
     enum sync_mode sync;
@@ -169,6 +173,8 @@ static int set_option(struct cli *c, const char *name, const char *v)
     } else if (!strcmp(name, "full-timeout") || !strcmp(name, "full_timeout")) {
         if ((rc = parse_uint("--full-timeout", v, 1, 7 * 86400, &c->full_timeout_s)) != 0)
             return rc;
+    } else if (!strcmp(name, "seed-from") || !strcmp(name, "seed_from")) {
+        c->seed_url = v;
     } else if (!strcmp(name, "snapshot")) {
         if (snapshot_parse_id(v, &c->snapshot))
             return err_set(-EINVAL,
@@ -249,6 +255,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
         { "full-timeout", required_argument, NULL, 'x' },
         { "eviction", required_argument, NULL, 'x' },
         { "snapshot", required_argument, NULL, 'x' },
+        { "seed-from", required_argument, NULL, 'x' },
     };
     struct option all[sizeof own / sizeof own[0] + 16];
     size_t n = 0;
@@ -504,6 +511,7 @@ static int run(struct cli *c)
                      .sync = c->sync,
                      .read_only = c->read_only,
                      .pinned = c->pinned,
+                     .seed_url = c->seed_url,
                      .snapshot = c->snapshot,
                      .publish_on = c->publish_on,
                      .mount_path = c->mount_path,
@@ -511,11 +519,18 @@ static int run(struct cli *c)
     fs.cache.full_timeout_ms = (int64_t)c->full_timeout_s * 1000;
     struct bootstrap b = { .force = c->force };
     int rc = check_mountpoint(c->mountpoint);
-    if (rc == 0 && c->pinned && !c->read_only)
-        rc = err_set(-EINVAL, "--snapshot needs --read-only: a writable mount continues from the "
-                              "newest snapshot");
+    if (rc == 0 && c->pinned && !c->read_only && !c->seed_url)
+        rc = err_set(-EINVAL, "--snapshot needs --read-only or --seed-from: a writable mount "
+                              "continues from the newest snapshot");
+    if (rc == 0 && c->seed_url && c->read_only)
+        rc = err_set(-EINVAL, "--seed-from is for a writable mount; mount the seed itself "
+                              "--read-only to browse it");
+    if (rc == 0 && c->seed_url && !strcmp(c->seed_url, c->url))
+        rc = err_set(-EINVAL, "--seed-from names the mount's own bucket");
     if (rc == 0)
         rc = store_open(c->url, &c->store, &fs.store);
+    if (rc == 0 && c->seed_url)
+        rc = store_open(c->seed_url, &c->store, &fs.seed_store);
     if (rc == 0)
         rc = open_codec(c, &fs);
     pthread_rwlockattr_t attr;
@@ -546,6 +561,7 @@ static int run(struct cli *c)
     bootstrap_close(&fs);
     codec_free(fs.codec);
     store_close(fs.store);
+    store_close(fs.seed_store);
     inode_table_free(&fs);
     return rc ? fail("%s", err_msg(rc)) : 0;
 }

@@ -24,14 +24,29 @@ def s3server():
         yield server
 
 
+@contextlib.contextmanager
+def _fresh_bucket(server):
+    name = f"t-{uuid.uuid4().hex}"
+    client = server.client()
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        _delete_bucket(client, name)
+
+
 @pytest.fixture
 def bucket(s3server):
     """A fresh, empty bucket; emptied and deleted afterwards."""
-    name = f"t-{uuid.uuid4().hex}"
-    client = s3server.client()
-    client.create_bucket(Bucket=name)
-    yield name
-    _delete_bucket(client, name)
+    with _fresh_bucket(s3server) as name:
+        yield name
+
+
+@pytest.fixture
+def bucket2(s3server):
+    """A second fresh bucket, for tests that need two."""
+    with _fresh_bucket(s3server) as name:
+        yield name
 
 
 def _delete_bucket(client, name):
