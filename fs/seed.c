@@ -43,60 +43,38 @@ static int by_name(const void *a, const void *b)
     return memcmp(a, b, CODEC_NAME_LEN);
 }
 
-struct copy_job {
+struct copying {
     struct fs *fs;
-    const uint8_t *name;
-    uint64_t *copied;
+    const struct names *names;
+    uint64_t copied;
 };
 
 /* One chunk from the seed into our bucket, unless it is there: checked on
  * the way (a damaged chunk is not spread), and put as the same bytes. */
-static int copy_one(void *arg)
+static int copy_one(void *arg, size_t i)
 {
-    struct copy_job *j = arg;
-    struct fs *fs = j->fs;
+    struct copying *c = arg;
+    struct fs *fs = c->fs;
+    const uint8_t *name = c->names->v[i];
     char key[82];
-    remote_chunk_key(j->name, key);
+    remote_chunk_key(name, key);
     struct store_object o;
     struct buf enc = { 0 }, plain = { 0 };
     int rc = store_head(fs->store, key, &o);
     if (rc == -ENOENT) {
         rc = store_get(fs->seed_store, key, 0, (uint64_t)CODEC_MAX_CHUNK + 4096, &enc);
         if (rc == 0)
-            rc = codec_decode(fs->codec, enc.data, enc.len, j->name, &plain);
+            rc = codec_decode(fs->codec, enc.data, enc.len, name, &plain);
         if (rc == 0)
             rc = store_put(fs->store, key, enc.data, enc.len, STORE_SELF_VERIFYING);
         if (rc == 0)
-            __atomic_fetch_add(j->copied, 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&c->copied, 1, __ATOMIC_RELAXED);
         if (rc)
             err_wrap(rc, "seeding chunk %s", key);
     }
     buf_free(&enc);
     buf_free(&plain);
-    free(j);
     return rc;
-}
-
-static int copy_chunks(struct fs *fs, const struct names *names, uint64_t *copied)
-{
-    struct pool *pool;
-    struct batch batch;
-    int rc = pool_new(COPIERS, 2 * COPIERS, &pool);
-    if (rc)
-        return rc;
-    batch_init(&batch);
-    for (size_t i = 0; rc == 0 && i < names->n; i++) {
-        struct copy_job *j = malloc(sizeof *j);
-        rc = j ? 0 : -ENOMEM;
-        if (j)
-            *j = (struct copy_job){ fs, names->v[i], copied };
-        if (rc == 0 && (rc = pool_submit(pool, &batch, copy_one, j)) != 0)
-            free(j);
-    }
-    int waited = batch_wait(&batch);
-    batch_destroy(&batch);
-    pool_free(pool);
-    return rc ? rc : waited;
 }
 
 /* The seed's snapshot to start from: --snapshot's, else its newest. */
@@ -117,7 +95,7 @@ int seed_tree(struct fs *fs)
     struct snapshot_info info;
     struct buf plain = { 0 };
     struct names names = { 0 };
-    uint64_t copied = 0;
+    struct copying copying = { fs, &names, 0 };
     char text[SNAPSHOT_ID_LEN];
     int rc = seed_snapshot(fs, &id);
     if (rc == 0) {
@@ -133,7 +111,7 @@ int seed_tree(struct fs *fs)
             if (k == 0 || memcmp(names.v[k - 1], names.v[i], CODEC_NAME_LEN))
                 memmove(names.v[k++], names.v[i], CODEC_NAME_LEN);
         names.n = k;
-        rc = copy_chunks(fs, &names, &copied);
+        rc = pool_for_each(COPIERS, names.n, copy_one, &copying);
     }
     if (rc == 0)
         rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, fs->remote, &info);
@@ -141,7 +119,7 @@ int seed_tree(struct fs *fs)
         log_info("seeded from %s, snapshot %s: %llu files, %llu bytes; %llu of %zu chunks "
                  "copied",
                  fs->seed_url, text, (unsigned long long)info.files, (unsigned long long)info.bytes,
-                 (unsigned long long)copied, names.n);
+                 (unsigned long long)copying.copied, names.n);
     free(names.v);
     buf_free(&plain);
     return rc ? err_wrap(rc, "seeding from %s", fs->seed_url) : 0;

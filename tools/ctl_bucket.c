@@ -352,48 +352,32 @@ static int fetch_chunk(struct bucket *b, const uint8_t name[CODEC_NAME_LEN], str
     return rc ? err_wrap(rc, "%s", key) : 0;
 }
 
-struct check_job {
+struct checking {
     struct bucket *b;
     struct tally *t;
-    const struct ref *ref;
+    const struct refs *refs;
 };
 
-static int check_one(void *arg)
+static int check_one(void *arg, size_t i)
 {
-    struct check_job *j = arg;
+    struct checking *c = arg;
+    const struct ref *ref = &c->refs->v[i];
     struct buf plain = { 0 };
-    int rc = fetch_chunk(j->b, j->ref->name, &plain);
+    int rc = fetch_chunk(c->b, ref->name, &plain);
     char problem[1024], by[SNAPSHOT_ID_LEN];
-    snapshot_id_text(j->ref->by, by);
+    snapshot_id_text(ref->by, by);
     if (rc)
         snprintf(problem, sizeof problem, "%s: %s (named by snapshot %s)",
                  rc == -ENOENT ? "missing" : "damaged", err_msg(rc), by);
-    tally_add(j->t, plain.len, rc ? problem : NULL);
+    tally_add(c->t, plain.len, rc ? problem : NULL);
     buf_free(&plain);
-    free(j);
     return 0;
 }
 
 static int check_chunks(struct bucket *b, const struct refs *r, struct tally *t)
 {
-    struct pool *pool;
-    struct batch batch;
-    int rc = pool_new(FETCHERS, 2 * FETCHERS, &pool);
-    if (rc)
-        return rc;
-    batch_init(&batch);
-    for (size_t i = 0; rc == 0 && i < r->n; i++) {
-        struct check_job *j = malloc(sizeof *j);
-        rc = j ? 0 : -ENOMEM;
-        if (j)
-            *j = (struct check_job){ b, t, &r->v[i] };
-        if (rc == 0 && (rc = pool_submit(pool, &batch, check_one, j)) != 0)
-            free(j);
-    }
-    int waited = batch_wait(&batch);
-    batch_destroy(&batch);
-    pool_free(pool);
-    return rc ? rc : waited;
+    struct checking c = { b, t, r };
+    return pool_for_each(FETCHERS, r->n, check_one, &c);
 }
 
 int cmd_verify(int argc, char **argv)
@@ -662,72 +646,52 @@ static int make_tree(struct tree *t, int root, int privileged)
     return rc;
 }
 
-struct pull_job {
+struct pulling {
     struct bucket *b;
     struct tally *t;
+    const struct tree *tree;
     int root;
-    const char *path;
-    uint64_t off, limit; /* where the block goes, and its file's size */
     size_t block_size;
-    const uint8_t *name;
 };
 
-static int pull_one(void *arg)
+/* Block i of the snapshot into its file (if an entry names the file). */
+static int pull_one(void *arg, size_t i)
 {
-    struct pull_job *j = arg;
+    struct pulling *p = arg;
+    const struct block *k = &p->tree->blocks[i];
+    const struct node *n = hmap_get(p->tree->nodes, k->ino, 0);
+    if (!n->path)
+        return 0;
+    uint64_t off = k->idx * p->block_size, limit = n->a.size;
     struct buf plain = { 0 };
-    int rc = fetch_chunk(j->b, j->name, &plain);
-    if (rc == 0 && plain.len > j->block_size)
-        rc = err_set(-EBADMSG, "a chunk of %s holds more than a block", j->path);
+    int rc = fetch_chunk(p->b, k->name, &plain);
+    if (rc == 0 && plain.len > p->block_size)
+        rc = err_set(-EBADMSG, "a chunk of %s holds more than a block", n->path);
     size_t len = plain.len;
-    if (rc == 0 && j->off + len > j->limit) /* past the end: zeros, or a lie */
-        len = j->off < j->limit ? (size_t)(j->limit - j->off) : 0;
-    int fd = rc ? -1 : openat(j->root, j->path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (rc == 0 && off + len > limit) /* past the end: zeros, or a lie */
+        len = off < limit ? (size_t)(limit - off) : 0;
+    int fd = rc ? -1 : openat(p->root, n->path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
     if (rc == 0 && fd < 0)
-        rc = fail_at("cannot open", j->path);
+        rc = fail_at("cannot open", n->path);
     for (size_t done = 0; rc == 0 && done < len;) {
-        ssize_t n = pwrite(fd, plain.data + done, len - done, (off_t)(j->off + done));
-        if (n < 0 && errno != EINTR)
-            rc = fail_at("cannot write", j->path);
-        done += n > 0 ? (size_t)n : 0;
+        ssize_t w = pwrite(fd, plain.data + done, len - done, (off_t)(off + done));
+        if (w < 0 && errno != EINTR)
+            rc = fail_at("cannot write", n->path);
+        done += w > 0 ? (size_t)w : 0;
     }
     if (fd >= 0 && close(fd) && rc == 0)
-        rc = fail_at("cannot write", j->path);
+        rc = fail_at("cannot write", n->path);
     if (rc == 0)
-        tally_add(j->t, len, NULL);
+        tally_add(p->t, len, NULL);
     buf_free(&plain);
-    free(j);
     return rc;
 }
 
 static int fill_files(struct bucket *b, struct tree *t, int root, size_t block_size,
                       struct tally *tl)
 {
-    struct pool *pool;
-    struct batch batch;
-    int rc = pool_new(FETCHERS, 2 * FETCHERS, &pool);
-    if (rc)
-        return rc;
-    batch_init(&batch);
-    for (size_t i = 0; rc == 0 && i < t->nblocks; i++) {
-        const struct block *k = &t->blocks[i];
-        struct node *n = hmap_get(t->nodes, k->ino, 0);
-        if (!n->path) /* no entry names it: nothing to fill */
-            continue;
-        struct pull_job *j = malloc(sizeof *j);
-        if (!j) {
-            rc = -ENOMEM;
-            break;
-        }
-        *j = (struct pull_job){ b,         tl,         root,   n->path, k->idx * block_size,
-                                n->a.size, block_size, k->name };
-        if ((rc = pool_submit(pool, &batch, pull_one, j)) != 0)
-            free(j);
-    }
-    int waited = batch_wait(&batch);
-    batch_destroy(&batch);
-    pool_free(pool);
-    return rc ? rc : waited;
+    struct pulling p = { b, tl, t, root, block_size };
+    return pool_for_each(FETCHERS, t->nblocks, pull_one, &p);
 }
 
 /* Xattrs, times, owners (as root) and modes, once the bytes are in: the

@@ -148,3 +148,38 @@ int pool_submit(struct pool *p, struct batch *b, int (*fn)(void *arg), void *arg
     pthread_mutex_unlock(&p->lock);
     return 0;
 }
+
+struct each_job {
+    int (*fn)(void *ctx, size_t i);
+    void *ctx;
+    size_t i;
+};
+
+static int run_each(void *arg)
+{
+    struct each_job j = *(struct each_job *)arg;
+    free(arg);
+    return j.fn(j.ctx, j.i);
+}
+
+int pool_for_each(unsigned threads, size_t n, int (*fn)(void *ctx, size_t i), void *ctx)
+{
+    struct pool *pool;
+    struct batch batch;
+    int rc = pool_new(threads, 2 * threads, &pool);
+    if (rc)
+        return rc;
+    batch_init(&batch);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        struct each_job *j = malloc(sizeof *j);
+        rc = j ? 0 : -ENOMEM;
+        if (j)
+            *j = (struct each_job){ fn, ctx, i };
+        if (rc == 0 && (rc = pool_submit(pool, &batch, run_each, j)) != 0)
+            free(j);
+    }
+    int waited = batch_wait(&batch);
+    batch_destroy(&batch);
+    pool_free(pool);
+    return rc ? rc : waited;
+}

@@ -9,6 +9,7 @@
 #define CKPT_UTIL_POOL_H
 
 #include <pthread.h>
+#include <stddef.h>
 
 struct pool;
 
@@ -37,5 +38,10 @@ int pool_submit(struct pool *p, struct batch *b, int (*fn)(void *arg), void *arg
 /* Waits until every job of b has run; returns the first failure (and sets
  * this thread's message to it) or 0. */
 int batch_wait(struct batch *b);
+
+/* Runs fn(ctx, i) for every i below n on threads new workers and waits for
+ * all of them: returns the first failure (its message set) or 0. The jobs
+ * that ran before a failure stay done; none starts after a submit fails. */
+int pool_for_each(unsigned threads, size_t n, int (*fn)(void *ctx, size_t i), void *ctx);
 
 #endif
