@@ -27,9 +27,6 @@
 #include "util/hex.h"
 #include "util/log.h"
 
-#define MIN_BLOCK (64u << 10)
-#define MAX_BLOCK (64u << 20)
-
 /* ---- 1. the marker ---- */
 
 static int read_marker(const char *url, const struct buf *b, int encrypted, size_t *block_size)
@@ -46,7 +43,8 @@ static int read_marker(const char *url, const struct buf *b, int encrypted, size
     else if (format != 1)
         rc = err_set(-EPROTONOSUPPORT, "%s uses ckptfs format %lld; this build reads format 1", url,
                      (long long)format);
-    else if (bs < MIN_BLOCK || bs > MAX_BLOCK || bs % MIN_BLOCK)
+    else if (bs < (json_int_t)MARKER_MIN_BLOCK || bs > (json_int_t)MARKER_MAX_BLOCK ||
+             bs % (json_int_t)MARKER_MIN_BLOCK)
         rc = err_set(-EBADMSG, "%s/%s names an impossible block size %lld", url, MARKER_KEY,
                      (long long)bs);
     else if (enc && !encrypted)
@@ -313,10 +311,17 @@ static int seed_if_new(struct fs *fs, int fresh)
 
 static int open_writable(struct fs *fs, struct bootstrap *b)
 {
-    size_t block_size = 0;
+    size_t block_size = fs->block_size;
     int rc = fs->seed_url ? seed_block_size(fs, &block_size) : 0;
+    if (rc == 0 && fs->seed_url && fs->block_size && fs->block_size != block_size)
+        rc = err_set(-EINVAL, "--block-size %zu differs from the seed's %zu-byte blocks",
+                     fs->block_size, block_size);
     if (rc == 0)
         rc = check_marker(fs, fs->codec_keyed, &block_size);
+    if (rc == 0 && fs->block_size && fs->block_size != block_size)
+        rc = err_set(-EINVAL,
+                     "--block-size %zu differs from the %zu-byte blocks %s was created with",
+                     fs->block_size, block_size, fs->url);
     if (rc == 0)
         rc = store_probe(fs->store, &fs->caps);
     if (rc == 0 && !(fs->caps & STORE_CAP_IF_ABSENT))

@@ -25,7 +25,9 @@
 #include "fs/owner.h"
 #include "fs/publisher.h"
 
-#define MARKER_KEY "ckptfs"
+#define MARKER_KEY       "ckptfs"
+#define MARKER_MIN_BLOCK ((size_t)64 << 10) /* block sizes are multiples of it */
+#define MARKER_MAX_BLOCK ((size_t)64 << 20)
 
 struct bootstrap {
     int force; /* --force */

@@ -53,6 +53,7 @@ struct fs {
     char *db_path;
     struct store *store;
     const char *seed_url;     /* --seed-from, or NULL */
+    size_t block_size;        /* --block-size for a new bucket, or 0 */
     struct store *seed_store; /* its store: only ever read */
     struct codec *codec;
     struct db *db;

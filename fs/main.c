@@ -64,6 +64,8 @@ static const char usage_text[] =
     "  --allow-other               let other users use the mount (as -o allow_other)\n"
     "  --read-only                 the newest snapshot, read-only (as -o ro); sends no write\n"
     "                              request of any kind to the bucket\n"
+    "  --block-size SIZE           a new bucket's block (and chunk) size, 64K to 64M (default\n"
+    "                              4M); smaller blocks fetch less for small random reads\n"
     "  --seed-from URL             a new bucket starts from that bucket's newest snapshot\n"
     "                              (its chunks copied over first; the seed is only read)\n"
     "  --snapshot ID               with --read-only or --seed-from: that snapshot, not the\n"
@@ -77,6 +79,7 @@ struct cli {
     char *cache_dir;
     int foreground, force, allow_other, read_only;
     const char *seed_url;        /* --seed-from */
+    size_t block_size;           /* --block-size */
     int pinned;                  /* --snapshot given */
     struct snapshot_id snapshot; /* its ID */
     enum sync_mode sync;
@@ -173,6 +176,13 @@ static int set_option(struct cli *c, const char *name, const char *v)
     } else if (!strcmp(name, "full-timeout") || !strcmp(name, "full_timeout")) {
         if ((rc = parse_uint("--full-timeout", v, 1, 7 * 86400, &c->full_timeout_s)) != 0)
             return rc;
+    } else if (!strcmp(name, "block-size") || !strcmp(name, "block_size")) {
+        uint64_t bs;
+        if ((rc = parse_size("--block-size", v, &bs)) != 0)
+            return rc;
+        if (bs < MARKER_MIN_BLOCK || bs > MARKER_MAX_BLOCK || bs % MARKER_MIN_BLOCK)
+            return err_set(-EINVAL, "--block-size: %s is not a multiple of 64K from 64K to 64M", v);
+        c->block_size = (size_t)bs;
     } else if (!strcmp(name, "seed-from") || !strcmp(name, "seed_from")) {
         c->seed_url = v;
     } else if (!strcmp(name, "snapshot")) {
@@ -256,6 +266,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
         { "eviction", required_argument, NULL, 'x' },
         { "snapshot", required_argument, NULL, 'x' },
         { "seed-from", required_argument, NULL, 'x' },
+        { "block-size", required_argument, NULL, 'x' },
     };
     struct option all[sizeof own / sizeof own[0] + 16];
     size_t n = 0;
@@ -512,6 +523,7 @@ static int run(struct cli *c)
                      .read_only = c->read_only,
                      .pinned = c->pinned,
                      .seed_url = c->seed_url,
+                     .block_size = c->block_size,
                      .snapshot = c->snapshot,
                      .publish_on = c->publish_on,
                      .mount_path = c->mount_path,

@@ -321,3 +321,23 @@ def test_fresh_writable_mount_continues_from_the_bucket(mounts):
     files["ckpt-21/part-0"] = b"rewritten"
     assert second.stop() == 0
     assert tree(mounts("--read-only", name="reader").path) == files
+
+
+def test_block_size_of_a_new_bucket(mounts, tmp_path):
+    m = mounts("--block-size", "256K")
+    data = os.urandom(MIB + 5)
+    with open(f"{m.path}/f", "wb") as f:
+        f.write(data)
+    m.stop()
+    assert json.loads((mounts.bucket / "ckptfs").read_text())["block_size"] == 256 << 10
+    chunks = [p for p in (mounts.bucket / "chunks").rglob("*") if p.is_file()]
+    assert len(chunks) == 5  # 4 blocks of 256 KiB and 5 bytes
+    again = mounts(name="again")  # later mounts take the bucket's size
+    with open(f"{again.path}/f", "rb") as f:
+        assert f.read() == data
+    again.stop()
+    with pytest.raises(RuntimeError) as e:
+        mounts("--block-size", "1M", name="other")
+    assert "--block-size 1048576 differs from the 262144-byte blocks" in str(e.value)
+    p = run_ckptfs("--block-size", "100K", f"file://{tmp_path}/b2", tmp_path)
+    assert p.returncode == 2 and b"not a multiple of 64K" in p.stderr

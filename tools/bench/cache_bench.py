@@ -479,22 +479,33 @@ def bench_warmread(args, server):
 
 # ---- randread -------------------------------------------------------------------------
 
+SMALL = "ckptfs, 256K blocks"  # randread: a bucket made with --block-size 256K
+
+
 def bench_randread(args, server):
-    tally, daemon, done, counters = Tally(server, PEERS), Daemon(), {p: [] for p in PEERS}, {}
+    readers = PEERS[:1] + (SMALL,) + PEERS[1:]
+    tally, daemon, done, counters = Tally(server, readers), Daemon(), {p: [] for p in readers}, {}
     bound = ckptfs_has("--cache-size")
+    small = "bench-rand-small"
 
     def reads(peer, path):
         rate, n = random_reads(path)
         done[peer].append(n)
         return rate
 
-    with checkpoint_file(server, "rand") as (d, local, a, b):
+    with checkpoint_file(server, "rand") as (d, local, a, b), buckets(server, small):
+        with ckptfs_at(server, small, f"{d}/cache-small-write", f"{d}/mnt", "--block-size",
+                       "256K") as m:
+            dd_write(local, f"{m.path}/{NAME}")
         for run in range(args.runs):
             with ckptfs_at(server, a, f"{d}/cache", f"{d}/mnt",
                            *(("--cache-size", CACHE_BOUND) if bound else ())) as m:
                 with daemon.measure(m):
                     tally.add("ckptfs", lambda: reads("ckptfs", f"{m.path}/{NAME}"))
                 counters = ckptfs_status(m)
+            with ckptfs_at(server, small, f"{d}/cache-small", f"{d}/mnt", "--cache-size",
+                           CACHE_BOUND) as m:
+                tally.add(SMALL, lambda: reads(SMALL, f"{m.path}/{NAME}"))
             with rclone_at(server, b, d, f"{d}/rclone-cache-{run}", "--vfs-cache-max-size",
                            CACHE_BOUND) as mnt:
                 tally.add("rclone mount", lambda: reads("rclone mount", f"{mnt}/{NAME}"))
@@ -512,7 +523,8 @@ def bench_randread(args, server):
     lines = [
         f"{RAND_READS:,} preads of 4 KiB at random 4 KiB-aligned offsets (fixed seed, "
         "`POSIX_FADV_RANDOM`) over the 1 GiB file of *coldread*, page caches dropped first, on "
-        f"a fresh cache: ckptfs with `--cache-size {CACHE_BOUND}`"
+        f"a fresh cache: ckptfs with `--cache-size {CACHE_BOUND}`, on its default 4 MiB blocks and "
+        "on a bucket made with `--block-size 256K` (a miss fetches a whole block)"
         + (" (its memory tier of decoded chunks at its default size)" if bound else
            " (**not in this build**: its cache was unbounded)")
         + f", rclone with `--vfs-cache-max-size {CACHE_BOUND}`, s3fs with its defaults (no "
@@ -526,7 +538,9 @@ def bench_randread(args, server):
     lines += [
         "", f"ckptfs does **{ratio(med['ckptfs'], disk)}** the local disk's random reads, "
         f"**{ratio(med['ckptfs'], med['rclone mount'])}** rclone's and "
-        f"**{ratio(med['ckptfs'], med['s3fs'])}** s3fs's. "
+        f"**{ratio(med['ckptfs'], med['s3fs'])}** s3fs's; with 256 KiB blocks "
+        f"**{ratio(med[SMALL], disk)}**, {ratio(med[SMALL], med['rclone mount'])} and "
+        f"{ratio(med[SMALL], med['s3fs'])}. "
         + daemon.text(sum(tally.down["ckptfs"]), "GiB fetched")
         + (f" Its cache after the last run (`ckptctl status`): {cache}." if cache else ""), "",
         chart("randread", {"random 4 KiB reads per second": med}, log=True), "",
