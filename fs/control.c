@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "fs/publisher.h"
+#include "fs/snapshot.h"
 #include "fs/warm.h"
 #include "util/err.h"
 #include "util/log.h"
@@ -40,6 +41,46 @@ static void set_int(json_t *o, const char *k, uint64_t v)
     json_object_set_new(o, k, json_integer((json_int_t)v));
 }
 
+struct behind {
+    struct snapshot_id served, newest;
+    uint64_t newer; /* snapshots newer than the one served */
+};
+
+static int later(struct snapshot_id a, struct snapshot_id b)
+{
+    return a.epoch != b.epoch ? a.epoch > b.epoch : a.seq > b.seq;
+}
+
+static int count_newer(void *arg, struct snapshot_id id, uint64_t size)
+{
+    (void)size;
+    struct behind *b = arg;
+    b->newer += later(id, b->served);
+    if (later(id, b->newest))
+        b->newest = id;
+    return 0;
+}
+
+/* A read-only mount: the snapshot it serves, and how far the bucket has
+ * moved on since (one listing of the bucket's snapshots). */
+static void serving_json(struct fs *fs, json_t *o)
+{
+    char loaded[SNAPSHOT_ID_LEN] = "", newest[SNAPSHOT_ID_LEN];
+    struct behind b = { { 0, 0 }, { 0, 0 }, 0 };
+    db_meta_get_text(fs->db, "loaded", loaded, sizeof loaded);
+    if (!loaded[0] || snapshot_parse_id(loaded, &b.served)) {
+        json_object_set_new(o, "serving", json_null());
+        return;
+    }
+    b.newest = b.served;
+    json_object_set_new(o, "serving", json_string(loaded));
+    if (snapshot_list(fs->store, count_newer, &b) != 0)
+        return;
+    snapshot_id_text(b.newest, newest);
+    json_object_set_new(o, "newest", json_string(newest));
+    set_int(o, "snapshots_behind", b.newer);
+}
+
 static json_t *status_json(struct fs *fs)
 {
     struct publisher_status ps;
@@ -59,6 +100,8 @@ static json_t *status_json(struct fs *fs)
     json_object_set_new(o, "url", json_string(fs->url));
     json_object_set_new(o, "cache_dir", json_string(fs->cache_dir));
     json_object_set_new(o, "read_only", json_boolean(fs->read_only));
+    if (fs->read_only)
+        serving_json(fs, o);
     set_int(o, "dirty_bytes", bs.dirty_bytes);
     set_int(o, "upload_queue", bs.dirty_blocks);
     snapshot_name(ps.last, last, sizeof last);

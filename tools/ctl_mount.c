@@ -149,6 +149,11 @@ static void print_status(json_t *r)
     ctl_size_text((double)num(r, "bytes_deduplicated"), dedup, sizeof dedup);
     printf("url:            %s\n", json_string_value(json_object_get(r, "url")));
     printf("cache:          %s\n", json_string_value(json_object_get(r, "cache_dir")));
+    const char *serving = json_string_value(json_object_get(r, "serving"));
+    const char *newest = json_string_value(json_object_get(r, "newest"));
+    if (serving)
+        printf("serving:        snapshot %s; newest in the bucket %s (%lld behind)\n", serving,
+               newest ? newest : "unknown", (long long)num(r, "snapshots_behind"));
     printf("not uploaded:   %s in %lld blocks%s\n", dirty, (long long)num(r, "upload_queue"),
            json_is_true(json_object_get(r, "publishing")) ? " (publishing now)" : "");
     if (last)

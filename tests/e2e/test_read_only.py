@@ -69,6 +69,11 @@ def test_read_only_at_an_older_snapshot(tmp_path, two_snapshots, s3env):
     try:
         assert open(f"{m.path}/f").read() == "v1"
         assert not os.path.exists(f"{m.path}/d")
+        st = json.loads(ckptctl("status", "--json", m.path).stdout)
+        assert (st["serving"], st["newest"]) == (first, last)
+        assert st["snapshots_behind"] == len(ids(two_snapshots, s3env)) - 1
+        human = ckptctl("status", m.path).stdout.decode()
+        assert f"serving:        snapshot {first}; newest in the bucket {last}" in human
     finally:
         m.stop()
     # The same cache directory, now at the newest: the tree is loaded anew.

@@ -523,10 +523,11 @@ def bench_randread(args, server):
     lines = [
         f"{RAND_READS:,} preads of 4 KiB at random 4 KiB-aligned offsets (fixed seed, "
         "`POSIX_FADV_RANDOM`) over the 1 GiB file of *coldread*, page caches dropped first, on "
-        f"a fresh cache: ckptfs with `--cache-size {CACHE_BOUND}`, on its default 4 MiB blocks and "
-        "on a bucket made with `--block-size 256K` (a miss fetches a whole block)"
+        f"a fresh cache: ckptfs with `--cache-size {CACHE_BOUND}`"
         + (" (its memory tier of decoded chunks at its default size)" if bound else
            " (**not in this build**: its cache was unbounded)")
+        + ", on its default 4 MiB blocks and on a bucket made with `--block-size 256K` (a miss "
+        "fetches a whole block)"
         + f", rclone with `--vfs-cache-max-size {CACHE_BOUND}`, s3fs with its defaults (no "
         "bound: what it fetched stays in a temporary file while the file is open). A reader "
         f"stops after {RAND_SECONDS:.0f} s; its rate is over the reads it did. *Fetched* is what "
