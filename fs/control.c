@@ -51,9 +51,9 @@ static int later(struct snapshot_id a, struct snapshot_id b)
     return a.epoch != b.epoch ? a.epoch > b.epoch : a.seq > b.seq;
 }
 
-static int count_newer(void *arg, struct snapshot_id id, uint64_t size)
+static int count_newer(void *arg, struct snapshot_id id, const struct store_object *o)
 {
-    (void)size;
+    (void)o;
     struct behind *b = arg;
     b->newer += later(id, b->served);
     if (later(id, b->newest))

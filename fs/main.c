@@ -64,6 +64,10 @@ static const char usage_text[] =
     "  --allow-other               let other users use the mount (as -o allow_other)\n"
     "  --read-only                 the newest snapshot, read-only (as -o ro); sends no write\n"
     "                              request of any kind to the bucket\n"
+    "  --keep N                    after each publish, delete snapshots older than the newest\n"
+    "                              N (and than --keep-age, if given too)\n"
+    "  --keep-age DURATION         ... snapshots older than this (90s, 30m, 12h, 7d); the\n"
+    "                              newest always stays; chunks are ckptctl gc's to delete\n"
     "  --block-size SIZE           a new bucket's block (and chunk) size, 64K to 64M (default\n"
     "                              4M); smaller blocks fetch less for small random reads\n"
     "  --seed-from URL             a new bucket starts from that bucket's newest snapshot\n"
@@ -80,6 +84,7 @@ struct cli {
     int foreground, force, allow_other, read_only;
     const char *seed_url;        /* --seed-from */
     size_t block_size;           /* --block-size */
+    struct retention keep;       /* --keep, --keep-age */
     int pinned;                  /* --snapshot given */
     struct snapshot_id snapshot; /* its ID */
     enum sync_mode sync;
@@ -136,6 +141,22 @@ static int parse_size(const char *what, const char *v, uint64_t *out)
     return 0;
 }
 
+/* A duration: seconds, or with s, m, h, d or w. */
+static int parse_duration(const char *what, const char *v, int64_t *out)
+{
+    static const char units[] = "smhdw";
+    static const int64_t secs[] = { 1, 60, 3600, 86400, 7 * 86400 };
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    const char *u = *end ? strchr(units, *end) : units;
+    if (!*v || errno || end == v || n <= 0 || !u || (*end && end[1]) ||
+        n > INT64_MAX / secs[u - units])
+        return err_set(-EINVAL, "%s: '%s' is not a duration (say 90s, 30m, 12h or 7d)", what, v);
+    *out = n * secs[u - units];
+    return 0;
+}
+
 /* One ckptfs option by name, as --name VALUE or -o name=VALUE. Returns 1 if
  * taken, 0 if not ours, -EINVAL if its value is wrong. */
 static int set_option(struct cli *c, const char *name, const char *v)
@@ -175,6 +196,12 @@ static int set_option(struct cli *c, const char *name, const char *v)
         c->cache.memory_cache = (size_t)m;
     } else if (!strcmp(name, "full-timeout") || !strcmp(name, "full_timeout")) {
         if ((rc = parse_uint("--full-timeout", v, 1, 7 * 86400, &c->full_timeout_s)) != 0)
+            return rc;
+    } else if (!strcmp(name, "keep")) {
+        if ((rc = parse_uint("--keep", v, 1, 1000000, &c->keep.keep)) != 0)
+            return rc;
+    } else if (!strcmp(name, "keep-age") || !strcmp(name, "keep_age")) {
+        if ((rc = parse_duration("--keep-age", v, &c->keep.keep_age_s)) != 0)
             return rc;
     } else if (!strcmp(name, "block-size") || !strcmp(name, "block_size")) {
         uint64_t bs;
@@ -267,6 +294,8 @@ static int parse_args(int argc, char **argv, struct cli *c)
         { "snapshot", required_argument, NULL, 'x' },
         { "seed-from", required_argument, NULL, 'x' },
         { "block-size", required_argument, NULL, 'x' },
+        { "keep", required_argument, NULL, 'x' },
+        { "keep-age", required_argument, NULL, 'x' },
     };
     struct option all[sizeof own / sizeof own[0] + 16];
     size_t n = 0;
@@ -458,6 +487,7 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
                             .lock = PTHREAD_MUTEX_INITIALIZER,
                             .stop_cond = PTHREAD_COND_INITIALIZER };
     b->pub.interval_ms = c->interval_s * 1000;
+    b->pub.keep = c->keep;
     int writable = !c->read_only;
     /* Threads start here, after the fork into the background, never before. */
     /* Half the memory tier at most (what is fetched ahead must still be there when the
@@ -534,6 +564,9 @@ static int run(struct cli *c)
     if (rc == 0 && c->pinned && !c->read_only && !c->seed_url)
         rc = err_set(-EINVAL, "--snapshot needs --read-only or --seed-from: a writable mount "
                               "continues from the newest snapshot");
+    if (rc == 0 && retention_set(&c->keep) && c->read_only)
+        rc = err_set(-EINVAL, "--keep and --keep-age are for the writer; a read-only mount "
+                              "deletes nothing");
     if (rc == 0 && c->seed_url && c->read_only)
         rc = err_set(-EINVAL, "--seed-from is for a writable mount; mount the seed itself "
                               "--read-only to browse it");

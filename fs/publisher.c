@@ -107,6 +107,20 @@ static int commit(struct publisher *p, uint64_t changes)
     return rc;
 }
 
+/* Retention after a publish: a failure is worth a warning, not a failed
+ * publish (the snapshot is in the bucket; the next publish tries again). */
+static void let_go(struct publisher *p)
+{
+    unsigned deleted;
+    if (!retention_set(&p->opt.keep))
+        return;
+    int rc = retention_apply(p->fs->store, &p->opt.keep, realtime_ns() / 1000000000, &deleted);
+    if (rc)
+        log_warn("deleting old snapshots: %s", err_msg(rc));
+    else if (deleted)
+        log_debug("deleted %u old snapshots", deleted);
+}
+
 static int publish(struct publisher *p)
 {
     uint64_t changes;
@@ -121,6 +135,8 @@ static int publish(struct publisher *p)
         rc = commit(p, changes);
     else
         blocks_abort(p->fs->blocks);
+    if (rc == 0)
+        let_go(p);
     pthread_mutex_lock(&p->lock);
     p->st.publishing = 0;
     if (rc) {

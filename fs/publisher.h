@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "fs/fs.h"
+#include "fs/retention.h"
 #include "fs/snapshot.h"
 
 struct publisher;
@@ -19,6 +20,7 @@ struct publisher_options {
     struct snapshot_id next; /* the id the first snapshot gets */
     int if_absent;           /* create snapshot keys with If-None-Match: * */
     int pending;             /* the cache holds changes no snapshot has (an unclean stop) */
+    struct retention keep;   /* old snapshots deleted after each publish */
 };
 
 int publisher_start(struct fs *fs, const struct publisher_options *opt, struct publisher **out);

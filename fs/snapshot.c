@@ -96,7 +96,7 @@ static int list_one(void *arg, const struct store_object *o)
 {
     struct lister *l = arg;
     struct snapshot_id id;
-    return snapshot_parse_key(o->key, &id) == 0 ? l->fn(l->arg, id, o->size) : 0;
+    return snapshot_parse_key(o->key, &id) == 0 ? l->fn(l->arg, id, o) : 0;
 }
 
 int snapshot_list(struct store *s, snapshot_list_fn fn, void *arg)
@@ -110,9 +110,9 @@ struct latest {
     int found;
 };
 
-static int consider(void *arg, struct snapshot_id id, uint64_t size)
+static int consider(void *arg, struct snapshot_id id, const struct store_object *o)
 {
-    (void)size;
+    (void)o;
     struct latest *l = arg;
     if (!l->found || newer(id, l->id)) {
         l->id = id;

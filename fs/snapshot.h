@@ -37,9 +37,10 @@ int snapshot_parse_key(const char *key, struct snapshot_id *id);
 void snapshot_id_text(struct snapshot_id id, char text[SNAPSHOT_ID_LEN]);
 int snapshot_parse_id(const char *text, struct snapshot_id *id);
 
-/* Calls fn for every snapshot in the bucket (size: its object's bytes), in
- * publishing order; a non-zero return from fn ends the listing with it. */
-typedef int (*snapshot_list_fn)(void *arg, struct snapshot_id id, uint64_t size);
+/* Calls fn for every snapshot in the bucket (o: its object, with size and
+ * time), in publishing order; a non-zero return from fn ends the listing
+ * with it. */
+typedef int (*snapshot_list_fn)(void *arg, struct snapshot_id id, const struct store_object *o);
 int snapshot_list(struct store *s, snapshot_list_fn fn, void *arg);
 
 /* The newest snapshot in the bucket; -ENOENT if there is none. */

@@ -165,9 +165,9 @@ struct ids {
     size_t n, cap;
 };
 
-static int add_id(void *arg, struct snapshot_id id, uint64_t size)
+static int add_id(void *arg, struct snapshot_id id, const struct store_object *o)
 {
-    (void)size;
+    (void)o;
     struct ids *l = arg;
     if (grow((void **)&l->v, &l->cap, l->n, sizeof *l->v))
         return -ENOMEM;
@@ -183,7 +183,7 @@ static int snapshots_of(struct bucket *b, const struct args *a, struct ids *out)
         return snapshot_list(b->store, add_id, out);
     struct snapshot_id id;
     int rc = parse_id(a->snapshot, &id);
-    return rc ? rc : add_id(out, id, 0);
+    return rc ? rc : add_id(out, id, NULL);
 }
 
 /* ---- snapshots ---- */

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -341,3 +342,48 @@ def test_block_size_of_a_new_bucket(mounts, tmp_path):
     assert "--block-size 1048576 differs from the 262144-byte blocks" in str(e.value)
     p = run_ckptfs("--block-size", "100K", f"file://{tmp_path}/b2", tmp_path)
     assert p.returncode == 2 and b"not a multiple of 64K" in p.stderr
+
+
+def publish_versions(m, count, pause=0.0):
+    for i in range(count):
+        with open(f"{m.path}/f", "w") as f:
+            f.write(str(i))
+        assert ckptctl("sync", m.path).returncode == 0
+        time.sleep(pause)
+
+
+def test_keep_deletes_all_but_the_newest_snapshots(mounts, tmp_path):
+    m = mounts("--keep", "2")
+    publish_versions(m, 5)
+    m.stop()
+    left = snapshots(mounts.bucket)
+    assert len(left) == 2, left
+    for sid, want in zip(left, ("3", "4")):
+        out = tmp_path / f"pull-{sid}"
+        assert ckptctl("pull", f"file://{mounts.bucket}@{sid}", out).returncode == 0
+        assert (out / "f").read_text() == want
+
+
+def test_keep_age_and_keep_together(mounts):
+    m = mounts("--keep", "1", "--keep-age", "1h", name="young")
+    publish_versions(m, 3)  # all younger than an hour: every one stays
+    assert len(snapshots(mounts.bucket)) == 3
+    m.stop()
+    m = mounts("--keep-age", "2s", name="old")
+    publish_versions(m, 1, pause=3.5)
+    publish_versions(m, 1)  # the others are older than 2 s now: only the newest stays
+    assert len(snapshots(mounts.bucket)) == 1
+    m.stop()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--keep", "0"], "--keep: '0' is not a number from 1"),
+    (["--keep-age", "5x"], "--keep-age: '5x' is not a duration"),
+    (["--keep-age", "-3d"], "is not a duration"),
+    (["--read-only", "--keep", "2"], "--keep and --keep-age are for the writer"),
+])
+def test_retention_refusals(tmp_path, args, message):
+    (tmp_path / "bucket").mkdir()
+    p = run_ckptfs(*args, "--cache-dir", tmp_path / "c", f"file://{tmp_path}/bucket",
+                   tmp_path / "bucket")
+    assert p.returncode != 0 and message in p.stderr.decode(), p.stderr.decode()
