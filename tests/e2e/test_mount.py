@@ -387,3 +387,12 @@ def test_retention_refusals(tmp_path, args, message):
     p = run_ckptfs(*args, "--cache-dir", tmp_path / "c", f"file://{tmp_path}/bucket",
                    tmp_path / "bucket")
     assert p.returncode != 0 and message in p.stderr.decode(), p.stderr.decode()
+
+
+def test_new_options_in_mount_o_form(mounts):
+    """As an fstab line gives them: -o block_size=...,keep=...,keep_age=..."""
+    m = mounts("-o", "block_size=128K,keep=1,keep_age=1s")
+    publish_versions(m, 3, pause=2.5)
+    m.stop()
+    assert json.loads((mounts.bucket / "ckptfs").read_text())["block_size"] == 128 << 10
+    assert len(snapshots(mounts.bucket)) == 1
