@@ -203,11 +203,6 @@ static int load_snapshot(struct fs *fs, struct snapshot_id id)
     return rc;
 }
 
-static int older(struct snapshot_id a, struct snapshot_id b)
-{
-    return a.epoch != b.epoch ? a.epoch < b.epoch : a.seq < b.seq;
-}
-
 /* Where the tree comes from, and which snapshot id comes next. */
 static int settle_tree(struct fs *fs, struct bootstrap *b, int fresh)
 {
@@ -223,7 +218,7 @@ static int settle_tree(struct fs *fs, struct bootstrap *b, int fresh)
         ours.seq = (uint64_t)v;
     if (fresh && have_latest && (rc = load_snapshot(fs, latest)) != 0)
         return rc;
-    if (!fresh && have_latest && older(ours, latest) && latest.epoch >= b->claim.epoch)
+    if (!fresh && have_latest && snapshot_newer(latest, ours) && latest.epoch >= b->claim.epoch)
         return err_set(-ESTALE,
                        "%s has snapshot %08llx-%012llx, newer than any this cache published: "
                        "another writer used the bucket; mount with a fresh --cache-dir",

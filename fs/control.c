@@ -46,17 +46,12 @@ struct behind {
     uint64_t newer; /* snapshots newer than the one served */
 };
 
-static int later(struct snapshot_id a, struct snapshot_id b)
-{
-    return a.epoch != b.epoch ? a.epoch > b.epoch : a.seq > b.seq;
-}
-
 static int count_newer(void *arg, struct snapshot_id id, const struct store_object *o)
 {
     (void)o;
     struct behind *b = arg;
-    b->newer += later(id, b->served);
-    if (later(id, b->newest))
+    b->newer += snapshot_newer(id, b->served);
+    if (snapshot_newer(id, b->newest))
         b->newest = id;
     return 0;
 }

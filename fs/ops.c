@@ -148,7 +148,9 @@ static void unescape(char *s)
  * daemon that can never exit. */
 static void widen_read_ahead(struct fs *fs)
 {
-    if (__atomic_exchange_n(&fs->widened, 1, __ATOMIC_RELAXED) || geteuid() != 0 || !fs->mount_path)
+    /* A load first: every lookup and getattr passes here, and only the first need write. */
+    if (__atomic_load_n(&fs->widened, __ATOMIC_RELAXED) ||
+        __atomic_exchange_n(&fs->widened, 1, __ATOMIC_RELAXED) || geteuid() != 0 || !fs->mount_path)
         return;
     FILE *f = fopen("/proc/self/mountinfo", "re");
     char line[4096 + 256], path[4096 + 256], dev[32] = "";

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "fs/snapshot.h"
+#include "util/buf.h"
 
 struct listed {
     struct snapshot_id id;
@@ -19,13 +20,8 @@ struct listing {
 static int add(void *arg, struct snapshot_id id, const struct store_object *o)
 {
     struct listing *l = arg;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 64;
-        struct listed *v = realloc(l->v, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        l->v = v, l->cap = cap;
-    }
+    if (array_grow((void **)&l->v, &l->cap, l->n, sizeof *l->v))
+        return -ENOMEM;
     l->v[l->n++] = (struct listed){ id, o->mtime };
     return 0;
 }

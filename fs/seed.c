@@ -27,13 +27,8 @@ static int add_name(void *arg, uint64_t ino, uint64_t idx, const uint8_t name[CO
 {
     (void)ino, (void)idx;
     struct names *l = arg;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? 2 * l->cap : 256;
-        void *v = realloc(l->v, cap * sizeof *l->v);
-        if (!v)
-            return -ENOMEM;
-        l->v = v, l->cap = cap;
-    }
+    if (array_grow((void **)&l->v, &l->cap, l->n, sizeof *l->v))
+        return -ENOMEM;
     memcpy(l->v[l->n++], name, CODEC_NAME_LEN);
     return 0;
 }

@@ -82,7 +82,7 @@ int snapshot_parse_key(const char *key, struct snapshot_id *id)
     return 0;
 }
 
-static int newer(struct snapshot_id a, struct snapshot_id b)
+int snapshot_newer(struct snapshot_id a, struct snapshot_id b)
 {
     return a.epoch != b.epoch ? a.epoch > b.epoch : a.seq > b.seq;
 }
@@ -114,7 +114,7 @@ static int consider(void *arg, struct snapshot_id id, const struct store_object 
 {
     (void)o;
     struct latest *l = arg;
-    if (!l->found || newer(id, l->id)) {
+    if (!l->found || snapshot_newer(id, l->id)) {
         l->id = id;
         l->found = 1;
     }

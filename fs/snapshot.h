@@ -31,6 +31,10 @@ struct snapshot_id {
 void snapshot_key(struct snapshot_id id, char key[SNAPSHOT_KEY_LEN]);
 int snapshot_parse_key(const char *key, struct snapshot_id *id);
 
+/* Whether a was published after b (a later epoch, or a later sequence in
+ * the same epoch): the order of keys in a listing. */
+int snapshot_newer(struct snapshot_id a, struct snapshot_id b);
+
 /* A snapshot's ID as people see it, "EEEEEEEE-SSSSSSSSSSSS", and back
  * (-EINVAL if text is not one). */
 #define SNAPSHOT_ID_LEN 22

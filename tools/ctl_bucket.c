@@ -147,19 +147,6 @@ static int load(struct bucket *b, struct snapshot_id id, const struct snapshot_v
     return rc;
 }
 
-/* Room for one more element in a growing array *v of *cap, n in use. */
-static int grow(void **v, size_t *cap, size_t n, size_t size)
-{
-    if (n < *cap)
-        return 0;
-    size_t c = *cap ? 2 * *cap : 64;
-    void *p = realloc(*v, c * size);
-    if (!p)
-        return -ENOMEM;
-    *v = p, *cap = c;
-    return 0;
-}
-
 struct ids {
     struct snapshot_id *v;
     size_t n, cap;
@@ -169,7 +156,7 @@ static int add_id(void *arg, struct snapshot_id id, const struct store_object *o
 {
     (void)o;
     struct ids *l = arg;
-    if (grow((void **)&l->v, &l->cap, l->n, sizeof *l->v))
+    if (array_grow((void **)&l->v, &l->cap, l->n, sizeof *l->v))
         return -ENOMEM;
     l->v[l->n++] = id;
     return 0;
@@ -291,7 +278,7 @@ static int add_ref(void *arg, uint64_t ino, uint64_t idx, const uint8_t name[COD
     (void)ino;
     (void)idx;
     struct refs *r = arg;
-    if (grow((void **)&r->v, &r->cap, r->n, sizeof *r->v))
+    if (array_grow((void **)&r->v, &r->cap, r->n, sizeof *r->v))
         return -ENOMEM;
     memcpy(r->v[r->n].name, name, CODEC_NAME_LEN);
     r->v[r->n++].by = r->current;
@@ -496,7 +483,7 @@ static int t_inode(void *arg, const struct ns_attr *a, const void *target, size_
 static int t_dentry(void *arg, uint64_t parent, const char *name, size_t len, uint64_t ino)
 {
     struct tree *t = arg;
-    if (grow((void **)&t->entries, &t->entries_cap, t->nentries, sizeof *t->entries))
+    if (array_grow((void **)&t->entries, &t->entries_cap, t->nentries, sizeof *t->entries))
         return -ENOMEM;
     char *copy = strndup(name, len);
     if (!copy)
@@ -514,7 +501,7 @@ static int t_xattr(void *arg, uint64_t ino, const char *name, size_t name_len, c
                    size_t value_len)
 {
     struct tree *t = arg;
-    if (grow((void **)&t->xattrs, &t->xattrs_cap, t->nxattrs, sizeof *t->xattrs))
+    if (array_grow((void **)&t->xattrs, &t->xattrs_cap, t->nxattrs, sizeof *t->xattrs))
         return -ENOMEM;
     char *n = strndup(name, name_len);
     void *v = malloc(value_len ? value_len : 1);
@@ -531,7 +518,7 @@ static int t_xattr(void *arg, uint64_t ino, const char *name, size_t name_len, c
 static int t_block(void *arg, uint64_t ino, uint64_t idx, const uint8_t name[CODEC_NAME_LEN])
 {
     struct tree *t = arg;
-    if (grow((void **)&t->blocks, &t->blocks_cap, t->nblocks, sizeof *t->blocks))
+    if (array_grow((void **)&t->blocks, &t->blocks_cap, t->nblocks, sizeof *t->blocks))
         return -ENOMEM;
     struct block *k = &t->blocks[t->nblocks++];
     *k = (struct block){ .ino = ino, .idx = idx };

@@ -65,3 +65,15 @@ void buf_free(struct buf *b)
     free(b->data);
     *b = (struct buf){ 0 };
 }
+
+int array_grow(void **v, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    size_t c = *cap ? 2 * *cap : 64;
+    void *p = c <= SIZE_MAX / size ? realloc(*v, c * size) : NULL;
+    if (!p)
+        return -ENOMEM;
+    *v = p, *cap = c;
+    return 0;
+}

@@ -28,6 +28,10 @@ int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf
 /* Empties the buffer, keeping its memory. */
 void buf_reset(struct buf *b);
 
+/* Room for one more element of size bytes in a growing array *v of *cap
+ * elements, n in use (doubling). Returns 0 or -ENOMEM (*v unchanged). */
+int array_grow(void **v, size_t *cap, size_t n, size_t size);
+
 /* Releases the memory; the buffer is empty and reusable afterwards. */
 void buf_free(struct buf *b);
 

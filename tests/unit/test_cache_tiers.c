@@ -265,6 +265,16 @@ static void test_bufpool(void)
     struct buf f = { .data = block, .cap = sizeof block, .fixed = 1 };
     CHECK(buf_append(&f, "0123456789", 10) == 0 && f.data == block);
     CHECK(buf_reserve(&f, 40) == -ENOMEM && f.data == block && f.len == 10);
+
+    /* A growing array keeps what it holds. */
+    uint64_t *v = NULL;
+    size_t cap = 0;
+    for (size_t n = 0; n < 1000; n++) {
+        CHECK(array_grow((void **)&v, &cap, n, sizeof *v) == 0 && cap > n);
+        v[n] = n * 7;
+    }
+    CHECK(v[0] == 0 && v[999] == 6993 && v[500] == 3500);
+    free(v);
 }
 
 int main(void)
