@@ -82,6 +82,7 @@
 #include "cache/memcache.h"
 #include "cache/policy.h"
 #include "cache/space.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/hmap.h"
 #include "util/log.h"
@@ -159,7 +160,7 @@ struct blocks {
         struct batch batch;
     } ahead; /* the background uploader (rule 9), guarded by b->lock */
     sqlite3_stmt *st_get, *st_set, *st_del_from, *st_del_all, *st_dirty, *st_count, *st_clear,
-        *st_clean, *st_clean_from, *st_remote;
+        *st_clean, *st_clean_from, *st_remote, *st_del_one, *st_names, *st_all;
 };
 
 struct block {
@@ -229,11 +230,16 @@ static int rows_delete(struct blocks *b, sqlite3_stmt *st, uint64_t ino, uint64_
 {
     db_lock(b->db);
     sqlite3_bind_int64(st, 1, (sqlite3_int64)ino);
-    if (st == b->st_del_from)
+    if (st != b->st_del_all)
         sqlite3_bind_int64(st, 2, (sqlite3_int64)from);
     int rc = db_run(st);
     db_unlock(b->db);
     return rc;
+}
+
+static int row_delete(struct blocks *b, uint64_t ino, uint64_t idx)
+{
+    return rows_delete(b, b->st_del_one, ino, idx);
 }
 
 /* ---- data files ---- */
@@ -581,14 +587,15 @@ static int fetch_for_write(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     return rc;
 }
 
-/* Rule 10: the block's bytes leave the disk. Caller holds its stripe lock.
- * *freed (if given) gets the bytes the disk gave back. */
-static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const struct block *blk,
+/* Rule 10: the block's bytes leave the disk, and it is REMOTE under name
+ * (NULL: the block goes, a hole). Caller holds its stripe lock. *freed (if
+ * given) gets the bytes the disk gave back. */
+static int drop_local(struct blocks *b, int fd, uint64_t ino, uint64_t idx, const uint8_t *name,
                       int64_t *freed)
 {
     int rc = punch(fd, ino, idx * b->bsize, b->bsize);
     if (rc == 0)
-        rc = row_set(b, ino, idx, ST_REMOTE, blk->name, NULL);
+        rc = name ? row_set(b, ino, idx, ST_REMOTE, name, NULL) : row_delete(b, ino, idx);
     pthread_mutex_lock(&b->lock);
     policy_remove(b->policy, ino, idx);
     pthread_mutex_unlock(&b->lock);
@@ -856,11 +863,11 @@ static int failed_check(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     log_warn("cache: block %llu of inode %llu failed its check on disk; fetching it again",
              (unsigned long long)idx, (unsigned long long)ino);
     count(&b->n.corrupt);
-    return drop_local(b, fd, ino, idx, blk, NULL);
+    return drop_local(b, fd, ino, idx, blk->name, NULL);
 }
 
 /* [pos, pos+n) of a block only in the bucket, fetched; kept on disk if
- * there is room (and in the memory tier in any case). */
+ * fd is not -1 and there is room (and in the memory tier in any case). */
 static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
                        const struct block *blk, uint64_t pos, size_t n, uint8_t *out)
 {
@@ -872,7 +879,7 @@ static int read_remote(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     have = have < n ? have : n;
     memcpy(out, c.data + in, have);
     memset(out + have, 0, n - have);
-    if (keep_on_disk(b, fd, ino, idx, blk, &c, 0) == -EIO)
+    if (fd >= 0 && keep_on_disk(b, fd, ino, idx, blk, &c, 0) == -EIO)
         log_warn("%s", err_msg(-EIO)); /* served all the same */
     memcache_put(b->mem, blk->name, c.base, c.cap, c.data, c.len);
     return 0;
@@ -916,15 +923,52 @@ static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint
     return read_remote(b, fd, ino, idx, &blk, pos, n, out);
 }
 
-ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
-                    void *out)
+/* A file's chunks at one instant (blocks_version_get). */
+struct blocks_version {
+    uint64_t ino, size, n;
+    uint8_t (*names)[CODEC_NAME_LEN];
+    uint8_t *has; /* 0: block idx was a hole */
+};
+
+/* One block's part of a read of version v: the block as it is now if it
+ * still is the chunk v names, else that chunk from the memory tier or the
+ * bucket (kept in memory only: the disk holds the current version). Caller
+ * holds the block's stripe lock; *fd is opened when first needed. */
+static int read_versioned(struct blocks *b, int *fd, const struct blocks_version *v, uint64_t idx,
+                          uint64_t pos, size_t n, uint8_t *out)
+{
+    struct block blk = { 0 };
+    if (!v->has[idx]) {
+        memset(out, 0, n);
+        return 0;
+    }
+    int rc = dirty_get(b, v->ino, idx) ? 0 : row_get(b, v->ino, idx, &blk);
+    if (rc)
+        return rc;
+    if (blk.state && blk.state != ST_DIRTY && !memcmp(blk.name, v->names[idx], CODEC_NAME_LEN)) {
+        if (*fd < 0 && (*fd = open_data(b, v->ino)) < 0)
+            return *fd;
+        return read_block(b, *fd, v->ino, idx, pos, n, out);
+    }
+    if (memcache_read(b->mem, v->names[idx], (size_t)(pos - idx * b->bsize), n, out)) {
+        count(&b->n.hits_memory);
+        return 0;
+    }
+    blk = (struct block){ .state = ST_REMOTE };
+    memcpy(blk.name, v->names[idx], CODEC_NAME_LEN);
+    return read_remote(b, -1, v->ino, idx, &blk, pos, n, out);
+}
+
+/* Reads of the file as it is (v NULL) or of version v, block by block. */
+static ssize_t read_range(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
+                          void *out, const struct blocks_version *v)
 {
     if (off >= size)
         return 0;
     if (len > size - off)
         len = (size_t)(size - off);
-    int fd = open_data(b, ino);
-    if (fd < 0)
+    int fd = v ? -1 : open_data(b, ino);
+    if (!v && fd < 0)
         return fd;
     for (size_t done = 0; done < len;) {
         uint64_t pos = off + done, idx = pos / b->bsize;
@@ -932,13 +976,258 @@ ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off,
         n = n < len - done ? n : len - done;
         pthread_mutex_t *lk = stripe_of(b, ino, idx);
         pthread_mutex_lock(lk);
-        int rc = read_block(b, fd, ino, idx, pos, n, (uint8_t *)out + done);
+        int rc = v ? read_versioned(b, &fd, v, idx, pos, n, (uint8_t *)out + done)
+                   : read_block(b, fd, ino, idx, pos, n, (uint8_t *)out + done);
         pthread_mutex_unlock(lk);
         if (rc)
             return rc;
         done += n;
     }
     return (ssize_t)len;
+}
+
+ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
+                    void *out)
+{
+    return read_range(b, ino, size, off, len, out, NULL);
+}
+
+ssize_t blocks_read_version(struct blocks *b, const struct blocks_version *v, uint64_t off,
+                            size_t len, void *out)
+{
+    return read_range(b, v->ino, v->size, off, len, out, v);
+}
+
+void blocks_version_free(struct blocks_version *v)
+{
+    if (!v)
+        return;
+    free(v->names);
+    free(v->has);
+    free(v);
+}
+
+static int version_fill(struct blocks *b, struct blocks_version *v)
+{
+    int rc;
+    db_lock(b->db);
+    sqlite3_bind_int64(b->st_names, 1, (sqlite3_int64)v->ino);
+    sqlite3_bind_int64(b->st_names, 2, (sqlite3_int64)v->n);
+    while ((rc = sqlite3_step(b->st_names)) == SQLITE_ROW) {
+        uint64_t idx = (uint64_t)sqlite3_column_int64(b->st_names, 0);
+        const void *name = sqlite3_column_blob(b->st_names, 2);
+        if (sqlite3_column_int(b->st_names, 1) == ST_DIRTY || !name ||
+            sqlite3_column_bytes(b->st_names, 2) != CODEC_NAME_LEN)
+            break;
+        memcpy(v->names[idx], name, CODEC_NAME_LEN);
+        v->has[idx] = 1;
+    }
+    sqlite3_reset(b->st_names);
+    db_unlock(b->db);
+    if (rc == SQLITE_ROW)
+        return err_set(-EBUSY, "inode %llu has changes not in a snapshot: no version of it",
+                       (unsigned long long)v->ino);
+    return rc == SQLITE_DONE ? 0 : db_fail(db_handle(b->db), rc, "block names");
+}
+
+static struct blocks_version *version_new(struct blocks *b, uint64_t ino, uint64_t size)
+{
+    struct blocks_version *v = calloc(1, sizeof *v);
+    if (!v)
+        return NULL;
+    v->ino = ino;
+    v->size = size;
+    v->n = (size + b->bsize - 1) / b->bsize;
+    v->names = calloc(v->n ? v->n : 1, CODEC_NAME_LEN);
+    v->has = calloc(v->n ? v->n : 1, 1);
+    if (v->names && v->has)
+        return v;
+    blocks_version_free(v);
+    return NULL;
+}
+
+int blocks_version_get(struct blocks *b, uint64_t ino, uint64_t size, struct blocks_version **out)
+{
+    struct blocks_version *v = version_new(b, ino, size);
+    int rc = v ? version_fill(b, v) : -ENOMEM;
+    if (rc) {
+        blocks_version_free(v);
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+int blocks_version_of(struct blocks *b, uint64_t ino, uint64_t size, const struct blocks_ref *refs,
+                      size_t n, struct blocks_version **out)
+{
+    struct blocks_version *v = version_new(b, ino, size);
+    if (!v)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        if (refs[i].ino != ino || refs[i].idx >= v->n) {
+            blocks_version_free(v);
+            return err_set(-EINVAL, "block %llu is not one of inode %llu's",
+                           (unsigned long long)refs[i].idx, (unsigned long long)ino);
+        }
+        memcpy(v->names[refs[i].idx], refs[i].name, CODEC_NAME_LEN);
+        v->has[refs[i].idx] = 1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- following another writer's snapshots ---- */
+
+struct old_row {
+    uint64_t ino, idx;
+    int state;
+    uint8_t name[CODEC_NAME_LEN];
+};
+
+/* Every row, in (ino, idx) order, into *rows (from malloc). */
+static int all_rows(struct blocks *b, struct old_row **rows, size_t *n)
+{
+    size_t cap = 0;
+    int rc;
+    *rows = NULL;
+    *n = 0;
+    db_lock(b->db);
+    while ((rc = sqlite3_step(b->st_all)) == SQLITE_ROW) {
+        if (array_grow((void **)rows, &cap, *n, sizeof **rows)) {
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        struct old_row *r = &(*rows)[(*n)++];
+        r->ino = (uint64_t)sqlite3_column_int64(b->st_all, 0);
+        r->idx = (uint64_t)sqlite3_column_int64(b->st_all, 1);
+        r->state = sqlite3_column_int(b->st_all, 2);
+        const void *name = sqlite3_column_blob(b->st_all, 3);
+        memset(r->name, 0, CODEC_NAME_LEN);
+        if (name && sqlite3_column_bytes(b->st_all, 3) == CODEC_NAME_LEN)
+            memcpy(r->name, name, CODEC_NAME_LEN);
+    }
+    sqlite3_reset(b->st_all);
+    db_unlock(b->db);
+    if (rc == SQLITE_DONE)
+        return 0;
+    free(*rows);
+    return rc == SQLITE_NOMEM ? -ENOMEM : db_fail(db_handle(b->db), rc, "block states");
+}
+
+/* Block idx of ino becomes chunk name (NULL: a hole); bytes cached under
+ * another name leave the disk. Reads of the block wait on its stripe lock,
+ * so none sees it half changed. */
+static int retarget(struct blocks *b, uint64_t ino, uint64_t idx, const uint8_t *name)
+{
+    pthread_mutex_t *lk = stripe_of(b, ino, idx);
+    pthread_mutex_lock(lk);
+    struct block blk = { 0 };
+    int rc = dirty_get(b, ino, idx) ? -EBUSY : row_get(b, ino, idx, &blk);
+    if (rc == 0 && blk.state == ST_DIRTY)
+        rc = -EBUSY;
+    if (rc == 0 && blk.state == ST_CLEAN) {
+        int fd = open_data(b, ino);
+        rc = fd < 0 ? fd : drop_local(b, fd, ino, idx, name, NULL);
+    } else if (rc == 0) {
+        rc = name ? row_set(b, ino, idx, ST_REMOTE, name, NULL) : row_delete(b, ino, idx);
+    }
+    pthread_mutex_unlock(lk);
+    if (rc == -EBUSY)
+        return err_set(-EBUSY, "block %llu of inode %llu has changes no snapshot holds",
+                       (unsigned long long)idx, (unsigned long long)ino);
+    return rc;
+}
+
+static int ref_cmp(uint64_t ino_a, uint64_t idx_a, uint64_t ino_b, uint64_t idx_b)
+{
+    return ino_a != ino_b   ? (ino_a < ino_b ? -1 : 1)
+           : idx_a != idx_b ? (idx_a < idx_b ? -1 : 1)
+                            : 0;
+}
+
+static int ref_order(const void *a, const void *b)
+{
+    const struct blocks_ref *x = a, *y = b;
+    return ref_cmp(x->ino, x->idx, y->ino, y->idx);
+}
+
+/* Whether refs (sorted) name a block of ino. */
+static int has_ino(const struct blocks_ref *refs, size_t n, uint64_t ino)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (refs[mid].ino < ino)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && refs[lo].ino == ino;
+}
+
+struct follow_job {
+    const struct blocks_ref *refs;
+    size_t n;
+    int (*in_use)(void *arg, uint64_t ino);
+    void *arg;
+};
+
+/* Merges the rows there are with the refs there should be (both sorted). A
+ * file gone from the snapshot loses its data file too, unless it is open:
+ * a read may be using the descriptor (its blocks go one by one, and the
+ * empty data file stays). */
+static int follow_merge(struct blocks *b, const struct old_row *rows, size_t nrows,
+                        const struct follow_job *job, uint64_t *changed)
+{
+    const struct blocks_ref *refs = job->refs;
+    size_t n = job->n;
+    size_t i = 0, j = 0;
+    int rc = 0;
+    while (rc == 0 && (i < nrows || j < n)) {
+        int c = i == nrows ? 1
+                : j == n   ? -1
+                           : ref_cmp(rows[i].ino, rows[i].idx, refs[j].ino, refs[j].idx);
+        if (c < 0 && !has_ino(refs, n, rows[i].ino) && !job->in_use(job->arg, rows[i].ino)) {
+            uint64_t ino = rows[i].ino;
+            rc = blocks_remove(b, ino);
+            while (i < nrows && rows[i].ino == ino)
+                i++;
+            ++*changed;
+        } else if (c < 0) {
+            rc = retarget(b, rows[i].ino, rows[i].idx, NULL);
+            i++, ++*changed;
+        } else if (c > 0) {
+            rc = retarget(b, refs[j].ino, refs[j].idx, refs[j].name);
+            j++, ++*changed;
+        } else {
+            if (rows[i].state == ST_DIRTY || memcmp(rows[i].name, refs[j].name, CODEC_NAME_LEN)) {
+                rc = retarget(b, refs[j].ino, refs[j].idx, refs[j].name);
+                ++*changed;
+            }
+            i++, j++;
+        }
+    }
+    return rc;
+}
+
+void blocks_refs_sort(struct blocks_ref *refs, size_t n)
+{
+    qsort(refs, n, sizeof *refs, ref_order);
+}
+
+int blocks_follow(struct blocks *b, const struct blocks_ref *refs, size_t n,
+                  int (*in_use)(void *arg, uint64_t ino), void *arg, uint64_t *changed)
+{
+    struct old_row *rows;
+    size_t nrows;
+    struct follow_job job = { refs, n, in_use, arg };
+    *changed = 0;
+    int rc = all_rows(b, &rows, &nrows);
+    if (rc == 0)
+        rc = follow_merge(b, rows, nrows, &job, changed);
+    free(rows);
+    return rc;
 }
 
 int blocks_view(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
@@ -1096,19 +1385,12 @@ int blocks_write_begin(struct blocks *b, uint64_t ino, uint64_t size, uint64_t o
     return rc;
 }
 
-static int64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 void blocks_write_end(struct blocks *b, struct blocks_span *sp)
 {
     if (sp->ino)
         account(b, sp->ino, sp->fd);
     /* Whatever reached the file, the blocks' bytes may have changed. */
-    int64_t t = mono_ns();
+    int64_t t = clock_monotonic_ns();
     for (int i = 0; i < 2; i++)
         if (sp->d[i]) {
             sp->d[i]->version = next_version(b);
@@ -1137,7 +1419,7 @@ int blocks_truncate(struct blocks *b, uint64_t ino, uint64_t old_size, uint64_t 
         rc = make_dirty(b, fd, ino, idx, 0, &d);
         if (rc == 0) {
             d->version = next_version(b);
-            d->quiet_since = mono_ns();
+            d->quiet_since = clock_monotonic_ns();
         }
         pthread_mutex_unlock(lk);
     }
@@ -1615,7 +1897,7 @@ static int ahead_done(struct blocks *b, const struct ahead_job *j, int rc, uint6
     if (d)
         d->uploading = 0;
     if (rc && rc != -ENOENT && d) /* the store is failing: try this block again later */
-        d->quiet_since = mono_ns() + AHEAD_BACKOFF_NS;
+        d->quiet_since = clock_monotonic_ns() + AHEAD_BACKOFF_NS;
     if (rc == 0 && d && d->version == version) {
         d->has_up = 1;
         d->up_version = version;
@@ -1677,19 +1959,13 @@ static void *ahead_loop(void *arg)
     struct blocks *b = arg;
     pthread_mutex_lock(&b->lock);
     while (!b->ahead.stop) {
-        struct ahead_scan s = { .b = b, .now = mono_ns() };
+        struct ahead_scan s = { .b = b, .now = clock_monotonic_ns() };
         hmap_each(b->dirty, ahead_pick, &s);
         pthread_mutex_unlock(&b->lock);
         for (size_t i = 0; i < s.n; i++) /* waits while the pool's queue is full */
             pool_submit(b->ahead.pool, &b->ahead.batch, ahead_one, s.v[i]);
         pthread_mutex_lock(&b->lock);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 50 * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        struct timespec until = clock_deadline_ms(50);
         if (!b->ahead.stop)
             pthread_cond_timedwait(&b->ahead.wake, &b->lock, &until);
     }
@@ -1738,7 +2014,7 @@ static uint64_t evict_one(struct blocks *b, uint64_t ino, uint64_t idx)
     int own = 0, fd = -1;
     if (!dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && blk.state == ST_CLEAN &&
         (fd = data_fd(b, ino, &own)) >= 0) {
-        if (drop_local(b, fd, ino, idx, &blk, &freed) == 0)
+        if (drop_local(b, fd, ino, idx, blk.name, &freed) == 0)
             count(&b->n.evictions);
     } else { /* not clean any more: it should not be listed */
         pthread_mutex_lock(&b->lock);
@@ -1798,7 +2074,7 @@ static int stopping(struct blocks *b)
  * rest needs a snapshot, asked for at most once a second. */
 static void pressure(struct blocks *b)
 {
-    int64_t now = mono_ns();
+    int64_t now = clock_monotonic_ns();
     pthread_mutex_lock(&b->lock);
     void (*fn)(void *) = now - b->evictor.last_pressure > 1000000000LL ? b->evictor.pressure : NULL;
     void *arg = b->evictor.arg;
@@ -1960,24 +2236,13 @@ void blocks_prefetch_stop(struct blocks *b)
 
 /* ---- lifetime ---- */
 
-static int has_sums_column(struct blocks *b)
-{
-    sqlite3_stmt *st;
-    int found = 0;
-    if (db_prepare(b->db, "SELECT 1 FROM pragma_table_info('blocks') WHERE name = 'sums'", &st))
-        return 0;
-    found = sqlite3_step(st) == SQLITE_ROW;
-    sqlite3_finalize(st);
-    return found;
-}
-
 static int prepare(struct blocks *b)
 {
     static const char schema[] =
         "CREATE TABLE IF NOT EXISTS blocks(ino INTEGER NOT NULL, idx INTEGER NOT NULL, "
         "state INTEGER NOT NULL, name BLOB, sums BLOB, PRIMARY KEY(ino, idx)) WITHOUT ROWID";
     int rc = db_exec(b->db, schema);
-    if (rc == 0 && !has_sums_column(b))
+    if (rc == 0 && !db_has_column(b->db, "blocks", "sums"))
         rc = db_exec(b->db, "ALTER TABLE blocks ADD COLUMN sums BLOB"); /* a cache of 0.1 */
     if (rc == 0)
         rc = db_prepare(b->db, "SELECT state, name, sums FROM blocks WHERE ino = ? AND idx = ?",
@@ -1991,6 +2256,14 @@ static int prepare(struct blocks *b)
         rc = db_prepare(b->db, "DELETE FROM blocks WHERE ino = ? AND idx >= ?", &b->st_del_from);
     if (rc == 0)
         rc = db_prepare(b->db, "DELETE FROM blocks WHERE ino = ?", &b->st_del_all);
+    if (rc == 0)
+        rc = db_prepare(b->db, "DELETE FROM blocks WHERE ino = ? AND idx = ?", &b->st_del_one);
+    if (rc == 0)
+        rc = db_prepare(b->db, "SELECT idx, state, name FROM blocks WHERE ino = ? AND idx < ?",
+                        &b->st_names);
+    if (rc == 0)
+        rc = db_prepare(b->db, "SELECT ino, idx, state, name FROM blocks ORDER BY ino, idx",
+                        &b->st_all);
     if (rc == 0)
         rc = db_prepare(b->db, "SELECT ino, idx FROM blocks WHERE state = 1", &b->st_dirty);
     if (rc == 0)
@@ -2224,6 +2497,9 @@ void blocks_close(struct blocks *b)
     sqlite3_finalize(b->st_clean);
     sqlite3_finalize(b->st_clean_from);
     sqlite3_finalize(b->st_remote);
+    sqlite3_finalize(b->st_del_one);
+    sqlite3_finalize(b->st_names);
+    sqlite3_finalize(b->st_all);
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_destroy(&b->stripe[i]);
     pthread_mutex_destroy(&b->lock);

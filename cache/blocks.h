@@ -153,6 +153,46 @@ int blocks_clear_locked(struct blocks *b);
 int blocks_set_remote(struct blocks *b, uint64_t ino, uint64_t idx,
                       const uint8_t name[CODEC_NAME_LEN]);
 
+/* ---- versions: what a follower's open files keep reading ---- */
+
+/* The chunks of ino, of size bytes, as they are now: reads through it see
+ * those bytes whatever the file becomes (blocks_follow). -EBUSY if a block
+ * of ino has changes no snapshot holds (a writer's file has no version). */
+struct blocks_version;
+int blocks_version_get(struct blocks *b, uint64_t ino, uint64_t size, struct blocks_version **out);
+
+/* As blocks_read, of the version: a block that is still its chunk is read
+ * as usual, others from the memory tier or the bucket. */
+ssize_t blocks_read_version(struct blocks *b, const struct blocks_version *v, uint64_t off,
+                            size_t len, void *out);
+void blocks_version_free(struct blocks_version *v);
+
+/* A block of a snapshot: chunk name is block idx of ino. */
+struct blocks_ref {
+    uint64_t ino, idx;
+    uint8_t name[CODEC_NAME_LEN];
+};
+
+/* In (ino, idx) order. */
+void blocks_refs_sort(struct blocks_ref *refs, size_t n);
+
+/* The version of a file of size bytes that refs (its blocks in a snapshot,
+ * n of them) make: ino's blocks on disk are read where they are the same
+ * chunk. -EINVAL if a ref is not one of its blocks. */
+int blocks_version_of(struct blocks *b, uint64_t ino, uint64_t size, const struct blocks_ref *refs,
+                      size_t n, struct blocks_version **out);
+
+/* A follower moves to a newer snapshot, whose blocks are refs (sorted):
+ * blocks that are the same chunk keep their cached bytes; changed ones
+ * become REMOTE under their new names, their old bytes punched out; blocks
+ * and files no longer named go (their data files too, unless in_use(arg,
+ * ino) says a handle may still read them). Each block changes under its
+ * stripe lock, so reads go on meanwhile (a version reads its own chunks).
+ * *changed gets the number of blocks or files that changed. -EBUSY if a
+ * block has changes no snapshot holds. */
+int blocks_follow(struct blocks *b, const struct blocks_ref *refs, size_t n,
+                  int (*in_use)(void *arg, uint64_t ino), void *arg, uint64_t *changed);
+
 /* ---- snapshots ---- */
 
 /* Marks every dirty block as frozen. The caller guarantees no write,

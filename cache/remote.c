@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "util/err.h"
 
@@ -10,7 +11,7 @@ struct remote {
     struct store *store;
     struct codec *codec;
     struct db *db;
-    sqlite3_stmt *is_known, *add_known;
+    sqlite3_stmt *is_known, *add_put;
     struct remote_stats st;
 };
 
@@ -21,11 +22,17 @@ int remote_open(struct store *store, struct codec *codec, struct db *db, struct 
         return -ENOMEM;
     *r = (struct remote){ .store = store, .codec = codec, .db = db };
     db_lock(db);
-    int rc = db_exec(db, "CREATE TABLE IF NOT EXISTS chunks(name BLOB PRIMARY KEY) WITHOUT ROWID");
+    /* put_at: when we last put the chunk (unix seconds); NULL in rows of older versions,
+     * which also listed chunks seen named by a snapshot. */
+    int rc = db_exec(db, "CREATE TABLE IF NOT EXISTS chunks(name BLOB PRIMARY KEY, put_at INTEGER) "
+                         "WITHOUT ROWID");
+    if (rc == 0 && !db_has_column(db, "chunks", "put_at")) /* a cache of 0.4 */
+        rc = db_exec(db, "ALTER TABLE chunks ADD COLUMN put_at INTEGER");
     if (rc == 0)
-        rc = db_prepare(db, "SELECT 1 FROM chunks WHERE name = ?", &r->is_known);
+        rc = db_prepare(db, "SELECT 1 FROM chunks WHERE name = ? AND put_at >= ?", &r->is_known);
     if (rc == 0)
-        rc = db_prepare(db, "INSERT OR IGNORE INTO chunks(name) VALUES(?)", &r->add_known);
+        rc =
+            db_prepare(db, "INSERT OR REPLACE INTO chunks(name, put_at) VALUES(?, ?)", &r->add_put);
     db_unlock(db);
     if (rc) {
         remote_close(r);
@@ -40,7 +47,7 @@ void remote_close(struct remote *r)
     if (!r)
         return;
     sqlite3_finalize(r->is_known);
-    sqlite3_finalize(r->add_known);
+    sqlite3_finalize(r->add_put);
     free(r);
 }
 
@@ -56,28 +63,16 @@ int remote_name(struct remote *r, const void *data, size_t len, uint8_t name[COD
     return codec_name(r->codec, data, len, name);
 }
 
+/* Whether we put the chunk recently enough to trust it is there (remote.h). */
 static int known(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
 {
     db_lock(r->db);
     sqlite3_bind_blob(r->is_known, 1, name, CODEC_NAME_LEN, SQLITE_STATIC);
+    sqlite3_bind_int64(r->is_known, 2, (sqlite3_int64)time(NULL) - REMOTE_DEDUP_SECS);
     int found = sqlite3_step(r->is_known) == SQLITE_ROW;
     sqlite3_reset(r->is_known);
     db_unlock(r->db);
     return found;
-}
-
-int remote_mark_known_locked(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
-{
-    sqlite3_bind_blob(r->add_known, 1, name, CODEC_NAME_LEN, SQLITE_STATIC);
-    return db_run(r->add_known);
-}
-
-int remote_mark_known(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
-{
-    db_lock(r->db);
-    int rc = remote_mark_known_locked(r, name);
-    db_unlock(r->db);
-    return rc;
 }
 
 static void add(uint64_t *counter, uint64_t n)
@@ -100,8 +95,13 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
         rc = store_put(r->store, key, enc.data, enc.len, STORE_SELF_VERIFYING);
     buf_free(&enc);
     /* Known only once the store said it is there: a snapshot never names a chunk in doubt. */
-    if (rc == 0)
-        rc = remote_mark_known(r, name);
+    if (rc == 0) {
+        db_lock(r->db);
+        sqlite3_bind_blob(r->add_put, 1, name, CODEC_NAME_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(r->add_put, 2, (sqlite3_int64)time(NULL));
+        rc = db_run(r->add_put);
+        db_unlock(r->db);
+    }
     if (rc == 0) {
         add(&r->st.chunks_put, 1);
         add(&r->st.bytes_put, len);

@@ -1,9 +1,19 @@
 /*
  * The remote tier: chunks in the bucket, named by their content (codec.h),
  * under chunks/NN/NAME where NAME is 64 hex digits and NN its first two.
- * Chunks are immutable, so a chunk known to be in the bucket is never sent
- * again: meta.db's table chunks(name) lists the ones we uploaded or saw
- * named by a snapshot. That is the deduplication.
+ * Chunks are immutable, so a chunk known to be in the bucket is not sent
+ * again: meta.db's table chunks(name, put_at) lists the ones we uploaded.
+ * That is the deduplication (blocks that did not change are not even named
+ * again: they stay clean under their chunk's name).
+ *
+ * Garbage collection (ckptctl gc) deletes chunks no snapshot names once
+ * their objects are older than its grace period (at least GC_MIN_GRACE).
+ * So a chunk is only trusted to be there without a new upload if we put it
+ * less than REMOTE_DEDUP_SECS ago: half the least grace, so whatever a
+ * snapshot published soon after names is safe. Chunks only seen named by a
+ * snapshot, or put long ago, are put again when new data has their bytes
+ * (which refreshes the object's time); unchanged blocks are named by the
+ * newest snapshot, which gc never collects from.
  */
 #ifndef CKPT_CACHE_REMOTE_H
 #define CKPT_CACHE_REMOTE_H
@@ -14,6 +24,9 @@
 #include "cache/store.h"
 #include "util/buf.h"
 #include "util/db.h"
+
+#define GC_MIN_GRACE      3600
+#define REMOTE_DEDUP_SECS (GC_MIN_GRACE / 2)
 
 struct remote;
 
@@ -47,11 +60,6 @@ int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct bu
 
 /* codec_raw_offset of the chunks this fetches. */
 size_t remote_raw_offset(const struct remote *r);
-
-/* Records that chunk name is in the bucket (it is named by a snapshot there).
- * The _locked form is for a caller holding the database lock. */
-int remote_mark_known(struct remote *r, const uint8_t name[CODEC_NAME_LEN]);
-int remote_mark_known_locked(struct remote *r, const uint8_t name[CODEC_NAME_LEN]);
 
 /* The object key of a chunk: "chunks/NN/NAME" (room for 82 bytes). */
 void remote_chunk_key(const uint8_t name[CODEC_NAME_LEN], char key[82]);

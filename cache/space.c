@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "util/clock.h"
 #include "util/err.h"
 
 struct space {
@@ -57,25 +58,12 @@ void space_add(struct space *s, int64_t delta)
     pthread_mutex_unlock(&s->lock);
 }
 
-static struct timespec deadline_in(int64_t ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += (time_t)(ms / 1000);
-    t.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (t.tv_nsec >= 1000000000L) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000L;
-    }
-    return t;
-}
-
 int space_reserve(struct space *s, uint64_t bytes, int64_t wait_ms)
 {
     pthread_mutex_lock(&s->lock);
     int rc = 0;
     if (!fits(s, bytes) && wait_ms > 0) {
-        struct timespec until = deadline_in(wait_ms);
+        struct timespec until = clock_deadline_ms(wait_ms);
         s->st.waiting++;
         s->st.waits++;
         s->wanted += bytes;
@@ -121,7 +109,7 @@ uint64_t space_await_excess(struct space *s, int64_t ms)
 {
     pthread_mutex_lock(&s->lock);
     if (!excess(s)) {
-        struct timespec until = deadline_in(ms);
+        struct timespec until = clock_deadline_ms(ms);
         pthread_cond_timedwait(&s->pressure, &s->lock, &until);
     }
     uint64_t n = excess(s);

@@ -194,7 +194,7 @@ static int load_snapshot(struct fs *fs, struct snapshot_id id)
     struct snapshot_info info;
     int rc = snapshot_fetch(fs->store, fs->codec, id, &plain);
     if (rc == 0)
-        rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, fs->remote, &info);
+        rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, &info);
     buf_free(&plain);
     if (rc == 0)
         log_info("starting from snapshot %08llx-%012llx: %llu files, %llu bytes",
@@ -304,6 +304,17 @@ static int seed_if_new(struct fs *fs, int fresh)
     return rc ? rc : 1;
 }
 
+/* Step 2: what the server can do, said at mount time when it matters. */
+static int probe_caps(struct fs *fs)
+{
+    int rc = store_probe(fs->store, &fs->caps);
+    if (rc == 0 && !(fs->caps & STORE_CAP_IF_ABSENT))
+        log_warn("the server does not honour conditional puts (If-None-Match): two writers "
+                 "could publish one snapshot sequence; ckptfs relies on the owner object and "
+                 "epochs alone");
+    return rc;
+}
+
 static int open_writable(struct fs *fs, struct bootstrap *b)
 {
     size_t block_size = fs->block_size;
@@ -318,11 +329,7 @@ static int open_writable(struct fs *fs, struct bootstrap *b)
                      "--block-size %zu differs from the %zu-byte blocks %s was created with",
                      fs->block_size, block_size, fs->url);
     if (rc == 0)
-        rc = store_probe(fs->store, &fs->caps);
-    if (rc == 0 && !(fs->caps & STORE_CAP_IF_ABSENT))
-        log_warn("the server does not honour conditional puts (If-None-Match): two writers "
-                 "could publish one snapshot sequence; ckptfs relies on the owner object and "
-                 "epochs alone");
+        rc = probe_caps(fs);
     int fresh = rc ? rc : open_cache(fs, b->claim.mount_id, sizeof b->claim.mount_id);
     rc = fresh < 0 ? fresh : 0;
     if (rc == 0) {
@@ -354,6 +361,31 @@ static int open_writable(struct fs *fs, struct bootstrap *b)
     b->pub.pending = pending || seeded; /* a seeded tree is published as ours at once */
     b->pub.if_absent = b->claim.if_absent;
     return 0;
+}
+
+int bootstrap_promote(struct fs *fs, struct bootstrap *b)
+{
+    struct snapshot_id latest = { 0, 0 };
+    int rc = probe_caps(fs);
+    if (rc == 0 && (rc = snapshot_latest(fs->store, &latest)) == -ENOENT)
+        rc = 0;
+    if (rc == 0) {
+        b->claim.epoch = latest.epoch;
+        b->claim.if_absent = (fs->caps & STORE_CAP_IF_ABSENT) != 0;
+        rc = owner_seize(fs->store, &b->claim);
+    }
+    if (rc == 0)
+        rc = db_meta_set_text(fs->db, "role", "rw");
+    if (rc == 0)
+        rc = db_meta_set_int(fs->db, "epoch", (int64_t)b->claim.epoch);
+    if (rc == 0)
+        rc = db_meta_set_int(fs->db, "seq", 0);
+    if (rc == 0)
+        rc = db_meta_set_int(fs->db, "clean", 0);
+    b->pub.next = (struct snapshot_id){ b->claim.epoch, 1 };
+    b->pub.pending = 1; /* the new epoch's first snapshot goes out at once */
+    b->pub.if_absent = b->claim.if_absent;
+    return rc;
 }
 
 int bootstrap_open(struct fs *fs, struct bootstrap *b)

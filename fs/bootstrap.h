@@ -39,6 +39,12 @@ struct bootstrap {
  * everything opened is closed again (bootstrap_close). */
 int bootstrap_open(struct fs *fs, struct bootstrap *b);
 
+/* A follower becomes the writer (writer.h, promotion step 2): takes the
+ * bucket over with an epoch above the holder's and the newest snapshot's,
+ * and makes its cache a writer's, its publisher's first snapshot the new
+ * epoch's first. */
+int bootstrap_promote(struct fs *fs, struct bootstrap *b);
+
 /* Reads and checks the marker of the bucket at url: its block size into
  * *block_size. -ENOENT (said) if there is none; -EINVAL if encrypted (a key
  * given) does not match the bucket; -EBADMSG, -EPROTONOSUPPORT if the marker

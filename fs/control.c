@@ -12,9 +12,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fs/follow.h"
 #include "fs/publisher.h"
 #include "fs/snapshot.h"
 #include "fs/warm.h"
+#include "fs/writer.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -43,37 +46,66 @@ static void set_int(json_t *o, const char *k, uint64_t v)
 
 struct behind {
     struct snapshot_id served, newest;
-    uint64_t newer; /* snapshots newer than the one served */
+    uint64_t newer;      /* snapshots newer than the one served */
+    int64_t first_newer; /* when the first of them was published (unix seconds), 0 if none */
 };
 
 static int count_newer(void *arg, struct snapshot_id id, const struct store_object *o)
 {
-    (void)o;
     struct behind *b = arg;
-    b->newer += snapshot_newer(id, b->served);
+    if (snapshot_newer(id, b->served) && !b->newer++)
+        b->first_newer = o->mtime;
     if (snapshot_newer(id, b->newest))
         b->newest = id;
     return 0;
 }
 
-/* A read-only mount: the snapshot it serves, and how far the bucket has
- * moved on since (one listing of the bucket's snapshots). */
-static void serving_json(struct fs *fs, json_t *o)
+/* The snapshot served: a follower's latest switch, else what the cache loaded. */
+static int served(struct fs *fs, struct snapshot_id *id)
 {
-    char loaded[SNAPSHOT_ID_LEN] = "", newest[SNAPSHOT_ID_LEN];
-    struct behind b = { { 0, 0 }, { 0, 0 }, 0 };
+    char loaded[SNAPSHOT_ID_LEN] = "";
+    struct follow_status fst;
+    if (fs->follow) {
+        follow_get_status(fs->follow, &fst);
+        *id = fst.serving;
+        return fst.serving.epoch || fst.serving.seq ? 0 : -ENOENT;
+    }
     db_meta_get_text(fs->db, "loaded", loaded, sizeof loaded);
-    if (!loaded[0] || snapshot_parse_id(loaded, &b.served)) {
+    return loaded[0] ? snapshot_parse_id(loaded, id) : -ENOENT;
+}
+
+/* A read-only mount or follower: the snapshot it serves, and how far the
+ * bucket has moved on since (one listing of the bucket's snapshots): lag is
+ * how long ago the first snapshot it does not serve yet was published. */
+static void serving_json(struct fs *fs, json_t *o, int64_t now_s)
+{
+    char text[SNAPSHOT_ID_LEN];
+    struct behind b = { { 0, 0 }, { 0, 0 }, 0, 0 };
+    if (served(fs, &b.served)) {
         json_object_set_new(o, "serving", json_null());
         return;
     }
     b.newest = b.served;
-    json_object_set_new(o, "serving", json_string(loaded));
+    snapshot_id_text(b.served, text);
+    json_object_set_new(o, "serving", json_string(text));
     if (snapshot_list(fs->store, count_newer, &b) != 0)
         return;
-    snapshot_id_text(b.newest, newest);
-    json_object_set_new(o, "newest", json_string(newest));
+    snapshot_id_text(b.newest, text);
+    json_object_set_new(o, "newest", json_string(text));
     set_int(o, "snapshots_behind", b.newer);
+    set_int(o, "lag_seconds",
+            b.newer && now_s > b.first_newer ? (uint64_t)(now_s - b.first_newer) : 0);
+}
+
+static void follow_json(struct fs *fs, json_t *o)
+{
+    struct follow_status st;
+    follow_get_status(fs->follow, &st);
+    set_int(o, "switches", st.switches);
+    json_object_set_new(o, "warming", json_boolean(st.warming));
+    set_int(o, "warm_done", st.warm_done);
+    set_int(o, "warm_total", st.warm_total);
+    json_object_set_new(o, "follow_error", json_string(st.last_error));
 }
 
 static json_t *status_json(struct fs *fs)
@@ -94,9 +126,13 @@ static json_t *status_json(struct fs *fs)
     json_object_set_new(o, "ok", json_true());
     json_object_set_new(o, "url", json_string(fs->url));
     json_object_set_new(o, "cache_dir", json_string(fs->cache_dir));
-    json_object_set_new(o, "read_only", json_boolean(fs->read_only));
-    if (fs->read_only)
-        serving_json(fs, o);
+    json_object_set_new(o, "read_only", json_boolean(fs_read_only(fs)));
+    json_object_set_new(o, "following", json_boolean(fs_following(fs)));
+    json_object_set_new(o, "fenced", json_boolean(ps.fenced));
+    if (fs_following(fs))
+        follow_json(fs, o);
+    if (fs_following(fs) || (fs_read_only(fs) && !fs->pub))
+        serving_json(fs, o, now.tv_sec);
     set_int(o, "dirty_bytes", bs.dirty_bytes);
     set_int(o, "upload_queue", bs.dirty_blocks);
     snapshot_name(ps.last, last, sizeof last);
@@ -143,6 +179,19 @@ static json_t *do_sync(struct fs *fs)
     if (ps.last_ns)
         snapshot_name(ps.last, name, sizeof name);
     return json_pack("{s:b, s:s?}", "ok", 1, "snapshot", ps.last_ns ? name : NULL);
+}
+
+static json_t *do_promote(struct fs *fs)
+{
+    int64_t t0 = clock_monotonic_ns();
+    int rc = writer_promote(fs, fs->boot, &fs->writer);
+    if (rc)
+        return json_pack("{s:b, s:s}", "ok", 0, "error", err_msg(rc));
+    double secs = (double)(clock_monotonic_ns() - t0) / 1e9;
+    json_t *reply = do_sync(fs);
+    json_object_set_new(reply, "epoch", json_integer((json_int_t)fs->boot->claim.epoch));
+    json_object_set_new(reply, "seconds", json_real(secs));
+    return reply;
 }
 
 /* Sends one JSON line (and drops it). */
@@ -194,8 +243,9 @@ static void *serve_one(void *arg)
     ssize_t n = read(fd, line, sizeof line - 1);
     line[n > 0 ? n : 0] = '\0';
     line[strcspn(line, "\r\n")] = '\0';
-    json_t *reply = !strcmp(line, "sync")     ? do_sync(fs)
-                    : !strcmp(line, "status") ? status_json(fs)
+    json_t *reply = !strcmp(line, "sync")      ? do_sync(fs)
+                    : !strcmp(line, "status")  ? status_json(fs)
+                    : !strcmp(line, "promote") ? do_promote(fs)
                     : !strncmp(line, "warm ", 5)
                         ? do_warm(fs, fd, line + 5)
                         : json_pack("{s:b, s:s}", "ok", 0, "error", "unknown request");

@@ -7,6 +7,8 @@
  *   sync     -> {"ok": true, "snapshot": "EEEEEEEE-SSSSSSSSSSSS"} once a
  *               snapshot with every change made before the request is in the bucket
  *   status   -> {"ok": true, "url": ..., "dirty_bytes": ..., ...}
+ *   promote  -> {"ok": true, "snapshot": ..., "epoch": N, "seconds": S} once a
+ *               follower is the writer and its first snapshot is in the bucket
  *   warm INO -> {"progress": true, "done": ..., "total": ..., ...} every 200 ms,
  *               then {"ok": true, "fetched": BYTES, "files": N}
  *   failure  -> {"ok": false, "error": "..."}

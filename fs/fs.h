@@ -23,6 +23,10 @@
 #include "util/pool.h"
 
 struct publisher;
+struct follow;
+struct writer;
+struct bootstrap;
+struct snapview;
 struct fuse_session;
 
 enum sync_mode { SYNC_LOCAL, SYNC_REMOTE };
@@ -72,7 +76,13 @@ struct fs {
     enum sync_mode sync;
     const char *publish_on; /* a glob matched against names, or NULL */
     int codec_keyed;        /* chunks are encrypted */
-    int read_only;          /* the newest snapshot, read-only: never a write to the bucket */
+    int read_only;          /* changes refused (fs_read_only); a --read-only mount never
+                               writes to the bucket */
+    int following;          /* --follow, until promoted (fs_following) */
+    struct follow *follow;  /* the follower's thread, or NULL */
+    struct writer *writer;  /* a writable or promoted mount's running parts, or NULL */
+    struct bootstrap *boot; /* how it started: what a promotion continues from */
+    struct snapview *views; /* MOUNTPOINT/.snapshots */
     int pinned;             /* read-only at the snapshot below, not the newest */
     struct snapshot_id snapshot;
     unsigned caps; /* STORE_CAP_* of the server */
@@ -111,6 +121,20 @@ void inode_delete_if_unused(struct fs *fs, uint64_t ino);
 static inline void fs_changed(struct fs *fs)
 {
     __atomic_fetch_add(&fs->changes, 1, __ATOMIC_RELAXED);
+}
+
+/* Whether changes are refused now: a read-only mount, a follower not yet
+ * promoted, or a writer another mount took over from (fencing). */
+static inline int fs_read_only(const struct fs *fs)
+{
+    return __atomic_load_n(&fs->read_only, __ATOMIC_ACQUIRE);
+}
+
+/* Whether the mount follows another writer's snapshots now (--follow, not
+ * promoted): its tree changes with each one. */
+static inline int fs_following(const struct fs *fs)
+{
+    return __atomic_load_n(&fs->following, __ATOMIC_ACQUIRE);
 }
 
 /* ---- fs/ops.c ---- */

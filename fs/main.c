@@ -23,21 +23,22 @@
 #include "cache/store_options.h"
 #include "fs/bootstrap.h"
 #include "fs/control.h"
+#include "fs/follow.h"
 #include "fs/fs.h"
-#include "fs/publisher.h"
 #include "fs/snapshot.h"
+#include "fs/snapview.h"
+#include "fs/writer.h"
 #include "util/bufpool.h"
 #include "util/err.h"
 #include "util/hex.h"
 #include "util/log.h"
 
-#define UPLOAD_THREADS     8
-#define UPLOAD_QUIET_MS    200 /* a full block untouched this long goes up ahead of the snapshot */
-#define FUSE_THREADS       48  /* writers waiting for room must leave some for everyone else */
-#define READ_BUFS          16  /* read replies' buffers kept: reads in flight at once, at most */
+#define FUSE_THREADS       48 /* writers waiting for room must leave some for everyone else */
+#define READ_BUFS          16 /* read replies' buffers kept: reads in flight at once, at most */
 #define FETCH_THREADS      8 /* parallel GETs for read-ahead and warm-up: what saturates a server */
 #define MIN_CACHE          ((uint64_t)64 << 20) /* room for a few blocks per writer */
 #define SLRU_PROTECTED_PCT 80 /* the share of a full cache kept for data read more than once */
+#define DEFAULT_FOLLOW_MS  2000
 
 static const char usage_text[] =
     "usage: ckptfs [OPTIONS] URL MOUNTPOINT\n"
@@ -74,6 +75,9 @@ static const char usage_text[] =
     "                              (its chunks copied over first; the seed is only read)\n"
     "  --snapshot ID               with --read-only or --seed-from: that snapshot, not the\n"
     "                              newest\n"
+    "  --follow[=SECS]             a standby: read-only, polls every SECS (default 2) for a\n"
+    "                              newer snapshot, switches to it and fetches its chunks;\n"
+    "                              ckptctl promote makes it the writer\n"
     "%s"
     "  -h, --help  --version\n";
 
@@ -86,6 +90,7 @@ struct cli {
     size_t block_size;           /* --block-size */
     struct retention keep;       /* --keep, --keep-age */
     int pinned;                  /* --snapshot given */
+    unsigned follow_ms;          /* --follow's poll interval, 0 without it */
     struct snapshot_id snapshot; /* its ID */
     enum sync_mode sync;
     const char *publish_on;
@@ -141,22 +146,6 @@ static int parse_size(const char *what, const char *v, uint64_t *out)
     return 0;
 }
 
-/* A duration: seconds, or with s, m, h, d or w. */
-static int parse_duration(const char *what, const char *v, int64_t *out)
-{
-    static const char units[] = "smhdw";
-    static const int64_t secs[] = { 1, 60, 3600, 86400, 7 * 86400 };
-    char *end;
-    errno = 0;
-    long long n = strtoll(v, &end, 10);
-    const char *u = *end ? strchr(units, *end) : units;
-    if (!*v || errno || end == v || n <= 0 || !u || (*end && end[1]) ||
-        n > INT64_MAX / secs[u - units])
-        return err_set(-EINVAL, "%s: '%s' is not a duration (say 90s, 30m, 12h or 7d)", what, v);
-    *out = n * secs[u - units];
-    return 0;
-}
-
 /* One ckptfs option by name, as --name VALUE or -o name=VALUE. Returns 1 if
  * taken, 0 if not ours, -EINVAL if its value is wrong. */
 static int set_option(struct cli *c, const char *name, const char *v)
@@ -201,7 +190,7 @@ static int set_option(struct cli *c, const char *name, const char *v)
         if ((rc = parse_uint("--keep", v, 1, 1000000, &c->keep.keep)) != 0)
             return rc;
     } else if (!strcmp(name, "keep-age") || !strcmp(name, "keep_age")) {
-        if ((rc = parse_duration("--keep-age", v, &c->keep.keep_age_s)) != 0)
+        if ((rc = retention_parse_duration("--keep-age", v, &c->keep.keep_age_s)) != 0)
             return rc;
     } else if (!strcmp(name, "block-size") || !strcmp(name, "block_size")) {
         uint64_t bs;
@@ -219,6 +208,11 @@ static int set_option(struct cli *c, const char *name, const char *v)
                            "as ckptctl snapshots lists them)",
                            v);
         c->pinned = 1;
+    } else if (!strcmp(name, "follow")) {
+        unsigned secs;
+        if ((rc = parse_uint("--follow", v, 1, 3600, &secs)) != 0)
+            return rc;
+        c->follow_ms = secs * 1000;
     } else if (!strcmp(name, "eviction")) {
         if (strcmp(v, "slru") && strcmp(v, "lru"))
             return err_set(-EINVAL, "--eviction: '%s' is neither slru nor lru", v);
@@ -259,12 +253,14 @@ static int parse_o(struct cli *c, const char *list)
             c->force = 1;
         else if (!strcmp(o, "ro"))
             c->read_only = 1;
+        else if (!strcmp(o, "follow") && !eq)
+            c->follow_ms = DEFAULT_FOLLOW_MS;
         else if (eq)
             rc = set_option(c, o, eq + 1);
         if (rc < 0)
             return rc;
         if (rc == 0 && !eq && !ignorable(o) && strcmp(o, "allow_other") && strcmp(o, "force") &&
-            strcmp(o, "ro"))
+            strcmp(o, "ro") && strcmp(o, "follow"))
             return err_set(-EINVAL, "-o %s: unknown option", o);
         if (rc == 0 && eq)
             return err_set(-EINVAL, "-o %s: unknown option", o);
@@ -279,6 +275,7 @@ static int parse_args(int argc, char **argv, struct cli *c)
         { "force", no_argument, NULL, 'F' },
         { "allow-other", no_argument, NULL, 'A' },
         { "read-only", no_argument, NULL, 'R' },
+        { "follow", optional_argument, NULL, 'W' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { "cache-dir", required_argument, NULL, 'x' },
@@ -315,6 +312,10 @@ static int parse_args(int argc, char **argv, struct cli *c)
             c->allow_other = 1;
         else if (ch == 'R')
             c->read_only = 1;
+        else if (ch == 'W' && !optarg)
+            c->follow_ms = DEFAULT_FOLLOW_MS;
+        else if (ch == 'W')
+            rc = set_option(c, "follow", optarg);
         else if (ch == 'o')
             rc = parse_o(c, optarg);
         else if (ch == 'x' || ch >= STORE_OPT_BASE)
@@ -380,47 +381,6 @@ static int open_codec(struct cli *c, struct fs *fs)
     return rc;
 }
 
-/* ---- the owner heartbeat ---- */
-
-struct heartbeat {
-    struct fs *fs;
-    const struct owner_claim *claim;
-    pthread_t thread;
-    pthread_mutex_t lock;
-    pthread_cond_t stop_cond;
-    int stop;
-};
-
-static void *beat(void *arg)
-{
-    struct heartbeat *h = arg;
-    pthread_mutex_lock(&h->lock);
-    while (!h->stop) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += OWNER_LEASE / 3;
-        pthread_cond_timedwait(&h->stop_cond, &h->lock, &until);
-        if (h->stop)
-            break;
-        pthread_mutex_unlock(&h->lock);
-        int rc = owner_heartbeat(h->fs->store, h->claim);
-        if (rc)
-            log_error("owner heartbeat: %s", err_msg(rc));
-        pthread_mutex_lock(&h->lock);
-    }
-    pthread_mutex_unlock(&h->lock);
-    return NULL;
-}
-
-static void heartbeat_stop(struct heartbeat *h)
-{
-    pthread_mutex_lock(&h->lock);
-    h->stop = 1;
-    pthread_cond_signal(&h->stop_cond);
-    pthread_mutex_unlock(&h->lock);
-    pthread_join(h->thread, NULL);
-}
-
 /* ---- the session ---- */
 
 static struct fuse_session *mount_session(struct cli *c, struct fs *fs)
@@ -472,23 +432,11 @@ static void remove_pid_file(const struct fs *fs)
     unlink(path);
 }
 
-static void kick_publisher(void *arg)
-{
-    struct fs *fs = arg;
-    if (fs->pub)
-        publisher_kick(fs->pub);
-}
-
 static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_session *se)
 {
     struct control *ctl = NULL;
-    struct heartbeat hb = { .fs = fs,
-                            .claim = &b->claim,
-                            .lock = PTHREAD_MUTEX_INITIALIZER,
-                            .stop_cond = PTHREAD_COND_INITIALIZER };
     b->pub.interval_ms = c->interval_s * 1000;
     b->pub.keep = c->keep;
-    int writable = !c->read_only;
     /* Threads start here, after the fork into the background, never before. */
     /* Half the memory tier at most (what is fetched ahead must still be there when the
      * reader comes); without one, read-ahead lands on disk only. */
@@ -496,52 +444,37 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
     fs->read_ahead = half && half < FS_READ_AHEAD_MAX ? half : FS_READ_AHEAD_MAX;
     int rc = blocks_evictor_start(fs->blocks);
     if (rc == 0)
+        rc = snapview_open(fs, &fs->views);
+    if (rc == 0)
         rc = pool_new(FETCH_THREADS, 8 * FETCH_THREADS, &fs->fetches);
     if (rc == 0)
         rc = bufpool_new(FS_MAX_READ, READ_BUFS, &fs->read_bufs);
     if (rc == 0)
         blocks_prefetch_start(fs->blocks, fs->fetches, fs->read_ahead);
-    if (rc == 0 && writable)
-        rc = pool_new(UPLOAD_THREADS, 2 * UPLOAD_THREADS, &fs->uploads);
-    if (rc == 0 && writable)
-        blocks_on_pressure(fs->blocks, kick_publisher, fs);
-    if (rc == 0 && writable)
-        rc = publisher_start(fs, &b->pub, &fs->pub);
-    if (rc == 0 && writable)
-        rc = blocks_upload_ahead(fs->blocks, fs->uploads, UPLOAD_QUIET_MS);
+    if (rc == 0 && !fs->read_only)
+        rc = writer_start(fs, b, &fs->writer);
+    if (rc == 0 && fs->following)
+        rc = follow_start(fs, c->follow_ms, &fs->follow);
     if (rc == 0)
         rc = control_start(fs, &ctl);
-    if (rc == 0 && writable && pthread_create(&hb.thread, NULL, beat, &hb))
-        rc = err_set(-EAGAIN, "cannot start the heartbeat thread");
     if (rc == 0) {
         struct fuse_loop_config *cfg = fuse_loop_cfg_create();
         fuse_loop_cfg_set_max_threads(cfg, FUSE_THREADS);
         fuse_session_loop_mt(se, cfg);
         fuse_loop_cfg_destroy(cfg);
         fuse_session_unmount(se);
-        if (writable)
-            heartbeat_stop(&hb);
     }
-    control_stop(ctl);
+    control_stop(ctl); /* no promotion from here on */
+    follow_stop(fs->follow, 0);
+    int final = writer_stop(fs->writer);
+    follow_free(fs->follow);
     blocks_prefetch_stop(fs->blocks);
     pool_free(fs->fetches);
     fs->fetches = NULL;
     bufpool_free(fs->read_bufs);
     fs->read_bufs = NULL;
-    if (!writable)
-        return rc;
-    blocks_upload_stop(fs->blocks);
-    /* Unmounted: everything left goes to the bucket before the daemon exits. */
-    int final = publisher_stop(fs->pub);
-    pool_free(fs->uploads);
-    if (rc == 0 && final == 0) {
-        db_meta_set_int(fs->db, "clean", 1);
-        owner_release(fs->store, &b->claim);
-    }
-    if (final)
-        log_error("the last snapshot could not be published: %s; the cache in %s keeps the "
-                  "changes for the next mount",
-                  err_msg(final), fs->cache_dir);
+    snapview_close(fs->views);
+    fs->views = NULL;
     return rc ? rc : final;
 }
 
@@ -550,7 +483,8 @@ static int run(struct cli *c)
     struct fs fs = { .url = (char *)c->url,
                      .cache_dir = c->cache_dir,
                      .sync = c->sync,
-                     .read_only = c->read_only,
+                     .read_only = c->read_only || c->follow_ms,
+                     .following = c->follow_ms != 0,
                      .pinned = c->pinned,
                      .seed_url = c->seed_url,
                      .block_size = c->block_size,
@@ -560,6 +494,7 @@ static int run(struct cli *c)
                      .cache = c->cache };
     fs.cache.full_timeout_ms = (int64_t)c->full_timeout_s * 1000;
     struct bootstrap b = { .force = c->force };
+    fs.boot = &b;
     int rc = check_mountpoint(c->mountpoint);
     if (rc == 0 && c->pinned && !c->read_only && !c->seed_url)
         rc = err_set(-EINVAL, "--snapshot needs --read-only or --seed-from: a writable mount "
@@ -570,6 +505,9 @@ static int run(struct cli *c)
     if (rc == 0 && c->seed_url && c->read_only)
         rc = err_set(-EINVAL, "--seed-from is for a writable mount; mount the seed itself "
                               "--read-only to browse it");
+    if (rc == 0 && c->follow_ms && (c->read_only || c->pinned || c->seed_url))
+        rc = err_set(-EINVAL, "--follow is a standby that follows the newest snapshot and can be "
+                              "promoted: it takes no --read-only, --snapshot or --seed-from");
     if (rc == 0 && c->seed_url && !strcmp(c->seed_url, c->url))
         rc = err_set(-EINVAL, "--seed-from names the mount's own bucket");
     if (rc == 0)

@@ -24,6 +24,7 @@
 #include "fs/control.h"
 #include "fs/fs.h"
 #include "fs/publisher.h"
+#include "fs/snapview.h"
 #include "util/bufpool.h"
 #include "util/err.h"
 #include "util/log.h"
@@ -36,6 +37,20 @@
 static struct fs *fs_of(fuse_req_t req)
 {
     return fuse_req_userdata(req);
+}
+
+/* How long the kernel may keep names and attributes: while following, the
+ * tree changes under it with every snapshot, so not at all. */
+static double ttl(fuse_req_t req)
+{
+    return fs_following(fs_of(req)) ? 0.0 : TIMEOUT;
+}
+
+/* ... and of inode ino: a snapshot under .snapshots never changes, the
+ * list of them does. */
+static double ttl_of(fuse_req_t req, uint64_t ino)
+{
+    return ino == SNAPVIEW_DIR ? 1.0 : snapview_owns(ino) ? TIMEOUT : ttl(req);
 }
 
 /* A negative errno as FUSE wants it, logging what is not a plain POSIX outcome. */
@@ -61,7 +76,8 @@ static void to_stat(struct fs *fs, const struct ns_attr *a, struct stat *st)
     st->st_rdev = a->rdev;
     st->st_size = (off_t)a->size;
     st->st_blksize = 4096;
-    st->st_blocks = (blkcnt_t)((blocks_allocated(fs->blocks, a->ino, a->size) + 511) / 512);
+    uint64_t held = snapview_owns(a->ino) ? a->size : blocks_allocated(fs->blocks, a->ino, a->size);
+    st->st_blocks = (blkcnt_t)((held + 511) / 512);
     st->st_atim = a->atime;
     st->st_mtim = a->mtime;
     st->st_ctim = a->ctime;
@@ -72,13 +88,13 @@ static void reply_entry(fuse_req_t req, const struct ns_attr *a)
 {
     struct fs *fs = fs_of(req);
     struct fuse_entry_param e = { .ino = a->ino,
-                                  .attr_timeout = TIMEOUT,
-                                  .entry_timeout = TIMEOUT };
-    int rc = inode_ref(fs, a->ino, 1);
+                                  .attr_timeout = ttl_of(req, a->ino),
+                                  .entry_timeout = ttl_of(req, a->ino) };
+    int rc = snapview_owns(a->ino) ? 0 : inode_ref(fs, a->ino, 1);
     if (rc)
         return reply_err(req, rc);
     to_stat(fs, a, &e.attr);
-    if (fuse_reply_entry(req, &e))
+    if (fuse_reply_entry(req, &e) && !snapview_owns(a->ino))
         inode_forget(fs, a->ino, 1);
 }
 
@@ -118,6 +134,23 @@ static int match_name(void *arg, const char *name)
 static int name_ok(const char *name)
 {
     return strlen(name) > NAME_MAX ? -ENAMETOOLONG : 0;
+}
+
+/* A follower, a writer another mount took over from, and the snapshots
+ * under .snapshots (inodes a and b, 0 for none) change nothing: replies
+ * EROFS and returns 1 then. */
+static int refused(fuse_req_t req, uint64_t a, uint64_t b)
+{
+    if (!fs_read_only(fs_of(req)) && !snapview_owns(a) && !snapview_owns(b))
+        return 0;
+    fuse_reply_err(req, EROFS);
+    return 1;
+}
+
+/* .snapshots in the root is the snapshots' (snapview.h): no file takes its name. */
+static int name_free(uint64_t parent, const char *name)
+{
+    return parent == NS_ROOT && !strcmp(name, SNAPVIEW_NAME) ? -EEXIST : 0;
 }
 
 /* ---- lookup and attributes ---- */
@@ -175,12 +208,17 @@ static void widen_read_ahead(struct fs *fs)
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
     widen_read_ahead(fs_of(req));
+    struct fs *fs = fs_of(req);
     struct ns_attr a;
     int rc = name_ok(name);
+    if (rc == 0 && (snapview_owns(parent) || name_free(parent, name))) {
+        rc = snapview_lookup(fs->views, parent, name, &a);
+        return rc ? reply_err(req, rc) : reply_entry(req, &a);
+    }
     if (rc == 0)
-        rc = ns_lookup(fs_of(req)->ns, parent, name, &a);
+        rc = ns_lookup(fs->ns, parent, name, &a);
     if (rc == -ENOENT) { /* cached as absent: nothing but us changes this tree */
-        struct fuse_entry_param e = { .ino = 0, .entry_timeout = TIMEOUT };
+        struct fuse_entry_param e = { .ino = 0, .entry_timeout = ttl(req) };
         fuse_reply_entry(req, &e);
         return;
     }
@@ -193,14 +231,16 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t n)
 {
-    inode_forget(fs_of(req), ino, n);
+    if (!snapview_owns(ino))
+        inode_forget(fs_of(req), ino, n);
     fuse_reply_none(req);
 }
 
 static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *v)
 {
     for (size_t i = 0; i < count; i++)
-        inode_forget(fs_of(req), v[i].ino, v[i].nlookup);
+        if (!snapview_owns(v[i].ino))
+            inode_forget(fs_of(req), v[i].ino, v[i].nlookup);
     fuse_reply_none(req);
 }
 
@@ -211,11 +251,11 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     struct fs *fs = fs_of(req);
     struct ns_attr a;
     struct stat st;
-    int rc = inode_attr(fs, ino, &a);
+    int rc = snapview_owns(ino) ? snapview_getattr(fs->views, ino, &a) : inode_attr(fs, ino, &a);
     if (rc)
         return reply_err(req, rc);
     to_stat(fs, &a, &st);
-    fuse_reply_attr(req, &st, TIMEOUT);
+    fuse_reply_attr(req, &st, ttl_of(req, ino));
 }
 
 /* The kernel's setattr flags as namespace fields. */
@@ -262,6 +302,8 @@ static int set_size(struct fs *fs, uint64_t ino, uint64_t size, struct ns_attr *
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_set,
                        struct fuse_file_info *fi)
 {
+    if (refused(req, ino, 0))
+        return;
     (void)fi;
     struct fs *fs = fs_of(req);
     struct ns_attr a = { 0 }, out;
@@ -281,13 +323,15 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *st, int to_s
         return reply_err(req, rc);
     struct stat res;
     to_stat(fs, &out, &res);
-    fuse_reply_attr(req, &res, TIMEOUT);
+    fuse_reply_attr(req, &res, ttl(req));
 }
 
 static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
     struct buf b = { 0 };
-    int rc = ns_readlink(fs_of(req)->ns, ino, &b);
+    struct fs *fs = fs_of(req);
+    int rc =
+        snapview_owns(ino) ? snapview_readlink(fs->views, ino, &b) : ns_readlink(fs->ns, ino, &b);
     if (rc == 0)
         rc = buf_append(&b, "", 1);
     if (rc)
@@ -297,27 +341,59 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
     buf_free(&b);
 }
 
-/* Who opened a file for writing. With the kernel's writeback cache, writes
- * reach us from its flusher, not from the writer, so the writer's identity
- * is taken at open and kept in the file handle. Root needs no record. */
-struct opener {
+/* An open file's handle. Who opened it for writing: with the kernel's
+ * writeback cache, writes reach us from its flusher, not from the writer,
+ * so the writer's identity is taken at open (root needs no record). And a
+ * follower's file keeps reading the version it opened (blocks.h). */
+struct handle {
+    int has_opener;
     uid_t uid;
     gid_t gid;
     int ngroups;
     gid_t groups[64];
+    struct blocks_version *version;
 };
 
-static uint64_t opener_of(fuse_req_t req, int flags)
+static struct handle *handle_of(const struct fuse_file_info *fi)
+{
+    return (struct handle *)(uintptr_t)fi->fh;
+}
+
+static void handle_free(struct handle *h)
+{
+    if (h)
+        blocks_version_free(h->version);
+    free(h);
+}
+
+static int add_opener(fuse_req_t req, int flags, struct handle **h)
 {
     const struct fuse_ctx *ctx = fuse_req_ctx(req);
-    struct opener *o = NULL;
-    if ((flags & O_ACCMODE) != O_RDONLY && ctx->uid != 0 && (o = calloc(1, sizeof *o))) {
-        o->uid = ctx->uid;
-        o->gid = ctx->gid;
-        int n = fuse_req_getgroups(req, 64, o->groups);
-        o->ngroups = n < 0 ? 0 : n > 64 ? 64 : n;
-    }
-    return (uint64_t)(uintptr_t)o;
+    if ((flags & O_ACCMODE) == O_RDONLY || ctx->uid == 0)
+        return 0;
+    if (!*h && !(*h = calloc(1, sizeof **h)))
+        return -ENOMEM;
+    (*h)->has_opener = 1;
+    (*h)->uid = ctx->uid;
+    (*h)->gid = ctx->gid;
+    int n = fuse_req_getgroups(req, 64, (*h)->groups);
+    (*h)->ngroups = n < 0 ? 0 : n > 64 ? 64 : n;
+    return 0;
+}
+
+/* A follower's open: the file's version as of now, which no switch to a
+ * newer snapshot (fs->freeze exclusive) can be halfway through. */
+static int add_version(struct fs *fs, uint64_t ino, struct handle **h)
+{
+    struct ns_attr a;
+    if (!*h && !(*h = calloc(1, sizeof **h)))
+        return -ENOMEM;
+    pthread_rwlock_rdlock(&fs->freeze);
+    int rc = inode_attr(fs, ino, &a);
+    if (rc == 0 && S_ISREG(a.mode))
+        rc = blocks_version_get(fs->blocks, ino, a.size, &(*h)->version);
+    pthread_rwlock_unlock(&fs->freeze);
+    return rc;
 }
 
 /* ---- creating and removing ---- */
@@ -328,6 +404,8 @@ static int make(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode
     struct fs *fs = fs_of(req);
     const struct fuse_ctx *ctx = fuse_req_ctx(req);
     int rc = name_ok(name);
+    if (rc == 0)
+        rc = name_free(parent, name);
     if (rc)
         return rc;
     pthread_rwlock_rdlock(&fs->freeze);
@@ -349,22 +427,30 @@ static void reply_made(fuse_req_t req, fuse_ino_t parent, const char *name, mode
 
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
 {
+    if (refused(req, parent, 0))
+        return;
     reply_made(req, parent, name, mode, rdev, NULL);
 }
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
+    if (refused(req, parent, 0))
+        return;
     reply_made(req, parent, name, S_IFDIR | (mode & 07777), 0, NULL);
 }
 
 static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, const char *name)
 {
+    if (refused(req, parent, 0))
+        return;
     reply_made(req, parent, name, S_IFLNK | 0777, 0, target);
 }
 
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
                       struct fuse_file_info *fi)
 {
+    if (refused(req, parent, 0))
+        return;
     struct fs *fs = fs_of(req);
     struct ns_attr a;
     int rc = make(req, parent, name, S_IFREG | (mode & 07777), 0, NULL, &a);
@@ -374,12 +460,20 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
         inode_forget(fs, a.ino, 1);
     if (rc)
         return reply_err(req, rc);
-    struct fuse_entry_param e = { .ino = a.ino, .attr_timeout = TIMEOUT, .entry_timeout = TIMEOUT };
+    struct fuse_entry_param e = { .ino = a.ino,
+                                  .attr_timeout = ttl(req),
+                                  .entry_timeout = ttl(req) };
     to_stat(fs, &a, &e.attr);
     fi->keep_cache = 1;
-    fi->fh = opener_of(req, fi->flags);
+    struct handle *h = NULL;
+    if (add_opener(req, fi->flags, &h)) {
+        inode_release(fs, a.ino);
+        inode_forget(fs, a.ino, 1);
+        return reply_err(req, -ENOMEM);
+    }
+    fi->fh = (uint64_t)(uintptr_t)h;
     if (fuse_reply_create(req, &e, fi)) {
-        free((struct opener *)(uintptr_t)fi->fh);
+        handle_free(h);
         inode_release(fs, a.ino);
         inode_forget(fs, a.ino, 1);
     }
@@ -387,10 +481,14 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
 {
+    if (refused(req, ino, parent))
+        return;
     struct fs *fs = fs_of(req);
     struct ns_attr a;
     struct inode *in = inode_get(fs, ino);
     int rc = name_ok(name);
+    if (rc == 0)
+        rc = name_free(parent, name);
     pthread_rwlock_rdlock(&fs->freeze);
     if (rc == 0 && in)
         rc = inode_flush(fs, in);
@@ -405,6 +503,8 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const cha
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+    if (refused(req, parent, 0))
+        return;
     struct fs *fs = fs_of(req);
     uint64_t ino = 0;
     uint32_t nlink = 1;
@@ -419,6 +519,8 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
+    if (refused(req, parent, 0))
+        return;
     struct fs *fs = fs_of(req);
     uint64_t ino = 0;
     pthread_rwlock_rdlock(&fs->freeze);
@@ -433,10 +535,14 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
                       const char *newname, unsigned int flags)
 {
+    if (refused(req, parent, newparent))
+        return;
     struct fs *fs = fs_of(req);
     uint64_t victim = 0;
     uint32_t nlink = 1;
     int rc = name_ok(newname);
+    if (rc == 0)
+        rc = name_free(newparent, newname);
     pthread_rwlock_rdlock(&fs->freeze);
     if (rc == 0)
         rc = ns_rename(fs->ns, parent, name, newparent, newname, flags, &victim, &nlink);
@@ -459,7 +565,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_
 static int touch_atime(struct fs *fs, const struct ns_attr *a)
 {
     struct timespec t = now();
-    if (fs->read_only)
+    if (fs_read_only(fs))
         return 0;
     if (nsec(a->atime) > nsec(a->mtime) && nsec(a->atime) > nsec(a->ctime) &&
         nsec(t) - nsec(a->atime) < DAY_NS)
@@ -496,20 +602,55 @@ static int truncate_on_open(struct fs *fs, uint64_t ino)
     return rc;
 }
 
+/* A file under .snapshots: its version, which never changes (the page
+ * cache may keep it). */
+static void open_in_snapshot(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+    struct handle *h = calloc(1, sizeof *h);
+    int rc = h ? snapview_version(fs_of(req)->views, ino, &h->version) : -ENOMEM;
+    if (rc) {
+        handle_free(h);
+        return reply_err(req, rc);
+    }
+    fi->keep_cache = 1;
+    fi->fh = (uint64_t)(uintptr_t)h;
+    if (fuse_reply_open(req, fi))
+        handle_free(h);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    int rc = inode_open(fs_of(req), ino);
-    if (rc == 0 && (fi->flags & O_TRUNC) && (rc = truncate_on_open(fs_of(req), ino)) != 0)
-        inode_release(fs_of(req), ino);
+    struct fs *fs = fs_of(req);
+    struct handle *h = NULL;
+    int following = fs_following(fs);
+    if (((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) && refused(req, ino, 0))
+        return;
+    if (snapview_owns(ino))
+        return open_in_snapshot(req, ino, fi);
+    int rc = inode_open(fs, ino);
+    if (rc == 0 && (fi->flags & O_TRUNC) && (rc = truncate_on_open(fs, ino)) != 0)
+        inode_release(fs, ino);
     if (rc)
         return reply_err(req, rc);
-    touch_atime_on_open(fs_of(req), ino, fi->flags);
-    /* Nothing but this mount writes the file: what the kernel cached stays true. */
-    fi->keep_cache = 1;
-    fi->fh = opener_of(req, fi->flags);
+    rc = add_opener(req, fi->flags, &h);
+    if (rc == 0 && following)
+        rc = add_version(fs, ino, &h);
+    if (rc) {
+        handle_free(h);
+        inode_release(fs, ino);
+        return reply_err(req, rc);
+    }
+    touch_atime_on_open(fs, ino, fi->flags);
+    /* Nothing but this mount writes the file: what the kernel cached stays
+     * true. A follower's files change with each snapshot, and each open
+     * reads its own version: the page cache, shared by all, is no place
+     * for them. */
+    fi->keep_cache = !following;
+    fi->direct_io = following;
+    fi->fh = (uint64_t)(uintptr_t)h;
     if (fuse_reply_open(req, fi)) {
-        free((struct opener *)(uintptr_t)fi->fh);
-        inode_release(fs_of(req), ino);
+        handle_free(h);
+        inode_release(fs, ino);
     }
 }
 
@@ -544,12 +685,34 @@ static void read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t off,
         blocks_prefetch(fs->blocks, ino, size, first, count);
 }
 
+/* A read copied into a buffer and replied: of the file as it is (of size
+ * bytes), or of a handle's version. Returns what the read returned. */
+static ssize_t reply_copied(fuse_req_t req, uint64_t ino, uint64_t fsize,
+                            const struct blocks_version *version, size_t size, off_t off)
+{
+    struct fs *fs = fs_of(req);
+    size_t cap = size <= FS_MAX_READ ? FS_MAX_READ : size; /* the kernel asks no more */
+    char *buf = cap == FS_MAX_READ ? bufpool_get(fs->read_bufs) : aligned_alloc(BUFPOOL_ALIGN, cap);
+    ssize_t n = !buf      ? -ENOMEM
+                : version ? blocks_read_version(fs->blocks, version, (uint64_t)off, size, buf)
+                          : blocks_read(fs->blocks, ino, fsize, (uint64_t)off, size, buf);
+    if (n < 0)
+        reply_err(req, (int)n);
+    else
+        fuse_reply_buf(req, buf, (size_t)n);
+    bufpool_put(fs->read_bufs, buf, cap);
+    return n;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
-    (void)fi;
     struct fs *fs = fs_of(req);
     struct ns_attr a;
+    if (handle_of(fi) && handle_of(fi)->version) { /* the file may be gone from the tree */
+        reply_copied(req, ino, 0, handle_of(fi)->version, size, off);
+        return;
+    }
     int rc = inode_attr(fs, ino, &a);
     if (rc)
         return reply_err(req, rc);
@@ -561,15 +724,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         touch_atime(fs, &a);
         return;
     }
-    size_t cap = size <= FS_MAX_READ ? FS_MAX_READ : size; /* the kernel asks no more */
-    char *buf = cap == FS_MAX_READ ? bufpool_get(fs->read_bufs) : aligned_alloc(BUFPOOL_ALIGN, cap);
-    ssize_t n = !buf ? -ENOMEM : blocks_read(fs->blocks, ino, a.size, (uint64_t)off, size, buf);
-    if (n < 0)
-        reply_err(req, (int)n);
-    else
-        fuse_reply_buf(req, buf, (size_t)n);
-    bufpool_put(fs->read_bufs, buf, cap);
-    if (n >= 0)
+    if (reply_copied(req, ino, a.size, NULL, size, off) >= 0)
         touch_atime(fs, &a);
 }
 
@@ -577,7 +732,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
  * for ext4: a writer without CAP_FSETID (taken here as anyone but root)
  * loses setuid, and setgid when the file is group-executable or the writer
  * is not in its group. */
-static unsigned privs_to_kill(const struct opener *o, const struct ns_attr *a)
+static unsigned privs_to_kill(const struct handle *o, const struct ns_attr *a)
 {
     unsigned kill = a->mode & S_ISUID;
     if (a->mode & S_ISGID) {
@@ -592,9 +747,9 @@ static unsigned privs_to_kill(const struct opener *o, const struct ns_attr *a)
 
 static void kill_privs(struct fs *fs, uint64_t ino, const struct fuse_file_info *fi)
 {
-    const struct opener *o = (const struct opener *)(uintptr_t)fi->fh;
+    const struct handle *o = handle_of(fi);
     struct ns_attr a, out;
-    if (!o || ns_getattr(fs->ns, ino, &a) != 0 || !(a.mode & (S_ISUID | S_ISGID)))
+    if (!o || !o->has_opener || ns_getattr(fs->ns, ino, &a) != 0 || !(a.mode & (S_ISUID | S_ISGID)))
         return;
     unsigned kill = privs_to_kill(o, &a);
     if (!kill)
@@ -656,6 +811,8 @@ static int hold_room(struct fs *fs, uint64_t ino, uint64_t off, size_t len,
 static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in, off_t off,
                          struct fuse_file_info *fi)
 {
+    if (refused(req, ino, 0))
+        return;
     struct fs *fs = fs_of(req);
     struct inode *in_mem = inode_get(fs, ino);
     struct ns_attr a;
@@ -690,8 +847,9 @@ static void op_write_buf(fuse_req_t req, fuse_ino_t ino, struct fuse_bufvec *in,
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-    free((struct opener *)(uintptr_t)fi->fh);
-    inode_release(fs_of(req), ino);
+    handle_free(handle_of(fi));
+    if (!snapview_owns(ino))
+        inode_release(fs_of(req), ino);
     fuse_reply_err(req, 0);
 }
 
@@ -730,6 +888,8 @@ static void op_fsyncdir(fuse_req_t req, fuse_ino_t ino, int datasync, struct fus
 static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
                          struct fuse_file_info *fi)
 {
+    if (refused(req, ino, 0))
+        return;
     (void)fi;
     struct fs *fs = fs_of(req);
     struct inode *in = inode_get(fs, ino);
@@ -771,16 +931,19 @@ static int add_entry(void *arg, const char *name, const struct ns_attr *row, uin
 {
     struct dirbuf *d = arg;
     struct ns_attr attr = *row, *a = &attr;
-    inode_overlay(d->fs, a);
+    int ours = snapview_owns(a->ino);
+    if (!ours)
+        inode_overlay(d->fs, a);
     size_t left = d->size - d->used, n;
     int dot = name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]));
     if (d->plus) {
-        struct fuse_entry_param e = { .ino = a->ino,
-                                      .attr_timeout = TIMEOUT,
-                                      .entry_timeout = TIMEOUT };
+        /* A snapshot's entries are looked up: no reference to count. */
+        struct fuse_entry_param e = { .ino = ours ? 0 : a->ino,
+                                      .attr_timeout = ttl(d->req),
+                                      .entry_timeout = ttl(d->req) };
         to_stat(d->fs, a, &e.attr);
         n = fuse_add_direntry_plus(d->req, d->buf + d->used, left, name, &e, (off_t)next_off);
-        if (n <= left && !dot && inode_ref(d->fs, a->ino, 1))
+        if (n <= left && !dot && !ours && inode_ref(d->fs, a->ino, 1))
             return 1;
     } else {
         struct stat st = { .st_ino = a->ino, .st_mode = a->mode };
@@ -797,7 +960,10 @@ static void readdir_any(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, 
     struct dirbuf d = { req, fs_of(req), malloc(size), size, 0, plus };
     /* No entry takes less than 24 bytes of the reply: a bound on how many fit. */
     size_t max = size / 24 + 2;
-    int rc = d.buf ? ns_readdir(d.fs->ns, ino, (uint64_t)off, max, add_entry, &d) : -ENOMEM;
+    int rc = !d.buf ? -ENOMEM
+             : snapview_owns(ino)
+                 ? snapview_readdir(d.fs->views, ino, (uint64_t)off, max, add_entry, &d)
+                 : ns_readdir(d.fs->ns, ino, (uint64_t)off, max, add_entry, &d);
     if (rc)
         reply_err(req, rc);
     else
@@ -855,6 +1021,8 @@ static int xattr_allowed(const char *name)
 static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
                         size_t size, int flags)
 {
+    if (refused(req, ino, 0))
+        return;
     struct fs *fs = fs_of(req);
     int rc = xattr_allowed(name);
     int nsflags = (flags & XATTR_CREATE ? NS_XATTR_CREATE : 0) |
@@ -888,8 +1056,11 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
     int rc;
     if (ino == NS_ROOT && strcmp(name, CTL_XATTR) == 0) /* where ckptctl finds us */
         rc = buf_printf(&b, "%s", control_socket_path(fs));
+    else if (xattr_allowed(name) == -EOPNOTSUPP)
+        rc = -ENODATA;
     else
-        rc = xattr_allowed(name) == -EOPNOTSUPP ? -ENODATA : ns_getxattr(fs->ns, ino, name, &b);
+        rc = snapview_owns(ino) ? snapview_getxattr(fs->views, ino, name, &b)
+                                : ns_getxattr(fs->ns, ino, name, &b);
     reply_xattr(req, rc, &b, size);
     buf_free(&b);
 }
@@ -897,13 +1068,17 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
     struct buf b = { 0 };
-    int rc = ns_listxattr(fs_of(req)->ns, ino, &b);
+    struct fs *fs = fs_of(req);
+    int rc =
+        snapview_owns(ino) ? snapview_listxattr(fs->views, ino, &b) : ns_listxattr(fs->ns, ino, &b);
     reply_xattr(req, rc, &b, size);
     buf_free(&b);
 }
 
 static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 {
+    if (refused(req, ino, 0))
+        return;
     struct fs *fs = fs_of(req);
     int rc = xattr_allowed(name);
     if (rc == 0) {
@@ -919,7 +1094,7 @@ static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-    (void)userdata;
+    struct fs *fs = userdata;
     /* Large writes and many requests in flight: throughput of sequential I/O. */
     /* A page under 1 MiB, so a request with its header fits a pipe of the default
      * maximum size (fs.pipe-max-size) and libfuse can splice it. */
@@ -932,8 +1107,11 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
     if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT)
         conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
     /* Writes land in the kernel's page cache and reach us in large batches
-     * in the background: write() runs at page-cache speed, fsync flushes. */
-    if (conn->capable & FUSE_CAP_WRITEBACK_CACHE)
+     * in the background: write() runs at page-cache speed, fsync flushes.
+     * The kernel then trusts its own file sizes over ours, which a
+     * follower's files, changing with each snapshot, cannot have: it goes
+     * without, also once promoted (until mounted again). */
+    if ((conn->capable & FUSE_CAP_WRITEBACK_CACHE) && !fs_following(fs))
         conn->want |= FUSE_CAP_WRITEBACK_CACHE;
     /* Write requests arrive in a pipe and are spliced into the cache files. */
     if (conn->capable & FUSE_CAP_SPLICE_READ)

@@ -97,14 +97,30 @@ int owner_acquire(struct store *s, struct owner_claim *c)
     return write_claim(s, c, 0);
 }
 
-int owner_heartbeat(struct store *s, const struct owner_claim *c)
+int owner_seize(struct store *s, struct owner_claim *c)
+{
+    struct holder h = { .epoch = 0 };
+    int rc = read_holder(s, &h);
+    if (rc && rc != -ENOENT)
+        return rc;
+    c->epoch = (h.epoch > c->epoch ? h.epoch : c->epoch) + 1;
+    return write_claim(s, c, 0);
+}
+
+int owner_check(struct store *s, const struct owner_claim *c)
 {
     struct holder h;
     int rc = read_holder(s, &h);
     if (rc == 0 && strcmp(h.mount_id, c->mount_id) != 0)
         return err_set(-ESTALE, "%s was taken over by mount %s on host %s (epoch %llu)",
                        store_url(s), h.mount_id, h.host, (unsigned long long)h.epoch);
-    return rc && rc != -ENOENT ? rc : write_claim(s, c, 0);
+    return rc == -ENOENT ? 0 : rc;
+}
+
+int owner_heartbeat(struct store *s, const struct owner_claim *c)
+{
+    int rc = owner_check(s, c);
+    return rc ? rc : write_claim(s, c, 0);
 }
 
 int owner_release(struct store *s, const struct owner_claim *c)

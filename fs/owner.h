@@ -31,6 +31,14 @@ struct owner_claim {
  * over with force raises the epoch. */
 int owner_acquire(struct store *s, struct owner_claim *c);
 
+/* Takes the bucket over whoever holds it, heartbeat or not (a promotion):
+ * the epoch becomes one above both the holder's and c->epoch. */
+int owner_seize(struct store *s, struct owner_claim *c);
+
+/* 0 if the bucket is still ours (or held by nobody); -ESTALE, naming the
+ * holder, if another mount holds it. */
+int owner_check(struct store *s, const struct owner_claim *c);
+
 /* Rewrites the heartbeat. -ESTALE (with a message) if someone else holds it now. */
 int owner_heartbeat(struct store *s, const struct owner_claim *c);
 

@@ -11,6 +11,9 @@
  *      snapshots/EPOCH-SEQ. Chunks are in the bucket before the snapshot
  *      that names them, so a reader that sees a snapshot can read it all.
  *   4. Commit: blocks not written since T become clean; the sequence moves on.
+ * Just before the put of step 3, the owner object is read: if another mount
+ * holds the bucket now, the publish fails and the publisher is fenced
+ * (publisher.h).
  * A failure at any step aborts the publish: the blocks stay dirty and the
  * next publish carries them. Nothing already in the bucket is overwritten.
  *
@@ -25,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -42,13 +46,6 @@ struct publisher {
     struct snapshot_id next;
     struct publisher_status st;
 };
-
-static int64_t realtime_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 /* Step 1. Returns 1 if there is something to publish, 0 if not. */
 static int freeze(struct publisher *p, uint64_t *changes)
@@ -80,11 +77,15 @@ static int seal_and_put(struct publisher *p)
     if (rc == 0)
         rc = snapshot_encode(p->reader, fs->blocks, p->next, &plain);
     sqlite3_exec(p->reader, "COMMIT", NULL, NULL, NULL);
+    if (rc == 0 && p->opt.claim && (rc = owner_check(fs->store, p->opt.claim)) == -ESTALE)
+        publisher_fence(p, rc);
     if (rc == 0)
         rc = snapshot_publish(fs->store, fs->codec, p->next, &plain, p->opt.if_absent);
-    if (rc == -EEXIST)
+    if (rc == -EEXIST) { /* create-if-absent refused: another writer has our sequence */
         rc = err_set(-ESTALE, "snapshot %08llx-%012llx was published by another writer",
                      (unsigned long long)p->next.epoch, (unsigned long long)p->next.seq);
+        publisher_fence(p, rc);
+    }
     buf_free(&plain);
     return rc;
 }
@@ -98,7 +99,7 @@ static int commit(struct publisher *p, uint64_t changes)
     pthread_mutex_lock(&p->lock);
     p->published_changes = changes;
     p->st.last = p->next;
-    p->st.last_ns = realtime_ns();
+    p->st.last_ns = clock_realtime_ns();
     p->st.published++;
     p->st.last_error[0] = '\0';
     p->st.last_error_ns = 0;
@@ -114,7 +115,8 @@ static void let_go(struct publisher *p)
     unsigned deleted;
     if (!retention_set(&p->opt.keep))
         return;
-    int rc = retention_apply(p->fs->store, &p->opt.keep, realtime_ns() / 1000000000, &deleted);
+    int rc =
+        retention_apply(p->fs->store, &p->opt.keep, clock_realtime_ns() / 1000000000, &deleted);
     if (rc)
         log_warn("deleting old snapshots: %s", err_msg(rc));
     else if (deleted)
@@ -124,6 +126,13 @@ static void let_go(struct publisher *p)
 static int publish(struct publisher *p)
 {
     uint64_t changes;
+    pthread_mutex_lock(&p->lock);
+    int fenced = p->st.fenced;
+    char why[sizeof p->st.last_error];
+    memcpy(why, p->st.last_error, sizeof why);
+    pthread_mutex_unlock(&p->lock);
+    if (fenced)
+        return err_set(-ESTALE, "%s", why);
     int rc = freeze(p, &changes);
     if (rc <= 0)
         return rc;
@@ -141,27 +150,38 @@ static int publish(struct publisher *p)
     p->st.publishing = 0;
     if (rc) {
         snprintf(p->st.last_error, sizeof p->st.last_error, "%s", err_msg(rc));
-        p->st.last_error_ns = realtime_ns();
+        p->st.last_error_ns = clock_realtime_ns();
     }
     pthread_mutex_unlock(&p->lock);
-    if (rc)
+    if (rc && rc != -ESTALE)
         log_error("publishing a snapshot: %s", err_msg(rc));
     return rc;
+}
+
+void publisher_fence(struct publisher *p, int why)
+{
+    if (!p)
+        return;
+    char msg[sizeof p->st.last_error];
+    snprintf(msg, sizeof msg, "%s", err_msg(why));
+    pthread_mutex_lock(&p->lock);
+    int first = !p->st.fenced;
+    p->st.fenced = 1;
+    memcpy(p->st.last_error, msg, sizeof msg);
+    p->st.last_error_ns = clock_realtime_ns();
+    pthread_mutex_unlock(&p->lock);
+    __atomic_store_n(&p->fs->read_only, 1, __ATOMIC_RELEASE);
+    if (first)
+        log_error("%s: this mount publishes no more snapshots and is read-only now; changes "
+                  "it had not published stay in %s",
+                  msg, p->fs->cache_dir);
 }
 
 /* Sleeps until a ticket is waiting, the interval passed with changes pending,
  * or a stop; returns the tickets a publish now would cover. */
 static uint64_t wait_for_work(struct publisher *p, int failed)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    uint64_t ms = p->opt.interval_ms * (failed ? 2u : 1u);
-    until.tv_sec += (time_t)(ms / 1000);
-    until.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = clock_deadline_ms((int64_t)p->opt.interval_ms * (failed ? 2 : 1));
     pthread_mutex_lock(&p->lock);
     while (!p->stopping && p->tickets == p->covered &&
            pthread_cond_timedwait(&p->wake, &p->lock, &until) == 0)

@@ -23,6 +23,14 @@ struct retention {
 /* Whether r deletes anything at all. */
 int retention_set(const struct retention *r);
 
+/* Whether r lets go of the i-th of n snapshots (in publishing order, the
+ * newest last) whose object time is mtime, judged at now_s. */
+int retention_expires(const struct retention *r, size_t i, size_t n, int64_t mtime, int64_t now_s);
+
+/* A duration: seconds, or with s, m, h, d or w ("90s", "12h", "7d") into
+ * *secs; -EINVAL naming what (the option) and the text if it is not one. */
+int retention_parse_duration(const char *what, const char *text, int64_t *secs);
+
 /* Deletes the snapshots r lets go, judged at now_s (seconds since the
  * epoch, as object times are); *deleted gets their count. */
 int retention_apply(struct store *s, const struct retention *r, int64_t now_s, unsigned *deleted);

@@ -109,7 +109,7 @@ int seed_tree(struct fs *fs)
         rc = pool_for_each(COPIERS, names.n, copy_one, &copying);
     }
     if (rc == 0)
-        rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, fs->remote, &info);
+        rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, &info);
     if (rc == 0)
         log_info("seeded from %s, snapshot %s: %llu files, %llu bytes; %llu of %zu chunks "
                  "copied",

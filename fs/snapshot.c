@@ -105,6 +105,26 @@ int snapshot_list(struct store *s, snapshot_list_fn fn, void *arg)
     return store_list(s, SNAPSHOT_PREFIX, list_one, &l);
 }
 
+static int add_entry(void *arg, struct snapshot_id id, const struct store_object *o)
+{
+    struct snapshot_entries *l = arg;
+    if (array_grow((void **)&l->v, &l->cap, l->n, sizeof *l->v))
+        return -ENOMEM;
+    l->v[l->n++] = (struct snapshot_entry){ id, o->mtime, o->size };
+    return 0;
+}
+
+int snapshot_list_all(struct store *s, struct snapshot_entries *out)
+{
+    *out = (struct snapshot_entries){ 0 };
+    int rc = snapshot_list(s, add_entry, out);
+    if (rc) {
+        free(out->v);
+        *out = (struct snapshot_entries){ 0 };
+    }
+    return rc;
+}
+
 struct latest {
     struct snapshot_id id;
     int found;
@@ -631,7 +651,8 @@ int snapshot_walk(const struct buf *plain, size_t block_size, const struct snaps
 struct loader {
     struct ns *ns;
     struct blocks *b;
-    struct remote *r;
+    struct blocks_ref *refs; /* collected here instead of set in b, if b is NULL */
+    size_t n, cap;
 };
 
 static int ld_inode(void *arg, const struct ns_attr *a, const void *target, size_t target_len)
@@ -653,30 +674,60 @@ static int ld_xattr(void *arg, uint64_t ino, const char *name, size_t name_len, 
 static int ld_block(void *arg, uint64_t ino, uint64_t idx, const uint8_t name[CODEC_NAME_LEN])
 {
     struct loader *ld = arg;
-    int rc = blocks_set_remote(ld->b, ino, idx, name);
-    return rc ? rc : remote_mark_known_locked(ld->r, name);
+    int rc = 0;
+    if (ld->b)
+        rc = blocks_set_remote(ld->b, ino, idx, name);
+    else if ((rc = array_grow((void **)&ld->refs, &ld->cap, ld->n, sizeof *ld->refs)) == 0) {
+        struct blocks_ref *ref = &ld->refs[ld->n++];
+        ref->ino = ino;
+        ref->idx = idx;
+        memcpy(ref->name, name, CODEC_NAME_LEN);
+    }
+    return rc;
 }
 
-int snapshot_load(const struct buf *plain, struct db *db, struct ns *ns, struct blocks *b,
-                  struct remote *r, struct snapshot_info *info)
+/* The tables from the snapshot, in one transaction (checked first). */
+static int load(const struct buf *plain, struct db *db, size_t block_size, struct loader *ld,
+                struct snapshot_info *info)
 {
     static const struct snapshot_visitor load_into_tables = { ld_inode, ld_dentry, ld_xattr,
                                                               ld_block };
-    struct loader ld = { ns, b, r };
-    int rc = snapshot_walk(plain, blocks_block_size(b), NULL, NULL, info);
+    int rc = snapshot_walk(plain, block_size, NULL, NULL, info);
     if (rc)
         return rc;
     db_lock(db);
     rc = db_exec(db, "BEGIN IMMEDIATE");
     if (rc == 0) {
-        rc = ns_clear(ns);
+        rc = ns_clear(ld->ns);
+        if (rc == 0 && ld->b)
+            rc = blocks_clear_locked(ld->b);
         if (rc == 0)
-            rc = blocks_clear_locked(b);
-        if (rc == 0)
-            rc = walk_once(plain, blocks_block_size(b), &load_into_tables, &ld, info);
+            rc = walk_once(plain, block_size, &load_into_tables, ld, info);
         int end = db_exec(db, rc ? "ROLLBACK" : "COMMIT");
         rc = rc ? rc : end;
     }
     db_unlock(db);
     return rc;
+}
+
+int snapshot_load(const struct buf *plain, struct db *db, struct ns *ns, struct blocks *b,
+                  struct snapshot_info *info)
+{
+    struct loader ld = { .ns = ns, .b = b };
+    return load(plain, db, blocks_block_size(b), &ld, info);
+}
+
+int snapshot_load_tree(const struct buf *plain, struct db *db, struct ns *ns, size_t block_size,
+                       struct blocks_ref **refs, size_t *n, struct snapshot_info *info)
+{
+    struct loader ld = { .ns = ns };
+    int rc = load(plain, db, block_size, &ld, info);
+    if (rc) {
+        free(ld.refs);
+        return rc;
+    }
+    blocks_refs_sort(ld.refs, ld.n);
+    *refs = ld.refs;
+    *n = ld.n;
+    return 0;
 }

@@ -47,6 +47,19 @@ int snapshot_parse_id(const char *text, struct snapshot_id *id);
 typedef int (*snapshot_list_fn)(void *arg, struct snapshot_id id, const struct store_object *o);
 int snapshot_list(struct store *s, snapshot_list_fn fn, void *arg);
 
+/* Every snapshot in the bucket, in publishing order (the newest last), with
+ * its object's time and size; the caller frees out->v. */
+struct snapshot_entry {
+    struct snapshot_id id;
+    int64_t mtime;
+    uint64_t size;
+};
+struct snapshot_entries {
+    struct snapshot_entry *v;
+    size_t n, cap;
+};
+int snapshot_list_all(struct store *s, struct snapshot_entries *out);
+
 /* The newest snapshot in the bucket; -ENOENT if there is none. */
 int snapshot_latest(struct store *s, struct snapshot_id *id);
 
@@ -89,9 +102,15 @@ int snapshot_walk(const struct buf *plain, size_t block_size, const struct snaps
                   void *arg, struct snapshot_info *info);
 
 /* Replaces the namespace and block tables with the snapshot's tree: files
- * become REMOTE blocks, their chunks known to be in the bucket. Checks every
- * record first; on error nothing is changed. */
+ * become REMOTE blocks. Checks every record first; on error nothing is
+ * changed. */
 int snapshot_load(const struct buf *plain, struct db *db, struct ns *ns, struct blocks *b,
-                  struct remote *r, struct snapshot_info *info);
+                  struct snapshot_info *info);
+
+/* A follower's move to a newer snapshot: replaces the namespace tables
+ * only, and hands the snapshot's blocks to the caller in *refs (from
+ * malloc, *n of them, sorted) for blocks_follow. Checks every record first. */
+int snapshot_load_tree(const struct buf *plain, struct db *db, struct ns *ns, size_t block_size,
+                       struct blocks_ref **refs, size_t *n, struct snapshot_info *info);
 
 #endif

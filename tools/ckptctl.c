@@ -25,9 +25,11 @@ static const struct command commands[] = {
     { "sync", cmd_sync, "publish a snapshot of a mount now; return once it is in the bucket" },
     { "status", cmd_status, "what a mount has not uploaded, its last snapshot and error" },
     { "warm", cmd_warm, "fetch a subtree of a mount into its disk cache" },
+    { "promote", cmd_promote, "make a follower mount (--follow) its bucket's writer" },
     { "snapshots", cmd_snapshots, "list a bucket's snapshots: ID, epoch, time, files, bytes" },
     { "verify", cmd_verify, "check that every chunk a bucket's snapshots name is there and sound" },
     { "pull", cmd_pull, "restore a snapshot of a bucket into a plain directory" },
+    { "gc", cmd_gc, "delete expired snapshots and the chunks no snapshot names" },
 };
 
 static void usage(FILE *f)

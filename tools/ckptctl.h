@@ -15,6 +15,8 @@ int cmd_warm(int argc, char **argv);
 int cmd_snapshots(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_pull(int argc, char **argv);
+int cmd_promote(int argc, char **argv);
+int cmd_gc(int argc, char **argv);
 
 struct option;
 struct store_options;

@@ -1,7 +1,8 @@
 /*
  * ckptctl's commands on a ckptfs bucket, without a mount: snapshots (list
  * them), verify (every chunk a snapshot names is there and decodes to its
- * name) and pull (restore a snapshot into a plain directory).
+ * name), pull (restore a snapshot into a plain directory) and gc (delete
+ * expired snapshots and the chunks no snapshot names).
  *
  * A bucket may be someone else's: every snapshot passes snapshot_walk's
  * checks before anything is done with it, names never leave the directory
@@ -31,8 +32,10 @@
 #include "cache/remote.h"
 #include "cache/store.h"
 #include "cache/store_options.h"
+#include "fs/retention.h"
 #include "fs/snapshot.h"
 #include "util/err.h"
+#include "util/hex.h"
 #include "util/hmap.h"
 #include "util/pool.h"
 
@@ -45,34 +48,62 @@ struct args {
     const char *key_file;
     const char *snapshot; /* --snapshot ID, or the @ID of a URL */
     int json, help;
+    int dry_run;           /* gc's */
+    int64_t grace_s;       /* gc's */
+    struct retention keep; /* gc's */
 };
 
-enum { OPT_KEY = 1, OPT_SNAPSHOT, OPT_JSON };
+enum { OPT_KEY = 1, OPT_SNAPSHOT, OPT_JSON, OPT_DRY_RUN, OPT_GRACE, OPT_KEEP, OPT_KEEP_AGE };
 
 static int on_option(void *arg, int val, const char *value)
 {
     struct args *a = arg;
+    char *end;
+    int rc = 0;
     if (val == OPT_KEY)
         a->key_file = value;
     else if (val == OPT_SNAPSHOT)
         a->snapshot = value;
     else if (val == OPT_JSON)
         a->json = 1;
-    else if (val == 'h')
+    else if (val == OPT_DRY_RUN)
+        a->dry_run = 1;
+    else if (val == OPT_GRACE)
+        rc = retention_parse_duration("--grace", value, &a->grace_s);
+    else if (val == OPT_KEEP_AGE)
+        rc = retention_parse_duration("--keep-age", value, &a->keep.keep_age_s);
+    else if (val == OPT_KEEP) {
+        unsigned long n = strtoul(value, &end, 10);
+        if (!*value || *end || value[0] == '-' || n < 1 || n > 1000000)
+            rc = err_set(-EINVAL, "--keep: '%s' is not a number from 1 to 1000000", value);
+        a->keep.keep = (unsigned)n;
+    } else if (val == 'h')
         a->help = 1;
-    return 0;
+    return rc ? ctl_usage_error("%s", err_msg(rc)) : 0;
 }
+
+#define COMMON_OPTIONS                                                                             \
+    { "encrypt-key", required_argument, NULL, OPT_KEY }, { "json", no_argument, NULL, OPT_JSON },  \
+    {                                                                                              \
+        "help", no_argument, NULL, 'h'                                                             \
+    }
 
 static int parse(int argc, char **argv, struct args *a)
 {
     static const struct option own[] = {
-        { "encrypt-key", required_argument, NULL, OPT_KEY },
+        COMMON_OPTIONS,
         { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
-        { "json", no_argument, NULL, OPT_JSON },
-        { "help", no_argument, NULL, 'h' },
         { 0 },
     };
-    return ctl_parse(argc, argv, own, &a->opt, on_option, a);
+    static const struct option gc[] = {
+        COMMON_OPTIONS,
+        { "dry-run", no_argument, NULL, OPT_DRY_RUN },
+        { "grace", required_argument, NULL, OPT_GRACE },
+        { "keep", required_argument, NULL, OPT_KEEP },
+        { "keep-age", required_argument, NULL, OPT_KEEP_AGE },
+        { 0 },
+    };
+    return ctl_parse(argc, argv, strcmp(argv[0], "gc") ? own : gc, &a->opt, on_option, a);
 }
 
 /* Parses a command's line into a, for a command taking operands URLs or
@@ -827,4 +858,189 @@ int cmd_pull(int argc, char **argv)
     printf("%s: snapshot %s restored, %llu files, %s\n", dir, text, (unsigned long long)info.files,
            size);
     return EXIT_OK;
+}
+
+/* ---- gc ---- */
+
+#define GC_DEFAULT_GRACE (24 * 3600)
+
+/* A chunk object of the bucket, and what gc makes of it. */
+struct chunk_obj {
+    char key[82];
+    uint8_t name[CODEC_NAME_LEN];
+    uint64_t size;
+    int64_t mtime;
+};
+
+struct chunk_objs {
+    struct chunk_obj *v;
+    size_t n, cap;
+};
+
+/* chunks/NN/NAME as remote_chunk_key writes them; anything else under
+ * chunks/ is not ours to judge, and stays. */
+static int add_chunk_obj(void *arg, const struct store_object *o)
+{
+    struct chunk_objs *l = arg;
+    uint8_t name[CODEC_NAME_LEN];
+    char key[82];
+    if (strlen(o->key) != 74 || hex_decode(o->key + 10, CODEC_NAME_LEN, name, 0))
+        return 0;
+    remote_chunk_key(name, key);
+    if (strcmp(key, o->key))
+        return 0;
+    if (array_grow((void **)&l->v, &l->cap, l->n, sizeof *l->v))
+        return -ENOMEM;
+    struct chunk_obj *c = &l->v[l->n++];
+    memcpy(c->key, key, sizeof key);
+    memcpy(c->name, name, CODEC_NAME_LEN);
+    c->size = o->size;
+    c->mtime = o->mtime;
+    return 0;
+}
+
+/* What gc found, and did or would do. */
+struct gc_plan {
+    struct snapshot_entries snaps;
+    int64_t now;
+    size_t expired, kept;
+    struct refs refs; /* named by the snapshots that stay, sorted, unique */
+    struct chunk_objs chunks;
+    const char **doomed; /* keys: expired snapshots first, then chunks */
+    char (*snap_keys)[SNAPSHOT_KEY_LEN];
+    size_t ndoomed, named, young;
+    uint64_t doomed_bytes;
+};
+
+/* Steps 1 and 2: which snapshots go, and what the others name. Any snapshot
+ * that cannot be read stops gc: what it names would be unknown. */
+static int gc_refs(struct bucket *b, const struct args *a, const char *url, struct gc_plan *p)
+{
+    int rc = snapshot_list_all(b->store, &p->snaps);
+    if (rc == 0 && p->snaps.n == 0)
+        rc = err_set(-ENOENT,
+                     "%s holds no snapshot: gc would delete every chunk, so it deletes "
+                     "nothing (is this the right bucket?)",
+                     url);
+    p->snap_keys = rc ? NULL : calloc(p->snaps.n, sizeof *p->snap_keys);
+    if (rc == 0 && !p->snap_keys)
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < p->snaps.n; i++) {
+        static const struct snapshot_visitor collect = { .block = add_ref };
+        struct buf plain = { 0 };
+        struct snapshot_info info;
+        if (retention_expires(&a->keep, i, p->snaps.n, p->snaps.v[i].mtime, p->now)) {
+            snapshot_key(p->snaps.v[i].id, p->snap_keys[p->expired++]);
+            continue;
+        }
+        p->kept++;
+        p->refs.current = p->snaps.v[i].id;
+        rc = load(b, p->snaps.v[i].id, &collect, &p->refs, &plain, &info);
+        buf_free(&plain);
+        if (rc == -ENOENT)
+            rc = err_set(rc, "%s: it went while gc ran (a writer's retention?); run gc again",
+                         err_msg(rc));
+    }
+    if (rc == 0)
+        unique(&p->refs);
+    return rc ? err_wrap(rc, "nothing deleted") : 0;
+}
+
+static int named(const struct refs *r, const uint8_t name[CODEC_NAME_LEN])
+{
+    struct ref key;
+    memcpy(key.name, name, CODEC_NAME_LEN);
+    return bsearch(&key, r->v, r->n, sizeof *r->v, by_name) != NULL;
+}
+
+/* Step 3: the chunks no remaining snapshot names and older than the grace. */
+static int gc_chunks(struct bucket *b, const struct args *a, struct gc_plan *p)
+{
+    int rc = store_list(b->store, "chunks/", add_chunk_obj, &p->chunks);
+    p->doomed = rc ? NULL : calloc(p->expired + p->chunks.n + 1, sizeof *p->doomed);
+    if (rc == 0 && !p->doomed)
+        return -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < p->expired; i++)
+        p->doomed[p->ndoomed++] = p->snap_keys[i];
+    for (size_t i = 0; rc == 0 && i < p->chunks.n; i++) {
+        const struct chunk_obj *c = &p->chunks.v[i];
+        if (named(&p->refs, c->name))
+            p->named++;
+        else if (p->now - c->mtime < a->grace_s)
+            p->young++;
+        else {
+            p->doomed[p->ndoomed++] = c->key;
+            p->doomed_bytes += c->size;
+        }
+    }
+    return rc;
+}
+
+static void gc_free(struct gc_plan *p)
+{
+    free(p->snaps.v);
+    free(p->refs.v);
+    free(p->chunks.v);
+    free(p->doomed);
+    free(p->snap_keys);
+}
+
+static void gc_report(const char *url, const struct args *a, const struct gc_plan *p)
+{
+    char size[32];
+    const char *verb = a->dry_run ? "would delete" : "deleted";
+    ctl_size_text((double)p->doomed_bytes, size, sizeof size);
+    if (a->json) {
+        json_t *j = json_pack(
+            "{s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "url", url, "dry_run", a->dry_run,
+            "snapshots_kept", (json_int_t)p->kept, "snapshots_deleted", (json_int_t)p->expired,
+            "chunks_named", (json_int_t)p->named, "chunks_young", (json_int_t)p->young,
+            "chunks_deleted", (json_int_t)(p->ndoomed - p->expired), "bytes_deleted",
+            (json_int_t)p->doomed_bytes, "grace_seconds", (json_int_t)a->grace_s);
+        json_dumpf(j, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
+        putchar('\n');
+        json_decref(j);
+        return;
+    }
+    printf("%s: %zu snapshots stay, %s %zu expired\n", url, p->kept, verb, p->expired);
+    printf("chunks: %zu named by a snapshot, %zu unnamed but younger than the grace (%llds), "
+           "%s %zu (%s)\n",
+           p->named, p->young, (long long)a->grace_s, verb, p->ndoomed - p->expired, size);
+}
+
+int cmd_gc(int argc, char **argv)
+{
+    static const char usage[] =
+        "usage: ckptctl gc URL [--dry-run] [--grace DURATION] [--keep N] [--keep-age DURATION]\n"
+        "                  [--json] [--encrypt-key FILE] [store options]\n"
+        "Deletes the snapshots --keep and --keep-age let go (as a writer's retention does; the\n"
+        "newest always stays), then every chunk no remaining snapshot names whose object is\n"
+        "older than the grace (default 24h, at least 1h): a chunk a running writer uploaded\n"
+        "for a snapshot it has not published yet is younger than that, so gc is safe while\n"
+        "writers run. A snapshot that cannot be read stops it before anything is deleted.\n"
+        "\noptions:\n%s";
+    struct args a = { .grace_s = GC_DEFAULT_GRACE };
+    int rc = command_line(argc, argv, usage, 1, "one URL", &a);
+    if (rc >= 0)
+        return rc;
+    if (a.grace_s < GC_MIN_GRACE)
+        return ctl_usage_error("--grace: at least %ds: a writer trusts a chunk it put for half "
+                               "of that without putting it again",
+                               GC_MIN_GRACE);
+    const char *url = argv[optind];
+    struct bucket b = { 0 };
+    struct gc_plan p = { .now = (int64_t)time(NULL) };
+    rc = bucket_open(url, &a, &b);
+    if (rc == 0)
+        rc = gc_refs(&b, &a, url, &p);
+    if (rc == 0)
+        rc = gc_chunks(&b, &a, &p);
+    /* Expired snapshots go first: a crash between leaves no snapshot naming a deleted chunk. */
+    if (rc == 0 && !a.dry_run && p.ndoomed)
+        rc = store_delete_many(b.store, p.doomed, p.ndoomed);
+    if (rc == 0)
+        gc_report(url, &a, &p);
+    gc_free(&p);
+    bucket_close(&b);
+    return rc ? ctl_fail("%s", err_msg(rc)) : EXIT_OK;
 }

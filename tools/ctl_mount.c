@@ -1,7 +1,7 @@
 /*
- * ckptctl sync / status / warm: ask a running mount (through its control
- * socket, fs/control.h) to publish now, how it is doing, or to fetch a
- * subtree into its cache.
+ * ckptctl sync / status / warm / promote: ask a running mount (through its
+ * control socket, fs/control.h) to publish now, how it is doing, to fetch a
+ * subtree into its cache, or (a follower) to become the writer.
  */
 #include "ckptctl.h"
 #include "progress.h"
@@ -112,6 +112,29 @@ int cmd_sync(int argc, char **argv)
     return EXIT_OK;
 }
 
+int cmd_promote(int argc, char **argv)
+{
+    int at = one_mountpoint(argc, argv,
+                            "usage: ckptctl promote MOUNTPOINT\n"
+                            "Makes a follower (ckptfs --follow) the writer of its bucket: it "
+                            "catches up with the newest snapshot, takes the bucket over with a "
+                            "higher epoch, and returns once its first snapshot is in the bucket. "
+                            "A writer still running stops publishing before its next snapshot.\n",
+                            NULL);
+    if (at <= 0)
+        return at < 0 ? EXIT_OK : at;
+    json_t *reply;
+    int rc = request(argv[at], "promote", &reply);
+    if (rc)
+        return rc;
+    const char *snap = json_string_value(json_object_get(reply, "snapshot"));
+    printf("%s: promoted in %.2f s; writing epoch %lld, snapshot %s is in the bucket\n", argv[at],
+           json_real_value(json_object_get(reply, "seconds")),
+           (long long)json_integer_value(json_object_get(reply, "epoch")), snap ? snap : "(none)");
+    json_decref(reply);
+    return EXIT_OK;
+}
+
 static json_int_t num(json_t *r, const char *k)
 {
     return json_integer_value(json_object_get(r, k));
@@ -152,8 +175,17 @@ static void print_status(json_t *r)
     const char *serving = json_string_value(json_object_get(r, "serving"));
     const char *newest = json_string_value(json_object_get(r, "newest"));
     if (serving)
-        printf("serving:        snapshot %s; newest in the bucket %s (%lld behind)\n", serving,
-               newest ? newest : "unknown", (long long)num(r, "snapshots_behind"));
+        printf("serving:        snapshot %s; newest in the bucket %s (%lld behind, lag %lld s)\n",
+               serving, newest ? newest : "unknown", (long long)num(r, "snapshots_behind"),
+               (long long)num(r, "lag_seconds"));
+    if (json_is_true(json_object_get(r, "following"))) {
+        const char *ferr = json_string_value(json_object_get(r, "follow_error"));
+        printf("following:      %lld switches%s; %s\n", (long long)num(r, "switches"),
+               json_is_true(json_object_get(r, "warming")) ? ", warming the cache now" : "",
+               ferr && *ferr ? ferr : "no error");
+    }
+    if (json_is_true(json_object_get(r, "fenced")))
+        printf("FENCED:         another mount took the bucket over; this one is read-only\n");
     printf("not uploaded:   %s in %lld blocks%s\n", dirty, (long long)num(r, "upload_queue"),
            json_is_true(json_object_get(r, "publishing")) ? " (publishing now)" : "");
     if (last)

@@ -112,6 +112,19 @@ int db_prepare(struct db *db, const char *sql, sqlite3_stmt **out)
     return rc == SQLITE_OK ? 0 : db_fail(db->h, rc, sql);
 }
 
+int db_has_column(struct db *db, const char *table, const char *column)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db->h, "SELECT 1 FROM pragma_table_info(?) WHERE name = ?", -1, &st,
+                           NULL) != SQLITE_OK)
+        return 0;
+    sqlite3_bind_text(st, 1, table, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, column, -1, SQLITE_STATIC);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
+}
+
 int db_run(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st);

@@ -43,6 +43,9 @@ int db_prepare(struct db *db, const char *sql, sqlite3_stmt **out);
  * 0, -EEXIST for a constraint violation, or -EIO with a message. */
 int db_run(sqlite3_stmt *st);
 
+/* Whether table has that column (a cache made by an older version may not). */
+int db_has_column(struct db *db, const char *table, const char *column);
+
 /* Makes every committed transaction durable (fsyncs the WAL). Takes the lock. */
 int db_sync(struct db *db);
 
