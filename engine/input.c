@@ -1,0 +1,286 @@
+/* The file connector (contract in input.h). */
+#include "input.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/buf.h"
+#include "util/err.h"
+#include "util/log.h"
+
+#define READ_SIZE ((size_t)1 << 20)
+#define MAX_LINE  ((size_t)16 << 20) /* a longer line is malformed, not a reason to use all memory \
+                                      */
+
+struct input {
+    const struct table *t;
+    const char *path;
+    int fd, json, skip_errors, header;
+    uint64_t pos, line;
+    struct buf pending; /* bytes read past pos: [done, len) not yet consumed */
+    size_t done;
+    struct value *row;
+    uint64_t skipped;
+    int at_end;
+};
+
+int input_open(const struct table *t, struct input **out)
+{
+    const char *conn = option_get(t->opts, t->nopts, "connector");
+    const char *path = option_get(t->opts, t->nopts, "path");
+    const char *format = option_get(t->opts, t->nopts, "format");
+    const char *on_error = option_get(t->opts, t->nopts, "on_error");
+    const char *header = option_get(t->opts, t->nopts, "header");
+    if (!conn || strcmp(conn, "file"))
+        return err_set(-EINVAL, "table %s: 'connector' is not 'file'", t->name);
+    if (!path || !*path)
+        return err_set(-EINVAL, "table %s: a file connector needs a 'path'", t->name);
+    if (format && strcmp(format, "csv") && strcmp(format, "json"))
+        return err_set(-EINVAL, "table %s: 'format' is '%s', neither 'csv' nor 'json'", t->name,
+                       format);
+    if (on_error && strcmp(on_error, "fail") && strcmp(on_error, "skip"))
+        return err_set(-EINVAL, "table %s: 'on_error' is '%s', neither 'fail' nor 'skip'", t->name,
+                       on_error);
+    if (header && strcmp(header, "true") && strcmp(header, "false"))
+        return err_set(-EINVAL, "table %s: 'header' is '%s', neither 'true' nor 'false'", t->name,
+                       header);
+    struct input *in = calloc(1, sizeof *in);
+    struct value *row = calloc(t->ncols, sizeof *row);
+    if (!in || !row) {
+        free(in);
+        free(row);
+        return -ENOMEM;
+    }
+    *in = (struct input){ .t = t,
+                          .path = path,
+                          .fd = -1,
+                          .row = row,
+                          .json = format && !strcmp(format, "json"),
+                          .skip_errors = on_error && !strcmp(on_error, "skip"),
+                          .header = header && !strcmp(header, "true") };
+    *out = in;
+    return 0;
+}
+
+void input_close(struct input *in)
+{
+    if (!in)
+        return;
+    if (in->fd >= 0)
+        close(in->fd);
+    buf_free(&in->pending);
+    free(in->row);
+    free(in);
+}
+
+/* ---- records ---- */
+
+static int bad(struct input *in, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int bad(struct input *in, const char *fmt, ...)
+{
+    char why[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    return err_set(-EBADMSG, "%s:%llu: %s", in->path, (unsigned long long)in->line, why);
+}
+
+static int field(struct input *in, size_t c, const char *s, size_t len, int quoted)
+{
+    const struct column *col = &in->t->cols[c];
+    if (len == 0 && !quoted) {
+        in->row[c].t = T_NULL;
+        return 0;
+    }
+    if (value_parse(col->type, s, len, &in->row[c]) == 0)
+        return 0;
+    return bad(in, "%s: '%.*s' is not a %s", col->name, (int)(len > 40 ? 40 : len), s,
+               type_name(col->type));
+}
+
+/* One CSV line, in place (a quoted field is unescaped where it lies). */
+static int csv_line(struct input *in, char *s, size_t len)
+{
+    size_t c = 0, ncols = in->t->ncols;
+    if (len && s[len - 1] == '\r')
+        len--;
+    char *end = s + len;
+    for (;;) {
+        char *start = s, *w = s;
+        int quoted = s < end && *s == '"';
+        if (quoted) {
+            for (start = w = ++s;; s++) {
+                if (s >= end)
+                    return bad(in, "a quoted field is not closed");
+                if (*s == '"' && (s + 1 >= end || s[1] != '"'))
+                    break;
+                s += *s == '"';
+                *w++ = *s;
+            }
+            s++;
+            if (s < end && *s != ',')
+                return bad(in, "text after a quoted field");
+        } else {
+            while (s < end && *s != ',')
+                s++;
+            w = s;
+        }
+        if (c >= ncols)
+            return bad(in, "more than the %zu fields of table %s", ncols, in->t->name);
+        int rc = field(in, c++, start, (size_t)(w - start), quoted);
+        if (rc)
+            return rc;
+        if (s >= end)
+            break;
+        s++; /* the comma */
+    }
+    return c == ncols ? 0 : bad(in, "%zu fields, table %s has %zu", c, in->t->name, ncols);
+}
+
+static int json_value(struct input *in, size_t c, json_t *v)
+{
+    const struct column *col = &in->t->cols[c];
+    struct value *out = &in->row[c];
+    enum type t = col->type;
+    if (json_is_null(v))
+        out->t = T_NULL;
+    else if (t == T_BIGINT && json_is_integer(v))
+        *out = (struct value){ .t = T_BIGINT, .i = json_integer_value(v) };
+    else if (t == T_DOUBLE && json_is_number(v))
+        *out = (struct value){ .t = T_DOUBLE, .d = json_number_value(v) };
+    else if (t == T_BOOLEAN && json_is_boolean(v))
+        *out = (struct value){ .t = T_BOOLEAN, .b = json_is_true(v) };
+    else if ((t == T_VARCHAR || t == T_TIMESTAMP) && json_is_string(v))
+        return field(in, c, json_string_value(v), json_string_length(v), 1);
+    else
+        return bad(in, "%s: not a %s", col->name, type_name(t));
+    return 0;
+}
+
+static int has_column(const struct table *t, const char *name)
+{
+    for (size_t c = 0; c < t->ncols; c++)
+        if (!strcmp(t->cols[c].name, name))
+            return 1;
+    return 0;
+}
+
+static int json_line(struct input *in, const char *s, size_t len, json_t **keep, int *weight)
+{
+    json_error_t jerr;
+    json_t *j = json_loadb(s, len, JSON_REJECT_DUPLICATES, &jerr), *row = NULL;
+    *keep = j;
+    if (!j)
+        return bad(in, "not JSON: %s", jerr.text);
+    const char *what = NULL;
+    if (json_is_object(j) && json_object_size(j) == 1) {
+        what = json_object_iter_key(json_object_iter(j));
+        row = json_object_iter_value(json_object_iter(j));
+    }
+    if (!what || !json_is_object(row) || (strcmp(what, "insert") && strcmp(what, "delete")))
+        return bad(in, "expected {\"insert\": {...}} or {\"delete\": {...}}");
+    *weight = what[0] == 'i' ? 1 : -1;
+    size_t matched = 0;
+    for (size_t c = 0; c < in->t->ncols; c++) {
+        json_t *v = json_object_get(row, in->t->cols[c].name);
+        int rc = v ? json_value(in, c, v) : (in->row[c].t = T_NULL, 0);
+        if (rc)
+            return rc;
+        matched += v != NULL;
+    }
+    if (matched < json_object_size(row)) {
+        const char *key;
+        json_t *v;
+        json_object_foreach(row, key, v) if (!has_column(in->t, key)) return bad(
+            in, "table %s has no column %s", in->t->name, key);
+    }
+    return 0;
+}
+
+/* One line: 1 if a change went to fn, 0 if none (skipped, a header), or an error. */
+static int one_line(struct input *in, char *s, size_t len, input_fn fn, void *arg)
+{
+    json_t *keep = NULL;
+    int weight = 1, rc;
+    in->line++;
+    if (in->header && in->line == 1)
+        return 0;
+    if (len == 0 || (len == 1 && s[0] == '\r'))
+        return 0;
+    rc = in->json ? json_line(in, s, len, &keep, &weight) : csv_line(in, s, len);
+    if (rc == 0)
+        rc = fn(arg, in->row, weight);
+    json_decref(keep);
+    if (rc == -EBADMSG && in->skip_errors) {
+        log_warn("%s (skipped)", err_msg(rc));
+        in->skipped++;
+        return 0;
+    }
+    return rc ? rc : 1;
+}
+
+/* ---- the file ---- */
+
+/* More bytes from the file into pending: 1 if some came, 0 at its end. */
+static int read_more(struct input *in)
+{
+    if (in->fd < 0 && (in->fd = open(in->path, O_RDONLY | O_CLOEXEC)) < 0)
+        return errno == ENOENT ? 0 : err_set(-EIO, "%s: %s", in->path, strerror(errno));
+    if (in->done > in->pending.len / 2) { /* keep the unconsumed bytes at the front */
+        memmove(in->pending.data, in->pending.data + in->done, in->pending.len - in->done);
+        in->pending.len -= in->done;
+        in->done = 0;
+    }
+    if (in->pending.len - in->done > MAX_LINE)
+        return bad(in, "a line longer than %zu bytes", MAX_LINE);
+    if (buf_reserve(&in->pending, READ_SIZE))
+        return -ENOMEM;
+    uint64_t at = in->pos + (in->pending.len - in->done);
+    ssize_t n = pread(in->fd, in->pending.data + in->pending.len, READ_SIZE, (off_t)at);
+    if (n < 0)
+        return err_set(-EIO, "%s: %s", in->path, strerror(errno));
+    in->pending.len += (size_t)n;
+    return n > 0;
+}
+
+ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
+{
+    size_t got = 0;
+    in->at_end = 0;
+    while (got < max) {
+        char *s = (char *)in->pending.data + in->done;
+        size_t avail = in->pending.len - in->done;
+        char *nl = avail ? memchr(s, '\n', avail) : NULL;
+        if (!nl) {
+            int rc = read_more(in);
+            if (rc < 0)
+                return rc;
+            if (rc == 0) {
+                in->at_end = 1;
+                break;
+            }
+            continue;
+        }
+        size_t len = (size_t)(nl - s);
+        int rc = one_line(in, s, len, fn, arg);
+        if (rc < 0) {
+            in->line--; /* the same line again next time, with the same number */
+            return rc;
+        }
+        in->done += len + 1;
+        in->pos += len + 1;
+        got += (size_t)rc;
+    }
+    return (ssize_t)got;
+}
+
+void input_get_stats(const struct input *in, struct input_stats *st)
+{
+    *st = (struct input_stats){ in->pos, in->line, in->skipped, in->at_end };
+}

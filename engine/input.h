@@ -1,0 +1,50 @@
+/*
+ * A table's file connector: WITH ('connector' = 'file', 'path' = P,
+ * 'format' = 'csv' | 'json', 'on_error' = 'fail' | 'skip', 'header' =
+ * 'true' | 'false'). It follows a growing file: each poll reads the
+ * complete lines written since the last one (a line still being written
+ * waits for its newline); a file that does not exist yet is empty.
+ *
+ * csv: one insert per line, fields in the table's column order, separated
+ * by commas, "quoted" where they hold commas, quotes ("") or newlines; an
+ * empty unquoted field is NULL, "" the empty string.
+ * json: a change per line, {"insert": {COLUMN: VALUE, ...}} or
+ * {"delete": {...}}; a missing column is NULL.
+ *
+ * A malformed record is reported as PATH:LINE: reason, then skipped
+ * ('on_error' = 'skip', counted) or fails the poll ('fail', the default).
+ * The position of an input is the byte offset of its next unread line,
+ * so that a checkpoint can resume from it.
+ */
+#ifndef CKPT_ENGINE_INPUT_H
+#define CKPT_ENGINE_INPUT_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "engine/sql.h"
+
+struct input;
+
+/* -EINVAL naming the option if the table's WITH options are not a file
+ * connector's. */
+int input_open(const struct table *t, struct input **out);
+void input_close(struct input *in);
+
+/* Called with each change read: row (valid during the call) and +1 or -1. */
+typedef int (*input_fn)(void *arg, const struct value *row, int weight);
+
+/* Reads up to max changes that are complete in the file now. Returns how
+ * many were passed to fn, or an error (a malformed record with 'fail', an
+ * I/O error, or fn's). */
+ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg);
+
+struct input_stats {
+    uint64_t position; /* byte offset of the next unread line */
+    uint64_t lines;    /* lines read */
+    uint64_t skipped;  /* malformed records skipped */
+    int at_end;        /* the last poll reached the end of the file */
+};
+void input_get_stats(const struct input *in, struct input_stats *st);
+
+#endif

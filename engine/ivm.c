@@ -1,0 +1,413 @@
+/*
+ * Incremental view maintenance (contract in ivm.h).
+ *
+ * A group is the rows of the table (passing WHERE) with one value of the
+ * GROUP BY columns. Its state:
+ *   rows         the number of such rows (weights summed): COUNT(*)
+ *   per aggregate n (non-NULL arguments), isum/dsum (SUM, AVG), and for MIN
+ *                and MAX a bag: the distinct non-NULL arguments, sorted,
+ *                each with its multiplicity.
+ * Invariants:
+ *   1. A group with rows == 0 does not exist (unless the view has no GROUP
+ *      BY: the one group always exists).
+ *   2. A group touched in the current step is on the touched list once,
+ *      with `before`, its output row as of the step's start (NULL if it did
+ *      not exist then).
+ *   3. Outside a step (after ivm_flush), no group is touched.
+ */
+#include "ivm.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/err.h"
+
+struct entry { /* a bag's value and its multiplicity */
+    struct value v;
+    int64_t count;
+};
+
+struct bag {
+    struct entry *v; /* sorted by value_cmp */
+    size_t n, cap;
+};
+
+struct aggst {
+    int64_t n;
+    __int128 isum;
+    double dsum;
+    struct bag bag;
+};
+
+struct group {
+    struct group *next; /* the hash chain */
+    struct group *next_touched;
+    uint64_t hash;
+    struct row *key;
+    int64_t rows;
+    int touched;
+    struct row *before;
+    struct aggst agg[];
+};
+
+struct ivm {
+    const struct view *v;
+    struct group **slots;
+    size_t nslots;
+    uint64_t ngroups;
+    struct group *touched;
+    struct value *scratch; /* an output row being built */
+};
+
+/* ---- bags ---- */
+
+static size_t bag_find(const struct bag *b, const struct value *x, int *found)
+{
+    size_t lo = 0, hi = b->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = value_cmp(&b->v[mid].v, x);
+        if (c == 0) {
+            *found = 1;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = 0;
+    return lo;
+}
+
+static int bag_add(struct bag *b, const struct value *x, int weight)
+{
+    int found;
+    size_t i = bag_find(b, x, &found);
+    if (found) {
+        if ((b->v[i].count += weight) == 0) {
+            if (b->v[i].v.t == T_VARCHAR)
+                free((char *)b->v[i].v.str.s);
+            memmove(&b->v[i], &b->v[i + 1], (b->n - i - 1) * sizeof *b->v);
+            b->n--;
+        }
+        return 0;
+    }
+    if (array_grow((void **)&b->v, &b->cap, b->n, sizeof *b->v))
+        return -ENOMEM;
+    struct entry e = { *x, weight };
+    if (x->t == T_VARCHAR && !(e.v.str.s = strndup(x->str.s, x->str.len)))
+        return -ENOMEM;
+    memmove(&b->v[i + 1], &b->v[i], (b->n - i) * sizeof *b->v);
+    b->v[i] = e;
+    b->n++;
+    return 0;
+}
+
+static void bag_free(struct bag *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        if (b->v[i].v.t == T_VARCHAR)
+            free((char *)b->v[i].v.str.s);
+    free(b->v);
+}
+
+/* ---- groups ---- */
+
+static size_t aggs_of(const struct view *v)
+{
+    return v->nitems;
+}
+
+static void group_free(const struct ivm *m, struct group *g)
+{
+    for (size_t i = 0; i < aggs_of(m->v); i++)
+        bag_free(&g->agg[i].bag);
+    row_free(g->key);
+    row_free(g->before);
+    free(g);
+}
+
+static int grow_slots(struct ivm *m)
+{
+    size_t n = m->nslots ? m->nslots * 2 : 1024;
+    struct group **slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return -ENOMEM;
+    for (size_t i = 0; i < m->nslots; i++)
+        for (struct group *g = m->slots[i], *next; g; g = next) {
+            next = g->next;
+            g->next = slots[g->hash & (n - 1)];
+            slots[g->hash & (n - 1)] = g;
+        }
+    free(m->slots);
+    m->slots = slots;
+    m->nslots = n;
+    return 0;
+}
+
+static struct group *find(struct ivm *m, const struct value *key, uint64_t h)
+{
+    for (struct group *g = m->slots[h & (m->nslots - 1)]; g; g = g->next)
+        if (g->hash == h && row_eq(g->key->v, key, m->v->ngroup))
+            return g;
+    return NULL;
+}
+
+static struct group *add_group(struct ivm *m, const struct value *key, uint64_t h)
+{
+    if (m->ngroups >= m->nslots && grow_slots(m))
+        return NULL;
+    struct group *g = calloc(1, sizeof *g + aggs_of(m->v) * sizeof *g->agg);
+    if (!g || !(g->key = row_new(key, m->v->ngroup))) {
+        free(g);
+        return NULL;
+    }
+    g->hash = h;
+    g->next = m->slots[h & (m->nslots - 1)];
+    m->slots[h & (m->nslots - 1)] = g;
+    m->ngroups++;
+    return g;
+}
+
+static void unlink_group(struct ivm *m, struct group *g)
+{
+    struct group **at = &m->slots[g->hash & (m->nslots - 1)];
+    while (*at != g)
+        at = &(*at)->next;
+    *at = g->next;
+    m->ngroups--;
+}
+
+/* ---- output rows ---- */
+
+static void result(const struct item *it, const struct aggst *a, int64_t rows, struct value *out)
+{
+    out->t = T_NULL;
+    switch (it->agg) {
+    case A_COUNT_STAR:
+        *out = (struct value){ .t = T_BIGINT, .i = rows };
+        return;
+    case A_COUNT:
+        *out = (struct value){ .t = T_BIGINT, .i = a->n };
+        return;
+    case A_SUM:
+        if (a->n && it->type == T_DOUBLE)
+            *out = (struct value){ .t = T_DOUBLE, .d = a->dsum };
+        else if (a->n && a->isum >= INT64_MIN && a->isum <= INT64_MAX)
+            *out = (struct value){ .t = T_BIGINT, .i = (int64_t)a->isum };
+        return;
+    case A_AVG:
+        if (a->n)
+            *out = (struct value){ .t = T_DOUBLE,
+                                   .d = (it->arg->type == T_DOUBLE ? a->dsum : (double)a->isum) /
+                                        (double)a->n };
+        return;
+    case A_MIN:
+    case A_MAX:
+        if (a->bag.n)
+            *out = a->bag.v[it->agg == A_MIN ? 0 : a->bag.n - 1].v;
+        return;
+    }
+}
+
+/* The group's output row, in m->scratch. */
+static void output(struct ivm *m, const struct group *g)
+{
+    const struct view *v = m->v;
+    for (size_t i = 0; i < v->nitems; i++) {
+        const struct item *it = &v->items[i];
+        if (it->is_agg)
+            result(it, &g->agg[i], g->rows, &m->scratch[i]);
+        else
+            m->scratch[i] = g->key->v[it->group];
+    }
+}
+
+static int exists(const struct ivm *m, const struct group *g)
+{
+    return g->rows > 0 || m->v->ngroup == 0;
+}
+
+/* Invariant 2. */
+static int touch(struct ivm *m, struct group *g)
+{
+    if (g->touched)
+        return 0;
+    if (exists(m, g)) {
+        output(m, g);
+        if (!(g->before = row_new(m->scratch, m->v->nitems)))
+            return -ENOMEM;
+    }
+    g->touched = 1;
+    g->next_touched = m->touched;
+    m->touched = g;
+    return 0;
+}
+
+/* ---- changes ---- */
+
+static int update(struct aggst *a, const struct item *it, const struct value *row, int weight)
+{
+    struct value x;
+    if (it->agg == A_COUNT_STAR)
+        return 0;
+    expr_eval(it->arg, row, &x);
+    if (x.t == T_NULL)
+        return 0;
+    a->n += weight;
+    switch (it->agg) {
+    case A_SUM:
+    case A_AVG:
+        if (x.t == T_DOUBLE)
+            a->dsum += weight * x.d;
+        else
+            a->isum += weight * x.i;
+        if (a->n == 0) /* no rounding left behind by values that came and went */
+            a->dsum = 0;
+        return 0;
+    case A_MIN:
+    case A_MAX:
+        return bag_add(&a->bag, &x, weight);
+    default:
+        return 0;
+    }
+}
+
+/* A deletion must find what it deletes: the group's rows, and each MIN and
+ * MAX argument in its bag. Checked before anything changes. */
+static int can_delete(const struct ivm *m, const struct group *g, const struct value *row)
+{
+    const struct view *v = m->v;
+    int ok = g && g->rows > 0;
+    for (size_t i = 0; ok && i < v->nitems; i++) {
+        const struct item *it = &v->items[i];
+        struct value x;
+        int found = 1;
+        if (it->is_agg && (it->agg == A_MIN || it->agg == A_MAX)) {
+            expr_eval(it->arg, row, &x);
+            if (x.t != T_NULL)
+                bag_find(&g->agg[i].bag, &x, &found);
+        }
+        ok = found;
+    }
+    return ok ? 0 : err_set(-EINVAL, "view %s: a deleted row was never inserted", v->name);
+}
+
+int ivm_change(struct ivm *m, const struct value *row, int weight)
+{
+    const struct view *v = m->v;
+    struct value keep, key[64];
+    if (v->where) {
+        expr_eval(v->where, row, &keep);
+        if (keep.t != T_BOOLEAN || !keep.b)
+            return 0;
+    }
+    for (size_t i = 0; i < v->ngroup; i++)
+        key[i] = row[v->group[i]];
+    uint64_t h = row_hash(key, v->ngroup);
+    struct group *g = find(m, key, h);
+    int rc = weight < 0 ? can_delete(m, g, row) : 0;
+    if (rc)
+        return rc;
+    if (!g && !(g = add_group(m, key, h)))
+        return -ENOMEM;
+    rc = touch(m, g);
+    for (size_t i = 0; rc == 0 && i < v->nitems; i++)
+        if (v->items[i].is_agg)
+            rc = update(&g->agg[i], &v->items[i], row, weight);
+    g->rows += weight;
+    return rc ? err_wrap(rc, "view %s", v->name) : 0;
+}
+
+/* One touched group's changes; the group goes if it no longer exists. */
+static int flush_group(struct ivm *m, struct group *g, ivm_emit_fn emit, void *arg)
+{
+    int rc = 0, now = exists(m, g);
+    if (now)
+        output(m, g);
+    int same = now && g->before && row_eq(g->before->v, m->scratch, m->v->nitems);
+    if (g->before && !same)
+        rc = emit(arg, g->before->v, -1);
+    if (rc == 0 && now && !same)
+        rc = emit(arg, m->scratch, 1);
+    row_free(g->before);
+    g->before = NULL;
+    g->touched = 0;
+    if (!now) {
+        unlink_group(m, g);
+        group_free(m, g);
+    }
+    return rc;
+}
+
+int ivm_flush(struct ivm *m, ivm_emit_fn emit, void *arg)
+{
+    int rc = 0;
+    while (m->touched) {
+        struct group *g = m->touched;
+        m->touched = g->next_touched;
+        int one = flush_group(m, g, emit, arg);
+        rc = rc ? rc : one;
+    }
+    return rc;
+}
+
+int ivm_scan(struct ivm *m, ivm_emit_fn fn, void *arg)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < m->nslots; i++)
+        for (struct group *g = m->slots[i]; rc == 0 && g; g = g->next)
+            if (exists(m, g)) {
+                output(m, g);
+                rc = fn(arg, m->scratch, 1);
+            }
+    return rc;
+}
+
+uint64_t ivm_groups(const struct ivm *m)
+{
+    return m->ngroups;
+}
+
+int ivm_new(const struct view *v, struct ivm **out)
+{
+    struct ivm *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    m->v = v;
+    int rc =
+        v->ngroup <= 64 ? 0 : err_set(-EINVAL, "view %s: more than 64 GROUP BY columns", v->name);
+    if (rc == 0 && (!(m->scratch = calloc(v->nitems + 1, sizeof *m->scratch)) || grow_slots(m)))
+        rc = -ENOMEM;
+    struct group *all = NULL;
+    if (rc == 0 && v->ngroup == 0) { /* the one group: its first row comes out at once */
+        if (!(all = add_group(m, NULL, row_hash(NULL, 0))))
+            rc = -ENOMEM;
+        else
+            rc = touch(m, all);
+        if (all)
+            row_free(all->before), all->before = NULL;
+    }
+    if (rc) {
+        ivm_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void ivm_free(struct ivm *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->nslots; i++)
+        for (struct group *g = m->slots[i], *next; g; g = next) {
+            next = g->next;
+            group_free(m, g);
+        }
+    free(m->slots);
+    free(m->scratch);
+    free(m);
+}

@@ -1,0 +1,119 @@
+/* The file output connector (contract in output.h). */
+#include "output.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/buf.h"
+#include "util/err.h"
+
+struct output {
+    const struct view *v;
+    const char *path;
+    int fd;
+    uint64_t step;
+    struct buf lines;
+};
+
+/* The directories above path, as mkdir -p makes them. */
+static int make_parents(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    for (char *p = dir + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(dir, 0755) && errno != EEXIST)
+            return err_set(-EIO, "cannot create %s: %s", dir, strerror(errno));
+        *p = '/';
+    }
+    return 0;
+}
+
+int output_open(const struct view *v, struct output **out)
+{
+    const char *conn = option_get(v->opts, v->nopts, "connector");
+    const char *path = option_get(v->opts, v->nopts, "path");
+    const char *format = option_get(v->opts, v->nopts, "format");
+    if (!conn || strcmp(conn, "file"))
+        return err_set(-EINVAL, "view %s: 'connector' is not 'file'", v->name);
+    if (!path || !*path)
+        return err_set(-EINVAL, "view %s: a file connector needs a 'path'", v->name);
+    if (format && strcmp(format, "json"))
+        return err_set(-EINVAL, "view %s: 'format' is '%s'; outputs are JSON lines ('json')",
+                       v->name, format);
+    int rc = make_parents(path);
+    int fd = rc ? -1 : open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (rc == 0 && fd < 0)
+        rc = err_set(-EIO, "view %s: cannot open %s: %s", v->name, path, strerror(errno));
+    struct output *o = rc ? NULL : calloc(1, sizeof *o);
+    if (rc == 0 && !o)
+        rc = -ENOMEM;
+    if (rc) {
+        if (fd >= 0)
+            close(fd);
+        return rc;
+    }
+    *o = (struct output){ .v = v, .path = path, .fd = fd };
+    *out = o;
+    return 0;
+}
+
+void output_close(struct output *o)
+{
+    if (!o)
+        return;
+    close(o->fd);
+    buf_free(&o->lines);
+    free(o);
+}
+
+void output_begin(struct output *o, uint64_t step)
+{
+    o->step = step;
+    buf_reset(&o->lines);
+}
+
+int output_emit(void *arg, const struct value *row, int weight)
+{
+    struct output *o = arg;
+    const struct view *v = o->v;
+    int rc = buf_printf(&o->lines, "{\"step\": %llu, \"%s\": {", (unsigned long long)o->step,
+                        weight > 0 ? "insert" : "delete");
+    for (size_t i = 0; rc == 0 && i < v->nitems; i++) {
+        const char *name = v->items[i].name;
+        struct value key = { .t = T_VARCHAR, .str = { name, strlen(name) } };
+        rc = i ? buf_printf(&o->lines, ", ") : 0;
+        if (rc == 0)
+            rc = value_json(&key, &o->lines);
+        if (rc == 0)
+            rc = buf_printf(&o->lines, ": ");
+        if (rc == 0)
+            rc = value_json(&row[i], &o->lines);
+    }
+    return rc ? rc : buf_printf(&o->lines, "}}\n");
+}
+
+int output_end(struct output *o)
+{
+    const uint8_t *p = o->lines.data;
+    size_t left = o->lines.len;
+    while (left) {
+        ssize_t n = write(o->fd, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return err_set(-EIO, "view %s: writing %s: %s", o->v->name, o->path, strerror(errno));
+        p += n;
+        left -= (size_t)n;
+    }
+    buf_reset(&o->lines);
+    return 0;
+}

@@ -1,0 +1,185 @@
+/* The step loop (contract in pipeline.h). */
+#include "pipeline.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/input.h"
+#include "engine/ivm.h"
+#include "engine/output.h"
+#include "util/buf.h"
+#include "util/err.h"
+
+struct pipeline {
+    struct program *prog;
+    struct input **inputs;   /* per table; NULL for a table without a connector */
+    struct ivm **views;      /* per view */
+    struct output **outputs; /* per view; NULL for a view without a connector */
+    uint64_t step, records;
+};
+
+static int read_program(const char *path, char **text)
+{
+    FILE *f = fopen(path, "r");
+    struct buf b = { 0 };
+    char chunk[65536];
+    size_t n;
+    if (!f)
+        return err_set(-ENOENT, "%s: %s", path, strerror(errno));
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (buf_append(&b, chunk, n)) {
+            fclose(f);
+            buf_free(&b);
+            return -ENOMEM;
+        }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed || buf_append(&b, "", 1)) {
+        buf_free(&b);
+        return failed ? err_set(-EIO, "%s: read error", path) : -ENOMEM;
+    }
+    *text = (char *)b.data;
+    return 0;
+}
+
+static int open_connectors(struct pipeline *p)
+{
+    struct program *g = p->prog;
+    p->inputs = calloc(g->ntables, sizeof *p->inputs);
+    p->views = calloc(g->nviews ? g->nviews : 1, sizeof *p->views);
+    p->outputs = calloc(g->nviews ? g->nviews : 1, sizeof *p->outputs);
+    if (!p->inputs || !p->views || !p->outputs)
+        return -ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < g->ntables; i++)
+        if (option_get(g->tables[i]->opts, g->tables[i]->nopts, "connector"))
+            rc = input_open(g->tables[i], &p->inputs[i]);
+    for (size_t i = 0; rc == 0 && i < g->nviews; i++) {
+        rc = ivm_new(&g->views[i], &p->views[i]);
+        if (rc == 0 && option_get(g->views[i].opts, g->views[i].nopts, "connector"))
+            rc = output_open(&g->views[i], &p->outputs[i]);
+    }
+    return rc;
+}
+
+int pipeline_open(const char *path, struct pipeline **out)
+{
+    char *text = NULL;
+    struct pipeline *p = calloc(1, sizeof *p);
+    int rc = p ? read_program(path, &text) : -ENOMEM;
+    if (rc == 0 && (rc = program_parse(text, &p->prog)) != 0)
+        err_wrap(rc, "%s", path);
+    free(text);
+    if (rc == 0)
+        rc = open_connectors(p);
+    if (rc) {
+        pipeline_close(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+void pipeline_close(struct pipeline *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; p->prog && i < p->prog->ntables; i++)
+        input_close(p->inputs ? p->inputs[i] : NULL);
+    for (size_t i = 0; p->prog && i < p->prog->nviews; i++) {
+        ivm_free(p->views ? p->views[i] : NULL);
+        output_close(p->outputs ? p->outputs[i] : NULL);
+    }
+    free(p->inputs);
+    free(p->views);
+    free(p->outputs);
+    program_free(p->prog);
+    free(p);
+}
+
+struct applying {
+    struct pipeline *p;
+    const struct table *t;
+};
+
+/* A change of table t goes to every view of t. */
+static int apply(void *arg, const struct value *row, int weight)
+{
+    struct applying *a = arg;
+    struct program *g = a->p->prog;
+    for (size_t i = 0; i < g->nviews; i++)
+        if (g->views[i].from == a->t) {
+            int rc = ivm_change(a->p->views[i], row, weight);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+static int discard(void *arg, const struct value *row, int weight)
+{
+    (void)arg;
+    (void)row;
+    (void)weight;
+    return 0;
+}
+
+/* The views' changes of this step, to their outputs. */
+static int flush_views(struct pipeline *p)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++) {
+        struct output *o = p->outputs[i];
+        if (o)
+            output_begin(o, p->step);
+        rc = ivm_flush(p->views[i], o ? output_emit : discard, o);
+        if (rc == 0 && o)
+            rc = output_end(o);
+    }
+    return rc;
+}
+
+int pipeline_step(struct pipeline *p, size_t batch)
+{
+    size_t taken = 0;
+    for (size_t i = 0; i < p->prog->ntables; i++) {
+        struct applying a = { p, p->prog->tables[i] };
+        ssize_t n = p->inputs[i] ? input_poll(p->inputs[i], batch, apply, &a) : 0;
+        if (n < 0)
+            return (int)n;
+        taken += (size_t)n;
+    }
+    if (!taken && p->step)
+        return 0;
+    p->step++; /* the first step comes out even without input: views without GROUP BY have a row */
+    p->records += taken;
+    int rc = flush_views(p);
+    return rc ? rc : taken > 0;
+}
+
+int pipeline_inputs_done(const struct pipeline *p)
+{
+    for (size_t i = 0; i < p->prog->ntables; i++) {
+        struct input_stats st;
+        if (!p->inputs[i])
+            continue;
+        input_get_stats(p->inputs[i], &st);
+        if (!st.at_end)
+            return 0;
+    }
+    return 1;
+}
+
+void pipeline_get_stats(const struct pipeline *p, struct pipeline_stats *st)
+{
+    *st = (struct pipeline_stats){ p->step, p->records, 0 };
+    for (size_t i = 0; i < p->prog->ntables; i++) {
+        struct input_stats in;
+        if (p->inputs[i]) {
+            input_get_stats(p->inputs[i], &in);
+            st->skipped += in.skipped;
+        }
+    }
+}

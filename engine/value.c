@@ -1,0 +1,230 @@
+#include "value.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <xxhash.h>
+
+const char *type_name(enum type t)
+{
+    static const char *const names[] = { "NULL",    "BIGINT",  "DOUBLE",
+                                         "VARCHAR", "BOOLEAN", "TIMESTAMP" };
+    return names[t];
+}
+
+static int numeric(enum type t)
+{
+    return t == T_BIGINT || t == T_DOUBLE;
+}
+
+double value_num(const struct value *v)
+{
+    return v->t == T_BIGINT ? (double)v->i : v->d;
+}
+
+static int sign(double x)
+{
+    return (x > 0) - (x < 0);
+}
+
+int value_cmp(const struct value *a, const struct value *b)
+{
+    if (a->t == T_NULL || b->t == T_NULL)
+        return (a->t != T_NULL) - (b->t != T_NULL);
+    if (a->t == T_DOUBLE || b->t == T_DOUBLE)
+        return numeric(a->t) && numeric(b->t) ? sign(value_num(a) - value_num(b))
+                                              : (int)a->t - (int)b->t;
+    if (a->t != b->t)
+        return (int)a->t - (int)b->t;
+    switch (a->t) {
+    case T_VARCHAR: {
+        size_t n = a->str.len < b->str.len ? a->str.len : b->str.len;
+        int c = memcmp(a->str.s, b->str.s, n);
+        return c ? (c > 0) - (c < 0) : (a->str.len > b->str.len) - (a->str.len < b->str.len);
+    }
+    case T_BOOLEAN:
+        return (a->b > b->b) - (a->b < b->b);
+    default:
+        return (a->i > b->i) - (a->i < b->i);
+    }
+}
+
+int value_eq(const struct value *a, const struct value *b)
+{
+    return value_cmp(a, b) == 0;
+}
+
+uint64_t value_hash(const struct value *v, uint64_t seed)
+{
+    switch (v->t) {
+    case T_NULL:
+        return XXH3_64bits_withSeed("", 0, seed ^ 0x9e37);
+    case T_VARCHAR:
+        return XXH3_64bits_withSeed(v->str.s, v->str.len, seed);
+    case T_BOOLEAN:
+        return XXH3_64bits_withSeed(&v->b, sizeof v->b, seed);
+    case T_DOUBLE:
+        if (v->d == floor(v->d) && fabs(v->d) < 9.2e18) { /* equal to a BIGINT: same hash */
+            int64_t i = (int64_t)v->d;
+            return XXH3_64bits_withSeed(&i, sizeof i, seed);
+        }
+        return XXH3_64bits_withSeed(&v->d, sizeof v->d, seed);
+    default:
+        return XXH3_64bits_withSeed(&v->i, sizeof v->i, seed);
+    }
+}
+
+static int timestamp_text(int64_t us, struct buf *out)
+{
+    time_t secs = (time_t)(us >= 0 ? us / 1000000 : (us - 999999) / 1000000);
+    int64_t frac = us - (int64_t)secs * 1000000;
+    struct tm tm;
+    char text[64];
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S", &tm);
+    if (frac)
+        snprintf(text + n, sizeof text - n, ".%06lld", (long long)frac);
+    return buf_printf(out, "\"%s\"", text);
+}
+
+static int string_json(const char *s, size_t len, struct buf *out)
+{
+    int rc = buf_append(out, "\"", 1);
+    for (size_t i = 0; rc == 0 && i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            rc = buf_printf(out, "\\%c", c);
+        else if (c < 0x20)
+            rc = buf_printf(out, "\\u%04x", c);
+        else
+            rc = buf_append(out, &s[i], 1);
+    }
+    return rc ? rc : buf_append(out, "\"", 1);
+}
+
+int value_json(const struct value *v, struct buf *out)
+{
+    switch (v->t) {
+    case T_NULL:
+        return buf_printf(out, "null");
+    case T_BIGINT:
+        return buf_printf(out, "%lld", (long long)v->i);
+    case T_DOUBLE:
+        return isfinite(v->d) ? buf_printf(out, "%.17g", v->d) : buf_printf(out, "null");
+    case T_VARCHAR:
+        return string_json(v->str.s, v->str.len, out);
+    case T_BOOLEAN:
+        return buf_printf(out, v->b ? "true" : "false");
+    case T_TIMESTAMP:
+        return timestamp_text(v->i, out);
+    }
+    return -EINVAL;
+}
+
+/* "YYYY-MM-DD[ T]HH:MM:SS[.ffffff]", or a date alone. */
+static int parse_timestamp(const char *text, int64_t *us)
+{
+    struct tm tm = { 0 };
+    char frac[8] = "";
+    int y, mo, d, h = 0, mi = 0, s = 0, used = 0, got;
+    got = sscanf(text, "%4d-%2d-%2d%n", &y, &mo, &d, &used);
+    if (got != 3)
+        return -EINVAL;
+    const char *p = text + used;
+    if (*p == ' ' || *p == 'T') {
+        if (sscanf(p + 1, "%2d:%2d:%2d%n", &h, &mi, &s, &used) != 3)
+            return -EINVAL;
+        p += 1 + used;
+        if (*p == '.' && sscanf(p + 1, "%6[0-9]%n", frac, &used) == 1)
+            p += 1 + used;
+    }
+    if (*p || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 60)
+        return -EINVAL;
+    tm.tm_year = y - 1900, tm.tm_mon = mo - 1, tm.tm_mday = d;
+    tm.tm_hour = h, tm.tm_min = mi, tm.tm_sec = s;
+    int64_t f = 0;
+    for (int i = 0; i < 6; i++)
+        f = f * 10 + (frac[i] && i < (int)strlen(frac) ? frac[i] - '0' : 0);
+    *us = (int64_t)timegm(&tm) * 1000000 + f;
+    return 0;
+}
+
+int value_parse(enum type t, const char *text, size_t len, struct value *out)
+{
+    char tmp[64], *end;
+    out->t = t;
+    if (t == T_VARCHAR) {
+        out->str.s = text;
+        out->str.len = len;
+        return 0;
+    }
+    if (len == 0 || len >= sizeof tmp)
+        return -EINVAL;
+    memcpy(tmp, text, len);
+    tmp[len] = '\0';
+    errno = 0;
+    switch (t) {
+    case T_BIGINT:
+        out->i = strtoll(tmp, &end, 10);
+        return *end || errno ? -EINVAL : 0;
+    case T_DOUBLE:
+        out->d = strtod(tmp, &end);
+        return *end || errno == ERANGE ? -EINVAL : 0;
+    case T_BOOLEAN:
+        if (!strcasecmp(tmp, "true") || !strcmp(tmp, "1"))
+            return out->b = 1, 0;
+        if (!strcasecmp(tmp, "false") || !strcmp(tmp, "0"))
+            return out->b = 0, 0;
+        return -EINVAL;
+    case T_TIMESTAMP:
+        return parse_timestamp(tmp, &out->i);
+    default:
+        return -EINVAL;
+    }
+}
+
+struct row *row_new(const struct value *v, size_t n)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++)
+        bytes += v[i].t == T_VARCHAR ? v[i].str.len + 1 : 0;
+    struct row *r = malloc(sizeof *r + n * sizeof *v + bytes);
+    if (!r)
+        return NULL;
+    char *s = (char *)&r->v[n];
+    r->n = n;
+    for (size_t i = 0; i < n; i++) {
+        r->v[i] = v[i];
+        if (v[i].t == T_VARCHAR) { /* the strings live after the values, in one block */
+            memcpy(s, v[i].str.s, v[i].str.len);
+            s[v[i].str.len] = '\0';
+            r->v[i].str.s = s;
+            s += v[i].str.len + 1;
+        }
+    }
+    return r;
+}
+
+void row_free(struct row *r)
+{
+    free(r);
+}
+
+uint64_t row_hash(const struct value *v, size_t n)
+{
+    uint64_t h = 0x5bd1e995;
+    for (size_t i = 0; i < n; i++)
+        h = value_hash(&v[i], h);
+    return h;
+}
+
+int row_eq(const struct value *a, const struct value *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i].t != b[i].t || !value_eq(&a[i], &b[i]))
+            return 0;
+    return 1;
+}

@@ -1,0 +1,61 @@
+/*
+ * SQL values as the engine computes with them: NULL, BIGINT, DOUBLE,
+ * VARCHAR, BOOLEAN and TIMESTAMP (microseconds since the epoch, UTC). A
+ * VARCHAR's bytes belong to whoever made the value: a row owns those of its
+ * values (row_free), an expression's result points into its inputs.
+ */
+#ifndef CKPT_ENGINE_VALUE_H
+#define CKPT_ENGINE_VALUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+
+enum type { T_NULL = 0, T_BIGINT, T_DOUBLE, T_VARCHAR, T_BOOLEAN, T_TIMESTAMP };
+
+struct value {
+    enum type t;
+    union {
+        int64_t i; /* BIGINT, TIMESTAMP */
+        double d;
+        int b;
+        struct {
+            const char *s;
+            size_t len;
+        } str;
+    };
+};
+
+/* "BIGINT", "DOUBLE" ... ("NULL" for T_NULL). */
+const char *type_name(enum type t);
+
+/* Total order within a type (numbers compared across BIGINT and DOUBLE;
+ * NULL before everything), as MIN, MAX and grouping need it. */
+int value_cmp(const struct value *a, const struct value *b);
+int value_eq(const struct value *a, const struct value *b);
+uint64_t value_hash(const struct value *v, uint64_t seed);
+
+/* A numeric value as a double (BIGINT widened). */
+double value_num(const struct value *v);
+
+/* Appends v as JSON (TIMESTAMP as "YYYY-MM-DD HH:MM:SS[.ffffff]"). */
+int value_json(const struct value *v, struct buf *out);
+
+/* Parses text as a value of type t (a CSV field, a SQL literal's text):
+ * -EINVAL if it is not one. VARCHAR points into text. */
+int value_parse(enum type t, const char *text, size_t len, struct value *out);
+
+/* A row of n values owning its strings. */
+struct row {
+    size_t n;
+    struct value v[];
+};
+
+/* A copy of v[0..n) whose strings it owns; NULL if out of memory. */
+struct row *row_new(const struct value *v, size_t n);
+void row_free(struct row *r);
+uint64_t row_hash(const struct value *v, size_t n);
+int row_eq(const struct value *a, const struct value *b, size_t n);
+
+#endif

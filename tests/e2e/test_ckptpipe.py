@@ -1,0 +1,183 @@
+"""ckptpipe run (no fault tolerance yet): a SQL program over CSV and JSON-lines files, its views'
+changes as JSON lines; the view rebuilt from those changes equals what SQLite computes with the
+same SELECT over the same input. Growing files are followed; bad input is named, line and all."""
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from ckpt import program
+
+VIEW = ("SELECT user_id, COUNT(*) AS n, SUM(bytes) AS total, MIN(bytes) AS smallest, "
+        "MAX(bytes) AS biggest, AVG(bytes) AS mean FROM clicks WHERE bytes > 0 GROUP BY user_id")
+
+
+def program_text(fmt="csv", extra=""):
+    return f"""-- the issue's program
+CREATE TABLE clicks (user_id BIGINT, url VARCHAR, bytes BIGINT)
+  WITH ('connector' = 'file', 'path' = 'in/clicks.{fmt}', 'format' = '{fmt}'{extra});
+CREATE VIEW bytes_per_user
+  WITH ('connector' = 'file', 'path' = 'out/bytes_per_user.jsonl')
+  AS {VIEW};
+"""
+
+
+@pytest.fixture
+def pipe(tmp_path):
+    """A working directory with in/ and the program; returns a runner."""
+    (tmp_path / "in").mkdir()
+
+    def run(text, *args, timeout=60):
+        (tmp_path / "prog.sql").write_text(text)
+        return subprocess.run([program("ckptpipe"), "run", "prog.sql", "--storage", "state",
+                               *args], cwd=tmp_path, capture_output=True, timeout=timeout)
+    run.dir = tmp_path
+    return run
+
+
+def changes(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def rebuild(lines):
+    """The view's rows from its changes, checking that every delete removes a row there."""
+    rows, last = {}, 0
+    for c in lines:
+        assert c["step"] >= last
+        last = c["step"]
+        (kind, row), = ((k, v) for k, v in c.items() if k != "step")
+        key = json.dumps(row, sort_keys=True)
+        if kind == "delete":
+            assert rows.get(key, 0) > 0, f"deleted but not there: {row}"
+            rows[key] -= 1
+        else:
+            rows[key] = rows.get(key, 0) + 1
+    return sorted((json.loads(k) for k, n in rows.items() for _ in range(n)),
+                  key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def sqlite_view(records):
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE clicks(user_id INTEGER, url TEXT, bytes INTEGER)")
+    db.executemany("INSERT INTO clicks VALUES (?, ?, ?)", records)
+    cur = db.execute(VIEW)
+    names = [d[0] for d in cur.description]
+    return sorted((dict(zip(names, r)) for r in cur.fetchall()),
+                  key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def same(got, want):
+    assert len(got) == len(want), (got, want)
+    for g, w in zip(sorted(got, key=lambda r: r["user_id"]), sorted(want, key=lambda r: r["user_id"])):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert g[k] == pytest.approx(w[k]), (k, g, w)
+
+
+def random_records(n, seed):
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        b = None if rnd.random() < 0.1 else rnd.randint(-5, 1000)
+        out.append((rnd.randint(1, 50), rnd.choice(["/a", "/b,c", 'q"uote', ""]) or None, b))
+    return out
+
+
+def csv_line(r):
+    def field(v):
+        if v is None:
+            return ""
+        s = str(v)
+        return '"' + s.replace('"', '""') + '"' if any(c in s for c in ',"') else s
+    return ",".join(field(v) for v in r) + "\n"
+
+
+def test_csv_view_equals_sqlite(pipe):
+    records = random_records(5000, 7)
+    (pipe.dir / "in/clicks.csv").write_text("".join(csv_line(r) for r in records))
+    p = pipe(program_text(), "--exit-when-done")
+    assert p.returncode == 0, p.stderr.decode()
+    same(rebuild(changes(pipe.dir / "out/bytes_per_user.jsonl")), sqlite_view(records))
+
+
+def test_json_inserts_and_deletes_equal_sqlite(pipe):
+    rnd = random.Random(11)
+    live, lines = [], []
+    for _ in range(3000):
+        if live and rnd.random() < 0.35:  # deletes empty groups and remove extremes
+            r = live.pop(rnd.randrange(len(live)))
+            kind = "delete"
+        else:
+            r = random_records(1, rnd.random())[0]
+            live.append(r)
+            kind = "insert"
+        lines.append(json.dumps({kind: dict(zip(("user_id", "url", "bytes"), r))}) + "\n")
+    (pipe.dir / "in/clicks.json").write_text("".join(lines))
+    p = pipe(program_text("json"), "--exit-when-done", "--max-batch", "97")
+    assert p.returncode == 0, p.stderr.decode()
+    out = changes(pipe.dir / "out/bytes_per_user.jsonl")
+    assert any("delete" in c for c in out)
+    same(rebuild(out), sqlite_view(live))
+
+
+def test_follows_a_growing_file(pipe):
+    (pipe.dir / "prog.sql").write_text(program_text())
+    proc = subprocess.Popen([program("ckptpipe"), "run", "prog.sql", "--storage", "state"],
+                            cwd=pipe.dir, stderr=subprocess.PIPE)
+    out = pipe.dir / "out/bytes_per_user.jsonl"
+    try:
+        written = []
+        with open(pipe.dir / "in/clicks.csv", "a") as f:
+            for i, r in enumerate(random_records(300, 3)):
+                f.write(csv_line(r)[:-1])  # a line without its newline waits ...
+                f.flush()
+                if i % 100 == 0:
+                    time.sleep(0.1)
+                f.write("\n")  # ... until it is whole
+                written.append(r)
+                if i % 100 == 99:
+                    f.flush()
+                    deadline = time.monotonic() + 10
+                    while time.monotonic() < deadline:
+                        try:
+                            same(rebuild(changes(out)), sqlite_view(written))
+                            break
+                        except (FileNotFoundError, AssertionError, json.JSONDecodeError):
+                            pass
+                        time.sleep(0.05)
+                    same(rebuild(changes(out)), sqlite_view(written))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0, proc.stderr.read().decode()
+    assert max(c["step"] for c in changes(out)) >= 3
+
+
+def test_bad_records_are_named_and_fail_or_skip(pipe):
+    (pipe.dir / "in/clicks.csv").write_text('1,/a,10\n2,/b,many\n3,"/c,4\n4,/d,1,extra\n5,/e,7\n')
+    p = pipe(program_text(), "--exit-when-done")
+    assert p.returncode == 1
+    assert b"in/clicks.csv:2: bytes: 'many' is not a BIGINT" in p.stderr
+    os.unlink(pipe.dir / "out/bytes_per_user.jsonl")
+    p = pipe(program_text(extra=", 'on_error' = 'skip'"), "--exit-when-done")
+    assert p.returncode == 0, p.stderr.decode()
+    err = p.stderr.decode()
+    for what in ("clicks.csv:2: bytes", "clicks.csv:3: a quoted field is not closed",
+                 "clicks.csv:4: more than the 3 fields"):
+        assert what in err, err
+    same(rebuild(changes(pipe.dir / "out/bytes_per_user.jsonl")),
+         sqlite_view([(1, "/a", 10), (5, "/e", 7)]))
+
+
+def test_program_errors_name_line_and_column(pipe):
+    p = pipe("CREATE TABLE t (a BIGINT);\nCREATE VIEW v AS SELECT SUM(b) AS s FROM t;\n")
+    assert p.returncode == 1
+    assert b"prog.sql: line 2, column 29: t has no column b" in p.stderr
+    p = pipe(program_text(), "--ft", "exactly_once")
+    assert p.returncode == 2 and b"not built yet" in p.stderr

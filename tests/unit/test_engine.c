@@ -1,0 +1,325 @@
+/*
+ * The engine's SQL front end and incremental views: errors name the line
+ * and column; views maintained under random inserts and deletes, step by
+ * step, end up equal to what SQLite computes with the same SELECT over the
+ * same final table.
+ */
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "engine/ivm.h"
+#include "engine/sql.h"
+#include "util/err.h"
+#include "util/hmap.h"
+
+static const char program_text[] =
+    "-- the issue's example, with two more views\n"
+    "CREATE TABLE clicks (user_id BIGINT, url VARCHAR, bytes BIGINT, ratio DOUBLE)\n"
+    "  WITH ('connector' = 'file', 'path' = 'in/clicks.csv', 'format' = 'csv');\n"
+    "CREATE VIEW bytes_per_user\n"
+    "  WITH ('connector' = 'file', 'path' = 'out/bytes_per_user.jsonl')\n"
+    "  AS SELECT user_id, COUNT(*) AS n, SUM(bytes) AS total, MIN(bytes) AS smallest,\n"
+    "     MAX(bytes) AS biggest, AVG(bytes) AS mean\n"
+    "     FROM clicks WHERE bytes > 0 GROUP BY user_id;\n"
+    "CREATE VIEW by_url AS SELECT url, COUNT(bytes) AS counted, COUNT(*) AS n,\n"
+    "     MIN(ratio) AS lo, MAX(url) AS same, SUM(ratio) AS s FROM clicks\n"
+    "     WHERE NOT (url IS NULL) AND (ratio < 0.9 OR bytes IS NULL) GROUP BY url;\n"
+    "CREATE VIEW everything AS SELECT COUNT(*) AS n, SUM(bytes) AS total, MAX(url) AS last\n"
+    "     FROM clicks;\n";
+
+/* ---- errors ---- */
+
+static void check_error(const char *text, const char *want)
+{
+    struct program *p = NULL;
+    int rc = program_parse(text, &p);
+    CHECK(rc == -EINVAL, "%s: rc %d", text, rc);
+    CHECK(strstr(err_msg(rc), want) != NULL, "%s: got '%s', want '%s'", text, err_msg(rc), want);
+    program_free(p);
+}
+
+static void test_errors(void)
+{
+    check_error("CREATE TABLE t (a BIGINT, b VARCHR);", "line 1, column 29: expected a type");
+    check_error("CREATE TABLE t (a BIGINT);\nCREATE VIEW v AS SELECT SUM(b) AS s FROM t;",
+                "line 2, column 29: t has no column b");
+    check_error("CREATE TABLE t (a BIGINT);\nCREATE VIEW v AS\n  SELECT COUNT(*) AS n FROM t "
+                "WHERE a + 'x' > 1;",
+                "line 3, column 41: arithmetic needs numbers, not VARCHAR");
+    check_error("CREATE TABLE t (a VARCHAR);\nCREATE VIEW v AS SELECT SUM(a) AS s FROM t;",
+                "line 2, column 29: SUM needs a number, not VARCHAR");
+    check_error("CREATE TABLE t (a BIGINT, b BIGINT);\nCREATE VIEW v AS SELECT a, COUNT(*) AS n "
+                "FROM t GROUP BY b;",
+                "line 2, column 25: a is neither in GROUP BY nor aggregated");
+    check_error("CREATE TABLE t (a BIGINT);\nCREATE VIEW v AS SELECT COUNT(*) FROM u;",
+                "line 2, column 39: there is no table u");
+    check_error("CREATE TABLE t (a VARCHAR);\nCREATE VIEW v AS SELECT COUNT(*) AS n FROM t "
+                "WHERE a = 1;",
+                "line 2, column 54: cannot compare VARCHAR with BIGINT");
+    check_error("CREATE TABLE t (a BIGINT) WITH ('path' = 'x);",
+                "line 1, column 42: string not closed");
+    check_error("CREATE TABLE t (a BIGINT, a DOUBLE);",
+                "line 1, column 27: column a is defined twice");
+    check_error("CREATE TABLE t (a BIGINT);\nCREATE VIEW v AS SELECT COUNT(*) AS n FROM t WHERE a;",
+                "line 2, column 52: WHERE needs BOOLEAN, not BIGINT");
+    check_error("CREATE TABLE t (a BIGINT)\nCREATE TABLE u (b BIGINT);",
+                "line 2, column 1: expected ';'");
+    check_error("", "the program has no CREATE TABLE");
+}
+
+static void test_parse(void)
+{
+    struct program *p = NULL;
+    int rc = program_parse(program_text, &p);
+    CHECK(rc == 0, "%s", err_msg(rc));
+    if (rc)
+        return;
+    CHECK(p->ntables == 1 && p->nviews == 3);
+    CHECK(!strcmp(option_get(p->tables[0]->opts, p->tables[0]->nopts, "path"), "in/clicks.csv"));
+    const struct view *v = &p->views[0];
+    CHECK(v->nitems == 6 && !strcmp(v->items[5].name, "mean") && v->items[5].type == T_DOUBLE);
+    CHECK(v->items[2].type == T_BIGINT && v->items[0].type == T_BIGINT);
+    CHECK(!strcmp(option_get(v->opts, v->nopts, "path"), "out/bytes_per_user.jsonl"));
+    CHECK(strncmp(v->sql, "SELECT user_id", 14) == 0, "%s", v->sql);
+    program_free(p);
+}
+
+/* ---- incremental views against SQLite ---- */
+
+/* A row as text, doubles to 9 digits (sums of doubles under deletes differ
+ * from sums made afresh in the last bits). */
+static void row_text(const struct value *row, size_t n, char *out, size_t cap)
+{
+    size_t at = 0;
+    for (size_t i = 0; i < n && at < cap; i++) {
+        const struct value *v = &row[i];
+        if (v->t == T_NULL)
+            at += (size_t)snprintf(out + at, cap - at, "null|");
+        else if (v->t == T_DOUBLE)
+            at += (size_t)snprintf(out + at, cap - at, "%.9g|", v->d);
+        else if (v->t == T_VARCHAR)
+            at += (size_t)snprintf(out + at, cap - at, "'%.*s'|", (int)v->str.len, v->str.s);
+        else
+            at += (size_t)snprintf(out + at, cap - at, "%lld|", (long long)v->i);
+    }
+}
+
+struct multiset { /* rows as text, each with a count */
+    char **rows;
+    long *counts;
+    size_t n, cap;
+};
+
+static void ms_add(struct multiset *m, const char *row, long weight)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (!strcmp(m->rows[i], row)) {
+            m->counts[i] += weight;
+            CHECK(m->counts[i] >= 0, "row %s deleted more often than inserted", row);
+            return;
+        }
+    CHECK(weight > 0, "row %s deleted but never inserted", row);
+    if (m->n == m->cap) {
+        m->cap = m->cap ? 2 * m->cap : 64;
+        m->rows = realloc(m->rows, m->cap * sizeof *m->rows);
+        m->counts = realloc(m->counts, m->cap * sizeof *m->counts);
+    }
+    m->rows[m->n] = strdup(row);
+    m->counts[m->n++] = weight;
+}
+
+static void ms_free(struct multiset *m)
+{
+    for (size_t i = 0; i < m->n; i++)
+        free(m->rows[i]);
+    free(m->rows);
+    free(m->counts);
+}
+
+struct sink {
+    const struct view *v;
+    struct multiset out;
+    int last_weight; /* per flush: a group's deletion comes before its insertion */
+};
+
+static int emit(void *arg, const struct value *row, int weight)
+{
+    struct sink *s = arg;
+    char text[1024];
+    row_text(row, s->v->nitems, text, sizeof text);
+    ms_add(&s->out, text, weight);
+    return 0;
+}
+
+/* What SQLite says the view holds over db's table. */
+static void sqlite_rows(sqlite3 *db, const struct view *v, struct multiset *out)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(db, v->sql, -1, &st, NULL);
+    CHECK(rc == SQLITE_OK, "%s: %s", v->sql, sqlite3_errmsg(db));
+    while (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+        struct value row[16];
+        for (size_t i = 0; i < v->nitems; i++) {
+            enum type t = v->items[i].type;
+            if (sqlite3_column_type(st, (int)i) == SQLITE_NULL)
+                row[i] = (struct value){ .t = T_NULL };
+            else if (t == T_DOUBLE)
+                row[i] = (struct value){ .t = T_DOUBLE, .d = sqlite3_column_double(st, (int)i) };
+            else if (t == T_VARCHAR)
+                row[i] = (struct value){ .t = T_VARCHAR,
+                                         .str = { (const char *)sqlite3_column_text(st, (int)i),
+                                                  (size_t)sqlite3_column_bytes(st, (int)i) } };
+            else
+                row[i] = (struct value){ .t = t, .i = sqlite3_column_int64(st, (int)i) };
+        }
+        char text[1024];
+        row_text(row, v->nitems, text, sizeof text);
+        ms_add(out, text, 1);
+    }
+    sqlite3_finalize(st);
+}
+
+static int same_rows(const struct multiset *a, const struct multiset *b)
+{
+    size_t live = 0;
+    for (size_t i = 0; i < a->n; i++) {
+        if (!a->counts[i])
+            continue;
+        live++;
+        int found = 0;
+        for (size_t j = 0; j < b->n; j++)
+            found |= !strcmp(a->rows[i], b->rows[j]) && a->counts[i] == b->counts[j];
+        if (!found) {
+            fprintf(stderr, "  incremental has %s x%ld, SQLite not\n", a->rows[i], a->counts[i]);
+            return 0;
+        }
+    }
+    return live == b->n;
+}
+
+struct input {
+    int64_t user;
+    char url[8];
+    int64_t bytes; /* -1: NULL */
+    double ratio;
+};
+
+static void to_values(const struct input *in, struct value *v)
+{
+    v[0] = (struct value){ .t = T_BIGINT, .i = in->user };
+    v[1] = in->url[0] ? (struct value){ .t = T_VARCHAR, .str = { in->url, strlen(in->url) } }
+                      : (struct value){ .t = T_NULL };
+    v[2] = in->bytes < 0 ? (struct value){ .t = T_NULL }
+                         : (struct value){ .t = T_BIGINT, .i = in->bytes };
+    v[3] = (struct value){ .t = T_DOUBLE, .d = in->ratio };
+}
+
+static void random_input(struct input *in, unsigned *seed)
+{
+    in->user = rand_r(seed) % 7;
+    int u = rand_r(seed) % 6;
+    if (u)
+        snprintf(in->url, sizeof in->url, "/p%d", u);
+    else
+        in->url[0] = '\0';
+    in->bytes = rand_r(seed) % 5 == 0 ? -1 : rand_r(seed) % 50 - 5;
+    in->ratio = (rand_r(seed) % 1000) / 1000.0;
+}
+
+static void load_sqlite(sqlite3 *db, const struct input *live, size_t n)
+{
+    sqlite3_exec(db,
+                 "DROP TABLE IF EXISTS clicks; CREATE TABLE clicks(user_id INTEGER, url TEXT, "
+                 "bytes INTEGER, ratio REAL)",
+                 NULL, NULL, NULL);
+    sqlite3_stmt *st;
+    sqlite3_prepare_v2(db, "INSERT INTO clicks VALUES (?, ?, ?, ?)", -1, &st, NULL);
+    for (size_t i = 0; i < n; i++) {
+        sqlite3_bind_int64(st, 1, live[i].user);
+        if (live[i].url[0])
+            sqlite3_bind_text(st, 2, live[i].url, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 2);
+        if (live[i].bytes < 0)
+            sqlite3_bind_null(st, 3);
+        else
+            sqlite3_bind_int64(st, 3, live[i].bytes);
+        sqlite3_bind_double(st, 4, live[i].ratio);
+        sqlite3_step(st);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+}
+
+static void test_against_sqlite(unsigned first)
+{
+    unsigned seed = first;
+    struct program *p = NULL;
+    CHECK(program_parse(program_text, &p) == 0);
+    struct ivm *m[3] = { 0 };
+    struct sink sinks[3];
+    for (size_t i = 0; i < p->nviews; i++) {
+        CHECK(ivm_new(&p->views[i], &m[i]) == 0);
+        sinks[i] = (struct sink){ .v = &p->views[i] };
+    }
+    struct input *live = calloc(4000, sizeof *live);
+    size_t nlive = 0;
+    sqlite3 *db;
+    sqlite3_open(":memory:", &db);
+    for (int step = 0; step < 60; step++) {
+        int changes = rand_r(&seed) % 40;
+        for (int c = 0; c < changes; c++) {
+            struct value row[4];
+            int del = nlive && rand_r(&seed) % 3 == 0; /* deletes empty groups, extremes too */
+            struct input in;
+            if (del) {
+                size_t at = (size_t)rand_r(&seed) % nlive;
+                in = live[at];
+                live[at] = live[--nlive];
+            } else {
+                random_input(&in, &seed);
+                live[nlive++] = in;
+            }
+            to_values(&in, row);
+            for (size_t i = 0; i < p->nviews; i++)
+                CHECK(ivm_change(m[i], row, del ? -1 : 1) == 0, "%s", err_msg(-EINVAL));
+        }
+        for (size_t i = 0; i < p->nviews; i++)
+            CHECK(ivm_flush(m[i], emit, &sinks[i]) == 0);
+        if (step % 10 != 9)
+            continue;
+        load_sqlite(db, live, nlive);
+        for (size_t i = 0; i < p->nviews; i++) {
+            struct multiset want = { 0 };
+            sqlite_rows(db, &p->views[i], &want);
+            CHECK(same_rows(&sinks[i].out, &want), "seed %u, step %d, view %s", first, step,
+                  p->views[i].name);
+            ms_free(&want);
+        }
+    }
+    /* Deleting what was never there is refused, and changes nothing. */
+    struct value ghost[4];
+    struct input never = { .user = 99, .url = "/x", .bytes = 7, .ratio = 0.5 };
+    to_values(&never, ghost);
+    CHECK(ivm_change(m[0], ghost, -1) == -EINVAL);
+    sqlite3_close(db);
+    free(live);
+    for (size_t i = 0; i < p->nviews; i++) {
+        ivm_free(m[i]);
+        ms_free(&sinks[i].out);
+    }
+    program_free(p);
+}
+
+int main(void)
+{
+    test_errors();
+    test_parse();
+    for (unsigned seed = 1; seed <= 20; seed++)
+        test_against_sqlite(seed);
+    return check_failures ? 1 : 0;
+}
