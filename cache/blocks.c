@@ -160,7 +160,7 @@ struct blocks {
         struct batch batch;
     } ahead; /* the background uploader (rule 9), guarded by b->lock */
     sqlite3_stmt *st_get, *st_set, *st_del_from, *st_del_all, *st_dirty, *st_count, *st_clear,
-        *st_clean, *st_clean_from, *st_remote, *st_del_one, *st_names, *st_all;
+        *st_clean, *st_clean_from, *st_remote, *st_del_one, *st_names, *st_all, *st_last;
 };
 
 struct block {
@@ -923,7 +923,8 @@ static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint
     return read_remote(b, fd, ino, idx, &blk, pos, n, out);
 }
 
-/* A file's chunks at one instant (blocks_version_get). */
+/* A file's chunks at one instant (blocks_version_get). Blocks past n are
+ * holes: a huge sparse file costs only what it names. */
 struct blocks_version {
     uint64_t ino, size, n;
     uint8_t (*names)[CODEC_NAME_LEN];
@@ -933,12 +934,14 @@ struct blocks_version {
 /* One block's part of a read of version v: the block as it is now if it
  * still is the chunk v names, else that chunk from the memory tier or the
  * bucket (kept in memory only: the disk holds the current version). Caller
- * holds the block's stripe lock; *fd is opened when first needed. */
-static int read_versioned(struct blocks *b, int *fd, const struct blocks_version *v, uint64_t idx,
+ * holds the block's stripe lock. The data file is opened for the read
+ * alone: the inode may be one the live tree is forgetting (its cached
+ * descriptor closed under us), or none it has open at all. */
+static int read_versioned(struct blocks *b, const struct blocks_version *v, uint64_t idx,
                           uint64_t pos, size_t n, uint8_t *out)
 {
     struct block blk = { 0 };
-    if (!v->has[idx]) {
+    if (idx >= v->n || !v->has[idx]) {
         memset(out, 0, n);
         return 0;
     }
@@ -946,9 +949,12 @@ static int read_versioned(struct blocks *b, int *fd, const struct blocks_version
     if (rc)
         return rc;
     if (blk.state && blk.state != ST_DIRTY && !memcmp(blk.name, v->names[idx], CODEC_NAME_LEN)) {
-        if (*fd < 0 && (*fd = open_data(b, v->ino)) < 0)
-            return *fd;
-        return read_block(b, *fd, v->ino, idx, pos, n, out);
+        int fd = open_path(b, v->ino);
+        if (fd < 0)
+            return fd;
+        rc = read_block(b, fd, v->ino, idx, pos, n, out);
+        close(fd);
+        return rc;
     }
     if (memcache_read(b->mem, v->names[idx], (size_t)(pos - idx * b->bsize), n, out)) {
         count(&b->n.hits_memory);
@@ -976,7 +982,7 @@ static ssize_t read_range(struct blocks *b, uint64_t ino, uint64_t size, uint64_
         n = n < len - done ? n : len - done;
         pthread_mutex_t *lk = stripe_of(b, ino, idx);
         pthread_mutex_lock(lk);
-        int rc = v ? read_versioned(b, &fd, v, idx, pos, n, (uint8_t *)out + done)
+        int rc = v ? read_versioned(b, v, idx, pos, n, (uint8_t *)out + done)
                    : read_block(b, fd, ino, idx, pos, n, (uint8_t *)out + done);
         pthread_mutex_unlock(lk);
         if (rc)
@@ -1007,6 +1013,20 @@ void blocks_version_free(struct blocks_version *v)
     free(v);
 }
 
+/* One past the highest block index ino has a row for (0 if none). */
+static int last_block(struct blocks *b, uint64_t ino, uint64_t *out)
+{
+    db_lock(b->db);
+    sqlite3_bind_int64(b->st_last, 1, (sqlite3_int64)ino);
+    int rc = sqlite3_step(b->st_last);
+    *out = rc == SQLITE_ROW && sqlite3_column_type(b->st_last, 0) != SQLITE_NULL
+               ? (uint64_t)sqlite3_column_int64(b->st_last, 0) + 1
+               : 0;
+    sqlite3_reset(b->st_last);
+    db_unlock(b->db);
+    return rc == SQLITE_ROW ? 0 : db_fail(db_handle(b->db), rc, "last block");
+}
+
 static int version_fill(struct blocks *b, struct blocks_version *v)
 {
     int rc;
@@ -1030,14 +1050,15 @@ static int version_fill(struct blocks *b, struct blocks_version *v)
     return rc == SQLITE_DONE ? 0 : db_fail(db_handle(b->db), rc, "block names");
 }
 
-static struct blocks_version *version_new(struct blocks *b, uint64_t ino, uint64_t size)
+/* A version with room for blocks [0, n): n is one past the last one named. */
+static struct blocks_version *version_new(uint64_t ino, uint64_t size, uint64_t n)
 {
     struct blocks_version *v = calloc(1, sizeof *v);
     if (!v)
         return NULL;
     v->ino = ino;
     v->size = size;
-    v->n = (size + b->bsize - 1) / b->bsize;
+    v->n = n;
     v->names = calloc(v->n ? v->n : 1, CODEC_NAME_LEN);
     v->has = calloc(v->n ? v->n : 1, 1);
     if (v->names && v->has)
@@ -1048,8 +1069,12 @@ static struct blocks_version *version_new(struct blocks *b, uint64_t ino, uint64
 
 int blocks_version_get(struct blocks *b, uint64_t ino, uint64_t size, struct blocks_version **out)
 {
-    struct blocks_version *v = version_new(b, ino, size);
-    int rc = v ? version_fill(b, v) : -ENOMEM;
+    uint64_t blocks = (size + b->bsize - 1) / b->bsize, last = 0;
+    int rc = last_block(b, ino, &last);
+    if (rc)
+        return rc;
+    struct blocks_version *v = version_new(ino, size, last < blocks ? last : blocks);
+    rc = v ? version_fill(b, v) : -ENOMEM;
     if (rc) {
         blocks_version_free(v);
         return rc;
@@ -1061,11 +1086,12 @@ int blocks_version_get(struct blocks *b, uint64_t ino, uint64_t size, struct blo
 int blocks_version_of(struct blocks *b, uint64_t ino, uint64_t size, const struct blocks_ref *refs,
                       size_t n, struct blocks_version **out)
 {
-    struct blocks_version *v = version_new(b, ino, size);
+    uint64_t blocks = (size + b->bsize - 1) / b->bsize;
+    struct blocks_version *v = version_new(ino, size, n ? refs[n - 1].idx + 1 : 0);
     if (!v)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        if (refs[i].ino != ino || refs[i].idx >= v->n) {
+        if (refs[i].ino != ino || refs[i].idx >= v->n || refs[i].idx >= blocks) {
             blocks_version_free(v);
             return err_set(-EINVAL, "block %llu is not one of inode %llu's",
                            (unsigned long long)refs[i].idx, (unsigned long long)ino);
@@ -1594,8 +1620,10 @@ static int seal_from_upload(struct blocks *b, const struct seal_job *j)
     struct dirty *d = hmap_get(b->dirty, j->ino, j->idx);
     pthread_mutex_unlock(&b->lock);
     uint64_t *sums = malloc(b->npieces * sizeof *sums);
+    /* An upload too old for gc's grace is not relied on: the seal puts it again. */
     int done = sums && !staged && d && d->frozen && d->has_up && d->up_version == d->version &&
-               j->len == b->bsize && add_seal(b, j->ino, j->idx, d->version, 0, 0) == 0;
+               j->len == b->bsize && remote_fresh(b->remote, d->up_name) &&
+               add_seal(b, j->ino, j->idx, d->version, 0, 0) == 0;
     if (done) {
         pthread_mutex_lock(&b->lock);
         struct seal *s = hmap_get(b->seals, j->ino, j->idx);
@@ -2265,6 +2293,8 @@ static int prepare(struct blocks *b)
         rc = db_prepare(b->db, "SELECT ino, idx, state, name FROM blocks ORDER BY ino, idx",
                         &b->st_all);
     if (rc == 0)
+        rc = db_prepare(b->db, "SELECT max(idx) FROM blocks WHERE ino = ?", &b->st_last);
+    if (rc == 0)
         rc = db_prepare(b->db, "SELECT ino, idx FROM blocks WHERE state = 1", &b->st_dirty);
     if (rc == 0)
         rc = db_prepare(b->db, "SELECT count(*) FROM blocks WHERE ino = ?", &b->st_count);
@@ -2500,6 +2530,7 @@ void blocks_close(struct blocks *b)
     sqlite3_finalize(b->st_del_one);
     sqlite3_finalize(b->st_names);
     sqlite3_finalize(b->st_all);
+    sqlite3_finalize(b->st_last);
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_destroy(&b->stripe[i]);
     pthread_mutex_destroy(&b->lock);

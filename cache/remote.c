@@ -80,6 +80,11 @@ static void add(uint64_t *counter, uint64_t n)
     __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
 }
 
+int remote_fresh(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
+{
+    return known(r, name);
+}
+
 int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void *data, size_t len)
 {
     if (known(r, name)) {

@@ -48,6 +48,10 @@ int remote_name(struct remote *r, const void *data, size_t len, uint8_t name[COD
  * several threads. Returns 0 or a store/codec error. */
 int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void *data, size_t len);
 
+/* Whether we put chunk name recently enough that a snapshot may name it
+ * without putting it again (REMOTE_DEDUP_SECS). */
+int remote_fresh(struct remote *r, const uint8_t name[CODEC_NAME_LEN]);
+
 /* Appends the plaintext of chunk name to out, verified against its name. */
 int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out);
 

@@ -14,8 +14,9 @@
 #include "util/log.h"
 
 #define READ_SIZE ((size_t)1 << 20)
-#define MAX_LINE  ((size_t)16 << 20) /* a longer line is malformed, not a reason to use all memory \
-                                      */
+#define MAX_LINE                                                                                   \
+    ((size_t)16 << 20) /* a longer line is malformed, not a reason to use all memory               \
+                        */
 
 struct input {
     const struct table *t;

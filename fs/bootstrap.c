@@ -363,16 +363,18 @@ static int open_writable(struct fs *fs, struct bootstrap *b)
     return 0;
 }
 
-int bootstrap_promote(struct fs *fs, struct bootstrap *b)
+int bootstrap_promote(struct fs *fs, struct bootstrap *b, int *seized)
 {
     struct snapshot_id latest = { 0, 0 };
     int rc = probe_caps(fs);
+    *seized = 0;
     if (rc == 0 && (rc = snapshot_latest(fs->store, &latest)) == -ENOENT)
         rc = 0;
     if (rc == 0) {
         b->claim.epoch = latest.epoch;
         b->claim.if_absent = (fs->caps & STORE_CAP_IF_ABSENT) != 0;
         rc = owner_seize(fs->store, &b->claim);
+        *seized = rc == 0;
     }
     if (rc == 0)
         rc = db_meta_set_text(fs->db, "role", "rw");

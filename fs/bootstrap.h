@@ -43,7 +43,7 @@ int bootstrap_open(struct fs *fs, struct bootstrap *b);
  * bucket over with an epoch above the holder's and the newest snapshot's,
  * and makes its cache a writer's, its publisher's first snapshot the new
  * epoch's first. */
-int bootstrap_promote(struct fs *fs, struct bootstrap *b);
+int bootstrap_promote(struct fs *fs, struct bootstrap *b, int *seized);
 
 /* Reads and checks the marker of the bucket at url: its block size into
  * *block_size. -ENOENT (said) if there is none; -EINVAL if encrypted (a key

@@ -8,8 +8,9 @@
  *   3. With fs->freeze held exclusively (no open is taking a version),
  *      replace the namespace tables in one transaction, then move the block
  *      table to the new chunks (blocks_follow): unchanged blocks keep their
- *      cached bytes. Reads go on throughout: a handle reads its version's
- *      chunks, each block changing under its own lock.
+ *      cached bytes. If that fails in between, opens fail (EIO) until a
+ *      later poll's switch succeeds: a version would mix the two. Reads go on throughout: a handle
+ * reads its version's chunks, each block changing under its own lock.
  *   4. "loaded" names the new snapshot; the kernel forgets what it cached
  *      of the inodes it knows (names and attributes it never caches while
  *      following: ops.c replies with no timeout).
@@ -91,8 +92,10 @@ static int replace_tree(struct fs *fs, const struct buf *plain, uint64_t *change
     pthread_rwlock_wrlock(&fs->freeze);
     int rc =
         snapshot_load_tree(plain, fs->db, fs->ns, blocks_block_size(fs->blocks), &refs, &n, &info);
-    if (rc == 0)
-        rc = blocks_follow(fs->blocks, refs, n, is_open, fs, changed);
+    if (rc == 0) /* the namespace is the new one: opens fail until the blocks are too */
+        fs->half_switched = 1;
+    if (rc == 0 && (rc = blocks_follow(fs->blocks, refs, n, is_open, fs, changed)) == 0)
+        fs->half_switched = 0;
     pthread_rwlock_unlock(&fs->freeze);
     free(refs);
     return rc;
@@ -161,8 +164,8 @@ static void warm_up(struct follow *f)
         log_warn("warming the cache: %s", err_msg(rc));
 }
 
-/* One poll: a switch if the bucket has a newer snapshot. */
-static int poll_once(struct follow *f)
+/* One poll: a switch if the bucket has a newer snapshot, and its warm-up. */
+static int poll_once(struct follow *f, int warm)
 {
     struct snapshot_id latest, serving;
     pthread_mutex_lock(&f->lock);
@@ -174,7 +177,7 @@ static int poll_once(struct follow *f)
     if (rc || !snapshot_newer(latest, serving))
         return rc;
     rc = switch_to(f, latest);
-    if (rc == 0)
+    if (rc == 0 && warm)
         warm_up(f);
     return rc;
 }
@@ -209,7 +212,7 @@ static void *run(void *arg)
         if (f->stop)
             break;
         pthread_mutex_unlock(&f->lock);
-        note(f, poll_once(f));
+        note(f, poll_once(f, 1));
         pthread_mutex_lock(&f->lock);
     }
     pthread_mutex_unlock(&f->lock);
@@ -246,19 +249,21 @@ int follow_resume(struct follow *f)
     return 0;
 }
 
-int follow_stop(struct follow *f, int catch_up)
+void follow_stop(struct follow *f)
 {
-    if (!f)
-        return 0;
-    if (f->running) {
-        pthread_mutex_lock(&f->lock);
-        f->stop = 1;
-        pthread_cond_signal(&f->wake);
-        pthread_mutex_unlock(&f->lock);
-        pthread_join(f->thread, NULL);
-        f->running = 0;
-    }
-    return catch_up ? poll_once(f) : 0;
+    if (!f || !f->running)
+        return;
+    pthread_mutex_lock(&f->lock);
+    f->stop = 1;
+    pthread_cond_signal(&f->wake);
+    pthread_mutex_unlock(&f->lock);
+    pthread_join(f->thread, NULL);
+    f->running = 0;
+}
+
+int follow_catch_up(struct follow *f)
+{
+    return poll_once(f, 0);
 }
 
 void follow_free(struct follow *f)

@@ -22,12 +22,14 @@ struct follow;
  * loaded (the meta "loaded"). */
 int follow_start(struct fs *fs, unsigned interval_ms, struct follow **out);
 
-/* Stops the thread (waiting for a switch or warm-up under way). With
- * catch_up, then switches to the newest snapshot once more, so a promotion
- * starts from it: its error is returned. NULL-safe; f stays readable
- * (follow_get_status) until follow_free. */
-int follow_stop(struct follow *f, int catch_up);
+/* Stops the thread (waiting for a switch or warm-up under way). NULL-safe;
+ * f stays readable (follow_get_status) until follow_free. */
+void follow_stop(struct follow *f);
 void follow_free(struct follow *f);
+
+/* After follow_stop: switches to the newest snapshot if it is newer than
+ * the one served, without the warm-up (a promotion must not wait for it). */
+int follow_catch_up(struct follow *f);
 
 /* Polls again after follow_stop (a promotion that failed). */
 int follow_resume(struct follow *f);

@@ -79,6 +79,8 @@ struct fs {
     int read_only;          /* changes refused (fs_read_only); a --read-only mount never
                                writes to the bucket */
     int following;          /* --follow, until promoted (fs_following) */
+    int half_switched;      /* a follower's switch failed between its tables: no opens
+                               (guarded by freeze) */
     struct follow *follow;  /* the follower's thread, or NULL */
     struct writer *writer;  /* a writable or promoted mount's running parts, or NULL */
     struct bootstrap *boot; /* how it started: what a promotion continues from */

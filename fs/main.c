@@ -52,7 +52,8 @@ static const char usage_text[] =
     "                              the bucket (default local)\n"
     "  --publish-on GLOB           renaming onto, or fsyncing, a file whose name matches\n"
     "                              returns once a snapshot holding it is in the bucket\n"
-    "  --snapshot-interval SECS    publish at least this often while changed (default 5)\n"
+    "  --snapshot-interval SECS    publish at least this often while changed (default 5,\n"
+    "                              at most 900)\n"
     "  --compress LEVEL|off        zstd level, 1 to 19 (default 1)\n"
     "  --encrypt-key FILE          AES-256-GCM client-side encryption (32 bytes or 64 hex)\n"
     "  --force                     take over a bucket whose writer stopped heartbeating\n"
@@ -162,7 +163,9 @@ static int set_option(struct cli *c, const char *name, const char *v)
     } else if (!strcmp(name, "publish-on") || !strcmp(name, "publish_on")) {
         c->publish_on = v;
     } else if (!strcmp(name, "snapshot-interval") || !strcmp(name, "snapshot_interval")) {
-        if ((rc = parse_uint("--snapshot-interval", v, 1, 86400, &c->interval_s)) != 0)
+        /* At most a quarter of gc's least grace (cache/remote.h): a chunk uploaded ahead
+         * is named by a snapshot long before gc may take it for garbage. */
+        if ((rc = parse_uint("--snapshot-interval", v, 1, GC_MIN_GRACE / 4, &c->interval_s)) != 0)
             return rc;
     } else if (!strcmp(name, "compress")) {
         if (!strcmp(v, "off"))
@@ -464,8 +467,9 @@ static int serve(struct cli *c, struct fs *fs, struct bootstrap *b, struct fuse_
         fuse_loop_cfg_destroy(cfg);
         fuse_session_unmount(se);
     }
-    control_stop(ctl); /* no promotion from here on */
-    follow_stop(fs->follow, 0);
+    control_stop(ctl);
+    writer_promotions_end(); /* waits for one under way */
+    follow_stop(fs->follow);
     int final = writer_stop(fs->writer);
     follow_free(fs->follow);
     blocks_prefetch_stop(fs->blocks);

@@ -389,7 +389,9 @@ static int add_version(struct fs *fs, uint64_t ino, struct handle **h)
     if (!*h && !(*h = calloc(1, sizeof **h)))
         return -ENOMEM;
     pthread_rwlock_rdlock(&fs->freeze);
-    int rc = inode_attr(fs, ino, &a);
+    int rc = !fs->half_switched ? inode_attr(fs, ino, &a)
+                                : err_set(-EIO, "the follower is between two snapshots after a "
+                                                "failed switch; its next poll tries again");
     if (rc == 0 && S_ISREG(a.mode))
         rc = blocks_version_get(fs->blocks, ino, a.size, &(*h)->version);
     pthread_rwlock_unlock(&fs->freeze);

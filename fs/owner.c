@@ -107,11 +107,14 @@ int owner_seize(struct store *s, struct owner_claim *c)
     return write_claim(s, c, 0);
 }
 
+/* Another holder with a lower epoch than ours is an old writer's heartbeat
+ * that overwrote our takeover (its read came before our write): the bucket
+ * is still ours, and our next heartbeat says so again. */
 int owner_check(struct store *s, const struct owner_claim *c)
 {
     struct holder h;
     int rc = read_holder(s, &h);
-    if (rc == 0 && strcmp(h.mount_id, c->mount_id) != 0)
+    if (rc == 0 && strcmp(h.mount_id, c->mount_id) != 0 && h.epoch >= c->epoch)
         return err_set(-ESTALE, "%s was taken over by mount %s on host %s (epoch %llu)",
                        store_url(s), h.mount_id, h.host, (unsigned long long)h.epoch);
     return rc == -ENOENT ? 0 : rc;

@@ -35,8 +35,9 @@ int owner_acquire(struct store *s, struct owner_claim *c);
  * the epoch becomes one above both the holder's and c->epoch. */
 int owner_seize(struct store *s, struct owner_claim *c);
 
-/* 0 if the bucket is still ours (or held by nobody); -ESTALE, naming the
- * holder, if another mount holds it. */
+/* 0 if the bucket is still ours (or held by nobody, or by a writer of a
+ * lower epoch); -ESTALE, naming the holder, if another mount holds it with
+ * an epoch at least ours. */
 int owner_check(struct store *s, const struct owner_claim *c);
 
 /* Rewrites the heartbeat. -ESTALE (with a message) if someone else holds it now. */

@@ -46,7 +46,7 @@ struct view {
 struct snapview {
     struct fs *fs;
     pthread_mutex_t lock; /* the table; a view's db and ns are used without it */
-    struct view *v;       /* v[k - 1] is view number k */
+    struct view **v;      /* v[k - 1] is view number k (never moves: users hold it) */
     size_t n, cap;
     uint64_t tick;
     int64_t listed_ms; /* when the listing below was taken */
@@ -112,9 +112,11 @@ void snapview_close(struct snapview *sv)
 {
     if (!sv)
         return;
-    for (size_t i = 0; i < sv->n; i++)
-        if (sv->v[i].loaded)
-            unload(sv, &sv->v[i]);
+    for (size_t i = 0; i < sv->n; i++) {
+        if (sv->v[i]->loaded)
+            unload(sv, sv->v[i]);
+        free(sv->v[i]);
+    }
     free(sv->v);
     free(sv->listed.v);
     pthread_mutex_destroy(&sv->lock);
@@ -130,11 +132,15 @@ static int same(struct snapshot_id a, struct snapshot_id b)
 static size_t number(struct snapview *sv, struct snapshot_id id)
 {
     for (size_t i = 0; i < sv->n; i++)
-        if (same(sv->v[i].id, id))
+        if (same(sv->v[i]->id, id))
             return i + 1;
-    if (sv->n >= VIEW_MAX || array_grow((void **)&sv->v, &sv->cap, sv->n, sizeof *sv->v))
+    struct view *v = sv->n < VIEW_MAX ? calloc(1, sizeof *v) : NULL;
+    if (!v || array_grow((void **)&sv->v, &sv->cap, sv->n, sizeof *sv->v)) {
+        free(v);
         return 0;
-    sv->v[sv->n] = (struct view){ .id = id };
+    }
+    v->id = id;
+    sv->v[sv->n] = v;
     return ++sv->n;
 }
 
@@ -158,7 +164,7 @@ static void make_room(struct snapview *sv)
     size_t loaded = 0;
     struct view *oldest = NULL;
     for (size_t i = 0; i < sv->n; i++) {
-        struct view *v = &sv->v[i];
+        struct view *v = sv->v[i];
         loaded += v->loaded;
         if (v->loaded && !v->users && (!oldest || v->used < oldest->used))
             oldest = v;
@@ -202,7 +208,7 @@ static int load(struct snapview *sv, struct view *v)
 static struct view *view_get(struct snapview *sv, size_t k, int *rc)
 {
     pthread_mutex_lock(&sv->lock);
-    struct view *v = k >= 1 && k <= sv->n ? &sv->v[k - 1] : NULL;
+    struct view *v = k >= 1 && k <= sv->n ? sv->v[k - 1] : NULL;
     *rc = v ? 0 : -ENOENT;
     if (v && !v->loaded) {
         make_room(sv);
@@ -358,6 +364,7 @@ static int list_views(struct snapview *sv, uint64_t off, ns_dirent_fn fn, void *
 
 struct readdir_job {
     size_t k;
+    uint64_t dir; /* the snapshot's own number of the directory listed */
     uint64_t off;
     size_t max;
     ns_dirent_fn fn;
@@ -370,7 +377,9 @@ static int renumbered(void *arg, const char *name, const struct ns_attr *attr, u
 {
     struct readdir_job *j = arg;
     struct ns_attr a = *attr;
-    if (!strcmp(name, "..") && a.ino == NS_ROOT)
+    if (a.ino >= (1ULL << INO_BITS))
+        return 0; /* cannot be shown (lookup says why) */
+    if (!strcmp(name, "..") && j->dir == NS_ROOT)
         dir_attr(j->sv, &a);
     else
         renumber(j->k, &a);
@@ -388,7 +397,7 @@ int snapview_readdir(struct snapview *sv, uint64_t dir, uint64_t off, size_t max
 {
     if (dir == SNAPVIEW_DIR)
         return list_views(sv, off, fn, arg);
-    struct readdir_job j = { view_of(dir), off, max, fn, arg, sv };
+    struct readdir_job j = { view_of(dir), own_ino(dir), off, max, fn, arg, sv };
     return in_view(sv, dir, readdir_in, &j);
 }
 

@@ -2,10 +2,12 @@
  * The running parts of a writable mount (contract in writer.h).
  *
  * Promotion, step by step (writer_promote):
- *   1. The follower's thread stops, after one last switch to the newest
- *      snapshot if it is behind.
+ *   1. The follower's thread stops.
  *   2. The bucket is taken over (bootstrap_promote): the owner object names
- *      this mount with an epoch above the old holder's and every snapshot's.
+ *      this mount with an epoch above the old holder's and every snapshot's,
+ *      so the old writer publishes nothing more once it sees it. Then one
+ *      last switch to the newest snapshot, if the follower is behind (no
+ *      warm-up: the old writer must not go on publishing meanwhile).
  *   3. The writer's parts start; the mount stops following (new opens use
  *      the page cache again) and accepts changes.
  *   4. A snapshot of the new epoch is published at once. Snapshot IDs order
@@ -129,21 +131,48 @@ int writer_stop(struct writer *w)
 }
 
 static pthread_mutex_t promoting = PTHREAD_MUTEX_INITIALIZER;
+static int promotions_ended;
 
-int writer_promote(struct fs *fs, struct bootstrap *b, struct writer **out)
+void writer_promotions_end(void)
 {
-    pthread_mutex_lock(&promoting); /* two promotes at once: the second finds it done */
-    int rc = fs_following(fs) ? follow_stop(fs->follow, 1)
-                              : err_set(-EINVAL, "this mount is not a follower (--follow): "
-                                                 "there is nothing to promote");
-    if (rc == 0)
-        rc = bootstrap_promote(fs, b);
+    pthread_mutex_lock(&promoting);
+    promotions_ended = 1;
+    pthread_mutex_unlock(&promoting);
+}
+
+/* Steps 2 and 3, the follower's thread stopped. *seized: the bucket is
+ * ours from then on, whatever fails after. */
+static int take_over(struct fs *fs, struct bootstrap *b, struct writer **out, int *seized)
+{
+    int rc = bootstrap_promote(fs, b, seized);
+    int behind = rc ? 0 : follow_catch_up(fs->follow);
+    if (behind) /* a newer snapshot that cannot be read: the one served is the last good one */
+        log_warn("promoting from the snapshot served: %s", err_msg(behind));
     if (rc == 0 && (rc = writer_start(fs, b, out)) != 0) {
         writer_stop(*out);
         *out = NULL;
     }
-    if (rc && fs_following(fs) && follow_resume(fs->follow) == 0)
+    return rc;
+}
+
+int writer_promote(struct fs *fs, struct bootstrap *b, struct writer **out)
+{
+    int seized = 0, rc;
+    pthread_mutex_lock(&promoting); /* two promotes at once: the second finds it done */
+    if (promotions_ended)
+        rc = err_set(-ESHUTDOWN, "the mount is being unmounted");
+    else if (!fs_following(fs))
+        rc = err_set(-EINVAL, "this mount is not a follower (--follow): there is nothing to "
+                              "promote");
+    else {
+        follow_stop(fs->follow);
+        rc = take_over(fs, b, out, &seized);
+    }
+    if (rc && !seized && fs_following(fs) && !promotions_ended && follow_resume(fs->follow) == 0)
         log_warn("promotion failed; following again: %s", err_msg(rc));
+    else if (rc && seized)
+        err_wrap(rc, "the bucket was taken over, but this mount could not start writing (it "
+                     "stays read-only; run ckptctl promote again)");
     if (rc == 0) {
         __atomic_store_n(&fs->following, 0, __ATOMIC_RELEASE);
         __atomic_store_n(&fs->read_only, 0, __ATOMIC_RELEASE);

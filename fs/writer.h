@@ -27,11 +27,15 @@ int writer_start(struct fs *fs, struct bootstrap *b, struct writer **out);
 int writer_stop(struct writer *w);
 
 /* ckptctl promote: a follower (fs->follow) becomes the bucket's writer. It
- * catches up with the newest snapshot, takes the bucket over from whoever
- * holds it with an epoch above every snapshot's (bootstrap_promote), starts
- * writing, and returns once a snapshot of the new epoch is in the bucket:
- * from then on the old writer's snapshots can never be the newest. -EINVAL
- * if the mount is not following. */
+ * takes the bucket over from whoever holds it with an epoch above every
+ * snapshot's (bootstrap_promote), catches up with the newest snapshot,
+ * starts writing, and returns once a snapshot of the new epoch is in the
+ * bucket: from then on the old writer's snapshots can never be the newest.
+ * -EINVAL if the mount is not following. */
 int writer_promote(struct fs *fs, struct bootstrap *b, struct writer **out);
+
+/* The mount is going: a promotion under way ends first, later ones fail
+ * with -ESHUTDOWN. */
+void writer_promotions_end(void);
 
 #endif

@@ -78,7 +78,7 @@ def mounts(tmp_path, bucket_url):
 
 
 def test_follower_sees_whole_versions_and_converges(mounts):
-    w = mounts("--block-size", "64K", "--snapshot-interval", "3600", name="writer")
+    w = mounts("--block-size", "64K", "--snapshot-interval", "900", name="writer")
     write_version(w.path, 1)
     sync(w.path)
     f = mounts("--follow=1", "--memory-cache", "1M", name="follower")
@@ -212,3 +212,28 @@ def test_follower_refuses_a_hostile_snapshot_and_keeps_serving(tmp_path, case):
         assert "7fffffff-000000000001" in st["follow_error"] and st["switches"] == 0
         assert read_version(f.path) == 1 and os.listdir(f.path) == ["data"]
         assert st["serving"] != st["newest"] and st["snapshots_behind"] == 1
+
+
+def test_an_old_heartbeat_over_a_takeover_does_not_fence_the_new_writer(tmp_path):
+    """The old writer read the owner object just before the promotion and wrote its heartbeat
+    just after: the lower epoch loses, the promoted mount goes on, and the old writer's
+    snapshots still never become the newest."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    with mount_factory(tmp_path, f"file://{bucket}") as mount:
+        w = mount(name="writer")
+        write_version(w.path, 1)
+        sync(w.path)
+        old_claim = (bucket / "owner").read_text()
+        f = mount("--follow=1", name="follower")
+        assert ckptctl("promote", f.path).returncode == 0
+        (bucket / "owner").write_text(old_claim)  # the old writer's late heartbeat
+        write_version(f.path, 2)
+        sync(f.path)
+        assert not status(f.path)["fenced"]
+        write_version(w.path, 3)
+        ckptctl("sync", w.path)  # it may get this one out: at its old epoch
+        listed = json.loads(ckptctl("snapshots", f"file://{bucket}", "--json").stdout)
+        assert listed[-1]["id"] == status(f.path)["last_snapshot"]
+        r = mount("--read-only", name="reader")
+        assert read_version(r.path) == 2

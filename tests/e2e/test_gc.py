@@ -40,7 +40,7 @@ def gc(url, *args):
 
 
 def test_gc_with_a_writer_running(mounts, tmp_path):
-    w = mounts("--snapshot-interval", "3600", "--keep", "1")
+    w = mounts("--snapshot-interval", "900", "--keep", "1")
     old = os.urandom(6 * MIB)
     put(f"{w.path}/state", old)
     sync(w)
@@ -74,7 +74,7 @@ def test_gc_with_a_writer_running(mounts, tmp_path):
 
 
 def test_gc_deletes_expired_snapshots_first(mounts):
-    w = mounts("--snapshot-interval", "3600")
+    w = mounts("--snapshot-interval", "900")
     for i in range(4):
         put(f"{w.path}/f", bytes([i]) * MIB)
         sync(w)

@@ -70,7 +70,7 @@ def tree(root):
 # ---- the durability contract ----
 
 def test_publish_on_commit_is_in_the_bucket_when_rename_returns(mounts):
-    m = mounts("--publish-on", "CATALOG", "--snapshot-interval", "3600")
+    m = mounts("--publish-on", "CATALOG", "--snapshot-interval", "900")
     files = checkpoint(m.path, 4, 300000, seed=1)
     assert snapshots(mounts.bucket) == []  # fsyncs alone publish nothing (no round trips)
     write_durably(os.path.join(m.path, "CATALOG"), b"ckpt-1\n")
@@ -81,7 +81,7 @@ def test_publish_on_commit_is_in_the_bucket_when_rename_returns(mounts):
 
 
 def test_sync_remote_fsync_is_in_the_bucket(mounts):
-    m = mounts("--sync", "remote", "--snapshot-interval", "3600")
+    m = mounts("--sync", "remote", "--snapshot-interval", "900")
     with open(os.path.join(m.path, "journal"), "wb") as f:
         f.write(b"step 1\n")
         f.flush()
@@ -91,7 +91,7 @@ def test_sync_remote_fsync_is_in_the_bucket(mounts):
 
 
 def test_concurrent_remote_fsyncs_share_publishes(mounts):
-    m = mounts("--sync", "remote", "--snapshot-interval", "3600")
+    m = mounts("--sync", "remote", "--snapshot-interval", "900")
 
     def writer(i):
         for j in range(10):
@@ -111,14 +111,14 @@ def test_concurrent_remote_fsyncs_share_publishes(mounts):
 
 
 def test_unmount_publishes_everything(mounts):
-    m = mounts("--snapshot-interval", "3600")
+    m = mounts("--snapshot-interval", "900")
     files = checkpoint(m.path, 3, 5 * MIB + 7, seed=2)  # crosses 4 MiB blocks
     assert m.stop() == 0
     assert tree(mounts("--read-only", name="fresh").path) == files
 
 
 def test_ckptctl_sync_and_status(mounts):
-    m = mounts("--snapshot-interval", "3600")
+    m = mounts("--snapshot-interval", "900")
     checkpoint(m.path, 2, 100000, seed=3)
     before = json.loads(ckptctl("status", "--json", m.path).stdout)
     assert before["upload_queue"] >= 2 and before["last_snapshot"] is None
@@ -200,7 +200,7 @@ def uploaded(m):
 
 
 def test_second_checkpoint_uploads_only_new_bytes(mounts):
-    m = mounts("--snapshot-interval", "3600")
+    m = mounts("--snapshot-interval", "900")
     rand = [os.urandom(3 * MIB) for _ in range(8)]
     for i, data in enumerate(rand):
         write_durably(os.path.join(m.path, f"a{i}"), data)

@@ -23,7 +23,7 @@ def s3mounts(tmp_path, bucket, s3env):
 
 
 def test_checkpoint_reaches_swift_and_restores_elsewhere(s3mounts, s3server, bucket):
-    m = s3mounts("--publish-on", "CATALOG", "--snapshot-interval", "3600")
+    m = s3mounts("--publish-on", "CATALOG", "--snapshot-interval", "900")
     files = checkpoint(m.path, 5, 6 << 20, seed=1)  # two blocks per file
     write_durably(os.path.join(m.path, "CATALOG"), b"1\n")
     files["CATALOG"] = b"1\n"

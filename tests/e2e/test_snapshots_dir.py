@@ -34,7 +34,7 @@ def change(root):
 
 
 def test_every_snapshot_is_a_directory(mounts, tmp_path):
-    w = mounts("--snapshot-interval", "3600")
+    w = mounts("--snapshot-interval", "900")
     make_tree(w.path)
     sync(w)
     first = describe(w.path)

@@ -91,7 +91,7 @@ def bench_write(args, server):
         src.flush()
         os.makedirs(f"{d}/local")
         m = ckptfs_mount(f"file://{bucket}", f"{d}/cache", f"{d}/mnt", "--snapshot-interval",
-                         "3600")
+                         "900")
         try:
             pairs = [(f"{d}/local/f", local), (f"{m.path}/f", mount)]
             for run in range(args.runs):
