@@ -281,6 +281,15 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
     return (ssize_t)got;
 }
 
+void input_seek(struct input *in, uint64_t offset, uint64_t line)
+{
+    in->pos = offset;
+    in->line = line;
+    in->done = 0;
+    in->pending.len = 0;
+    in->at_end = 0;
+}
+
 void input_get_stats(const struct input *in, struct input_stats *st)
 {
     *st = (struct input_stats){ in->pos, in->line, in->skipped, in->at_end };

@@ -47,4 +47,7 @@ struct input_stats {
 };
 void input_get_stats(const struct input *in, struct input_stats *st);
 
+/* Reads on from offset, whose line is line + 1 (a checkpoint's position). */
+void input_seek(struct input *in, uint64_t offset, uint64_t line);
+
 #endif

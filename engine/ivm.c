@@ -14,12 +14,29 @@
  *      with `before`, its output row as of the step's start (NULL if it did
  *      not exist then).
  *   3. Outside a step (after ivm_flush), no group is touched.
+ *   4. A group changed since the last ivm_save is on the dirty list once
+ *      (dirty_at is its place + 1); a group that was in a saved batch and
+ *      is gone since has its key on the tombstone list.
+ *
+ * Batch files (ivm_save, ivm_load): a view's groups, all of them (a base)
+ * or those changed since the last batch (a delta, applied over the batches
+ * before it). Little-endian:
+ *
+ *   "CKIV" u8 version (1) u8 kind (1 base, 2 delta) u16 0 u32 items u64 records
+ *   record: u8 tag (1 group, 2 tombstone), the key (the GROUP BY values),
+ *           and for a group: i64 rows, then per item i64 n, i128 isum
+ *           (u64 low, u64 high), f64 dsum, u64 bag entries, each a value
+ *           and an i64 count
+ *   value:  u8 type, then BIGINT and TIMESTAMP i64, DOUBLE f64, BOOLEAN u8,
+ *           VARCHAR u32 length and the bytes, NULL nothing
+ *   u64 XXH3 of everything before it
  */
 #include "ivm.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "util/err.h"
 
@@ -48,6 +65,8 @@ struct group {
     int64_t rows;
     int touched;
     struct row *before;
+    size_t dirty_at; /* invariant 4 */
+    int saved;       /* in the batches saved so far */
     struct aggst agg[];
 };
 
@@ -58,6 +77,10 @@ struct ivm {
     uint64_t ngroups;
     struct group *touched;
     struct value *scratch; /* an output row being built */
+    struct group **dirty;  /* invariant 4 */
+    size_t ndirty, dirty_cap;
+    struct row **tombs;
+    size_t ntombs, tombs_cap;
 };
 
 /* ---- bags ---- */
@@ -81,7 +104,7 @@ static size_t bag_find(const struct bag *b, const struct value *x, int *found)
     return lo;
 }
 
-static int bag_add(struct bag *b, const struct value *x, int weight)
+static int bag_add(struct bag *b, const struct value *x, int64_t weight)
 {
     int found;
     size_t i = bag_find(b, x, &found);
@@ -178,6 +201,38 @@ static void unlink_group(struct ivm *m, struct group *g)
         at = &(*at)->next;
     *at = g->next;
     m->ngroups--;
+}
+
+/* Invariant 4. */
+static int mark_dirty(struct ivm *m, struct group *g)
+{
+    if (g->dirty_at)
+        return 0;
+    if (array_grow((void **)&m->dirty, &m->dirty_cap, m->ndirty, sizeof *m->dirty))
+        return -ENOMEM;
+    m->dirty[m->ndirty++] = g;
+    g->dirty_at = m->ndirty;
+    return 0;
+}
+
+/* A group that no longer exists goes; a saved one leaves a tombstone. */
+static int forget_group(struct ivm *m, struct group *g)
+{
+    int rc = 0;
+    if (g->dirty_at) { /* its place on the dirty list goes to the last one */
+        struct group *last = m->dirty[--m->ndirty];
+        m->dirty[g->dirty_at - 1] = last;
+        last->dirty_at = last == g ? 0 : g->dirty_at;
+    }
+    if (g->saved) {
+        if (array_grow((void **)&m->tombs, &m->tombs_cap, m->ntombs, sizeof *m->tombs))
+            rc = -ENOMEM;
+        else
+            m->tombs[m->ntombs++] = g->key, g->key = NULL;
+    }
+    unlink_group(m, g);
+    group_free(m, g);
+    return rc;
 }
 
 /* ---- output rows ---- */
@@ -314,6 +369,8 @@ int ivm_change(struct ivm *m, const struct value *row, int weight)
     if (!g && !(g = add_group(m, key, h)))
         return -ENOMEM;
     rc = touch(m, g);
+    if (rc == 0)
+        rc = mark_dirty(m, g);
     for (size_t i = 0; rc == 0 && i < v->nitems; i++)
         if (v->items[i].is_agg)
             rc = update(&g->agg[i], &v->items[i], row, weight);
@@ -336,8 +393,8 @@ static int flush_group(struct ivm *m, struct group *g, ivm_emit_fn emit, void *a
     g->before = NULL;
     g->touched = 0;
     if (!now) {
-        unlink_group(m, g);
-        group_free(m, g);
+        int gone = forget_group(m, g);
+        rc = rc ? rc : gone;
     }
     return rc;
 }
@@ -407,7 +464,241 @@ void ivm_free(struct ivm *m)
             next = g->next;
             group_free(m, g);
         }
+    for (size_t i = 0; i < m->ntombs; i++)
+        row_free(m->tombs[i]);
+    free(m->tombs);
+    free(m->dirty);
     free(m->slots);
     free(m->scratch);
     free(m);
+}
+
+/* ---- batches ---- */
+
+#define BATCH_MAGIC   "CKIV"
+#define BATCH_VERSION 1
+
+static int put(struct buf *b, uint64_t v, int bytes)
+{
+    uint8_t le[8];
+    for (int i = 0; i < bytes; i++)
+        le[i] = (uint8_t)(v >> (8 * i));
+    return buf_append(b, le, (size_t)bytes);
+}
+
+static int put_f64(struct buf *b, double d)
+{
+    uint64_t u;
+    memcpy(&u, &d, sizeof u);
+    return put(b, u, 8);
+}
+
+static int put_value(struct buf *b, const struct value *v)
+{
+    int rc = put(b, (uint64_t)v->t, 1);
+    if (rc || v->t == T_NULL)
+        return rc;
+    switch (v->t) {
+    case T_DOUBLE:
+        return put_f64(b, v->d);
+    case T_BOOLEAN:
+        return put(b, (uint64_t)v->b, 1);
+    case T_VARCHAR:
+        rc = put(b, v->str.len, 4);
+        return rc ? rc : buf_append(b, v->str.s, v->str.len);
+    default:
+        return put(b, (uint64_t)v->i, 8);
+    }
+}
+
+static int put_key(struct buf *b, const struct ivm *m, const struct row *key, int tag)
+{
+    int rc = put(b, (uint64_t)tag, 1);
+    for (size_t i = 0; rc == 0 && i < m->v->ngroup; i++)
+        rc = put_value(b, &key->v[i]);
+    return rc;
+}
+
+static int put_group(struct buf *b, const struct ivm *m, struct group *g)
+{
+    int rc = put_key(b, m, g->key, 1);
+    if (rc == 0)
+        rc = put(b, (uint64_t)g->rows, 8);
+    for (size_t i = 0; rc == 0 && i < aggs_of(m->v); i++) {
+        const struct aggst *a = &g->agg[i];
+        unsigned __int128 s = (unsigned __int128)a->isum;
+        rc = put(b, (uint64_t)a->n, 8);
+        if (rc == 0)
+            rc = put(b, (uint64_t)s, 8);
+        if (rc == 0)
+            rc = put(b, (uint64_t)(s >> 64), 8);
+        if (rc == 0)
+            rc = put_f64(b, a->dsum);
+        if (rc == 0)
+            rc = put(b, a->bag.n, 8);
+        for (size_t e = 0; rc == 0 && e < a->bag.n; e++) {
+            rc = put_value(b, &a->bag.v[e].v);
+            if (rc == 0)
+                rc = put(b, (uint64_t)a->bag.v[e].count, 8);
+        }
+    }
+    g->saved = 1;
+    g->dirty_at = 0;
+    return rc;
+}
+
+int ivm_save(struct ivm *m, int base, struct buf *out)
+{
+    uint64_t records = base ? m->ngroups : m->ntombs + m->ndirty;
+    int rc = buf_append(out, BATCH_MAGIC, 4);
+    if (rc == 0)
+        rc = put(out, BATCH_VERSION | (uint64_t)(base ? 1 : 2) << 8, 4);
+    if (rc == 0)
+        rc = put(out, m->v->nitems, 4);
+    if (rc == 0)
+        rc = put(out, records, 8);
+    for (size_t i = 0; rc == 0 && !base && i < m->ntombs; i++)
+        rc = put_key(out, m, m->tombs[i], 2);
+    for (size_t i = 0; rc == 0 && !base && i < m->ndirty; i++)
+        rc = put_group(out, m, m->dirty[i]);
+    for (size_t i = 0; rc == 0 && base && i < m->nslots; i++)
+        for (struct group *g = m->slots[i]; rc == 0 && g; g = g->next)
+            rc = put_group(out, m, g);
+    if (rc == 0)
+        rc = put(out, XXH3_64bits(out->data, out->len), 8);
+    for (size_t i = 0; i < m->ntombs; i++)
+        row_free(m->tombs[i]);
+    for (size_t i = 0; base && i < m->ndirty; i++)
+        m->dirty[i]->dirty_at = 0;
+    m->ntombs = m->ndirty = 0;
+    return rc;
+}
+
+struct reader {
+    const uint8_t *p, *end;
+    int bad;
+};
+
+static uint64_t get(struct reader *r, int bytes)
+{
+    uint64_t v = 0;
+    if (r->end - r->p < bytes) {
+        r->bad = 1;
+        return 0;
+    }
+    for (int i = 0; i < bytes; i++)
+        v |= (uint64_t)r->p[i] << (8 * i);
+    r->p += bytes;
+    return v;
+}
+
+static double get_f64(struct reader *r)
+{
+    uint64_t u = get(r, 8);
+    double d;
+    memcpy(&d, &u, sizeof d);
+    return d;
+}
+
+/* A value; a VARCHAR points into the batch. */
+static void get_value(struct reader *r, struct value *v)
+{
+    v->t = (enum type)get(r, 1);
+    switch (v->t) {
+    case T_NULL:
+        return;
+    case T_DOUBLE:
+        v->d = get_f64(r);
+        return;
+    case T_BOOLEAN:
+        v->b = (int)get(r, 1);
+        return;
+    case T_VARCHAR:
+        v->str.len = (size_t)get(r, 4);
+        v->str.s = (const char *)r->p;
+        if ((size_t)(r->end - r->p) < v->str.len)
+            r->bad = 1;
+        else
+            r->p += v->str.len;
+        return;
+    case T_BIGINT:
+    case T_TIMESTAMP:
+        v->i = (int64_t)get(r, 8);
+        return;
+    default:
+        r->bad = 1;
+    }
+}
+
+static int get_aggs(struct ivm *m, struct reader *r, struct group *g)
+{
+    for (size_t i = 0; !r->bad && i < aggs_of(m->v); i++) {
+        struct aggst *a = &g->agg[i];
+        bag_free(&a->bag);
+        a->bag = (struct bag){ 0 };
+        a->n = (int64_t)get(r, 8);
+        uint64_t lo = get(r, 8), hi = get(r, 8);
+        a->isum = (__int128)(((unsigned __int128)hi << 64) | lo);
+        a->dsum = get_f64(r);
+        uint64_t n = get(r, 8);
+        for (uint64_t e = 0; !r->bad && e < n; e++) {
+            struct value v;
+            get_value(r, &v);
+            int64_t count = (int64_t)get(r, 8);
+            if (!r->bad && (count <= 0 || bag_add(&a->bag, &v, count)))
+                r->bad = 1;
+        }
+    }
+    return r->bad ? -EBADMSG : 0;
+}
+
+static int get_record(struct ivm *m, struct reader *r)
+{
+    struct value key[64];
+    int tag = (int)get(r, 1);
+    for (size_t i = 0; i < m->v->ngroup; i++)
+        get_value(r, &key[i]);
+    if (r->bad || (tag != 1 && tag != 2))
+        return -EBADMSG;
+    uint64_t h = row_hash(key, m->v->ngroup);
+    struct group *g = find(m, key, h);
+    if (tag == 2) { /* a tombstone */
+        if (g) {
+            unlink_group(m, g);
+            group_free(m, g);
+        }
+        return 0;
+    }
+    if (!g && !(g = add_group(m, key, h)))
+        return -ENOMEM;
+    g->rows = (int64_t)get(r, 8);
+    g->saved = 1;
+    return get_aggs(m, r, g);
+}
+
+int ivm_load(struct ivm *m, const void *data, size_t len)
+{
+    const uint8_t *end = (const uint8_t *)data + len;
+    if (len < 28 || memcmp(data, BATCH_MAGIC, 4))
+        return err_set(-EBADMSG, "view %s: not a batch", m->v->name);
+    struct reader r = { (const uint8_t *)data + 4, end - 8, 0 }, tail = { end - 8, end, 0 };
+    if (get(&tail, 8) != XXH3_64bits(data, len - 8))
+        return err_set(-EBADMSG, "view %s: a batch cut short or damaged", m->v->name);
+    uint64_t head = get(&r, 4), items = get(&r, 4), records = get(&r, 8);
+    if ((head & 0xff) != BATCH_VERSION || items != m->v->nitems)
+        return err_set(-EBADMSG, "view %s: a batch of version %u for %llu columns, not this view's",
+                       m->v->name, (unsigned)(head & 0xff), (unsigned long long)items);
+    int rc = 0;
+    for (uint64_t i = 0; rc == 0 && i < records; i++)
+        rc = get_record(m, &r);
+    if (rc == 0 && r.p != r.end)
+        rc = -EBADMSG;
+    /* What was loaded is the state as saved: nothing to emit, nothing dirty (invariants 3, 4). */
+    for (struct group *g = m->touched; g; g = g->next_touched) {
+        g->touched = 0;
+        row_free(g->before);
+        g->before = NULL;
+    }
+    m->touched = NULL;
+    return rc == -EBADMSG ? err_set(rc, "view %s: a damaged batch", m->v->name) : rc;
 }

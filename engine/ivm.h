@@ -42,4 +42,16 @@ int ivm_scan(struct ivm *m, ivm_emit_fn fn, void *arg);
 /* Groups in the view now. */
 uint64_t ivm_groups(const struct ivm *m);
 
+/* ---- checkpoints ---- */
+
+/* Appends a batch to out (format in ivm.c): every group (base), or the
+ * changes since the last save (delta), and starts recording changes
+ * afresh. Called between steps. If the batch is then lost, the next save
+ * must be a base. */
+int ivm_save(struct ivm *m, int base, struct buf *out);
+
+/* Applies a batch (a base, then its deltas in order) to a new view. -EBADMSG
+ * (said) if it is damaged or another view's. */
+int ivm_load(struct ivm *m, const void *data, size_t len);
+
 #endif

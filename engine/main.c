@@ -1,6 +1,7 @@
 /*
  * ckptpipe: runs a SQL program (sql.h) over its input files, writing its
- * views' changes, step by step (pipeline.h).
+ * views' changes, step by step (pipeline.h), with checkpoints in its storage
+ * directory (checkpoint.h) as --ft asks.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "engine/pipeline.h"
+#include "util/clock.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -21,12 +23,18 @@
 
 static const char usage_text[] =
     "usage: ckptpipe run PROGRAM.sql --storage DIR [OPTIONS]\n"
-    "  --storage DIR            where the pipeline keeps its state (created if missing)\n"
-    "  --ft none                fault tolerance: none (the default; checkpoint,\n"
-    "                           at_least_once and exactly_once are not built yet)\n"
-    "  --max-batch N            input changes per input in one step, at most (100000)\n"
-    "  --exit-when-done         exit once every input file has been read to its end\n"
-    "                           (default: follow them as they grow, until SIGTERM)\n"
+    "  --storage DIR               where the pipeline keeps its checkpoints (created if missing)\n"
+    "  --ft MODE                   fault tolerance: none (the default); checkpoint (a checkpoint\n"
+    "                              on SIGTERM, resumed at the next start); at_least_once\n"
+    "                              (checkpoints every --checkpoint-interval too: after a crash\n"
+    "                              the next start resumes from the last one)\n"
+    "  --checkpoint-interval SECS  at_least_once's period, 1 to 3600 (default 60)\n"
+    "  --start-from latest|ID      the checkpoint to resume from (default latest)\n"
+    "  --fail-if-no-checkpoint     refuse to start without one (default: read the inputs\n"
+    "                              from their beginning)\n"
+    "  --max-batch N               input changes per input in one step, at most (100000)\n"
+    "  --exit-when-done            exit once every input file has been read to its end\n"
+    "                              (default: follow them as they grow, until SIGTERM)\n"
     "  -h, --help  --version\n";
 
 static volatile sig_atomic_t stopping;
@@ -38,9 +46,11 @@ static void on_signal(int sig)
 }
 
 struct run_options {
-    const char *program, *storage, *ft;
+    const char *program;
+    struct pipeline_options p;
     int exit_when_done;
     size_t batch;
+    unsigned interval_s;
 };
 
 static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -55,41 +65,92 @@ static int fail(const char *fmt, ...)
     return 1;
 }
 
+/* A whole number from lo to hi, or -1. */
+static long number(const char *v, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    return !*v || *end || errno || n < lo || n > hi ? -1 : n;
+}
+
+static int parse_ft(const char *v, enum ft *out)
+{
+    static const char *const modes[] = { "none", "checkpoint", "at_least_once", "exactly_once" };
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(v, modes[i])) {
+            *out = (enum ft)i;
+            return 0;
+        }
+    return fail("--ft: '%s' is none, checkpoint, at_least_once or exactly_once", v);
+}
+
+/* One option; 0, or 1 after saying what is wrong. */
+static int option(struct run_options *o, int c, const char *v)
+{
+    long n;
+    switch (c) {
+    case 's':
+        o->p.storage = v;
+        return 0;
+    case 'f':
+        return parse_ft(v, &o->p.ft);
+    case 'S':
+        o->p.start_from = strcmp(v, "latest") ? v : NULL;
+        return 0;
+    case 'F':
+        o->p.fail_if_none = 1;
+        return 0;
+    case 'x':
+        o->exit_when_done = 1;
+        return 0;
+    case 'i':
+        if ((n = number(v, 1, 3600)) < 0)
+            return fail("--checkpoint-interval: '%s' is not 1 to 3600 seconds", v);
+        o->interval_s = (unsigned)n;
+        return 0;
+    default: /* 'b' */
+        if ((n = number(v, 1, 100000000)) < 0)
+            return fail("--max-batch: '%s' is not a number from 1 to 100000000", v);
+        o->batch = (size_t)n;
+        return 0;
+    }
+}
+
+/* 0 to run, -1 after --help, else the exit status of bad usage. */
 static int parse_run(int argc, char **argv, struct run_options *o)
 {
     static const struct option opts[] = {
-        { "storage", required_argument, NULL, 's' },  { "ft", required_argument, NULL, 'f' },
-        { "exit-when-done", no_argument, NULL, 'x' }, { "max-batch", required_argument, NULL, 'b' },
-        { "help", no_argument, NULL, 'h' },           { 0 },
+        { "storage", required_argument, NULL, 's' },
+        { "ft", required_argument, NULL, 'f' },
+        { "checkpoint-interval", required_argument, NULL, 'i' },
+        { "start-from", required_argument, NULL, 'S' },
+        { "fail-if-no-checkpoint", no_argument, NULL, 'F' },
+        { "max-batch", required_argument, NULL, 'b' },
+        { "exit-when-done", no_argument, NULL, 'x' },
+        { "help", no_argument, NULL, 'h' },
+        { 0 },
     };
     int c;
-    char *end;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if (c == 's')
-            o->storage = optarg;
-        else if (c == 'f')
-            o->ft = optarg;
-        else if (c == 'x')
-            o->exit_when_done = 1;
-        else if (c == 'b' && (o->batch = strtoul(optarg, &end, 10)) && !*end && optarg[0] != '-')
-            continue;
-        else if (c == 'b')
-            return fail("--max-batch: '%s' is not a positive number", optarg) + 1;
-        else if (c == 'h')
+        if (c == 'h')
             return printf("%s", usage_text), -1;
-        else if (c == ':')
+        if (c == ':')
             return fail("option %s needs a value", argv[optind - 1]) + 1;
-        else
+        if (c == '?')
             return fail("unknown option %s", argv[optind - 1]) + 1;
+        if (option(o, c, optarg))
+            return 2;
     }
     if (argc - optind != 1)
         return fail("run takes one PROGRAM.sql") + 1;
     o->program = argv[optind];
-    if (!o->storage)
+    if (!o->p.storage)
         return fail("--storage DIR is required") + 1;
-    if (strcmp(o->ft, "none"))
-        return fail("--ft %s: not built yet (only none is)", o->ft) + 1;
+    if (o->p.ft == FT_EXACTLY_ONCE)
+        return fail("--ft exactly_once: not built yet (none, checkpoint and at_least_once are)") +
+               1;
     return 0;
 }
 
@@ -99,27 +160,56 @@ static void pause_ms(long ms)
     nanosleep(&t, NULL);
 }
 
-static int run(const struct run_options *o)
+/* A checkpoint, said in the log (operators and tests read it). */
+static int checkpoint(struct pipeline *p)
 {
-    struct pipeline *p = NULL;
-    if (mkdir(o->storage, 0755) && errno != EEXIST)
-        return fail("--storage %s: %s", o->storage, strerror(errno));
-    int rc = pipeline_open(o->program, &p);
-    if (rc)
-        return fail("%s", err_msg(rc));
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    char id[32];
+    int rc = pipeline_checkpoint(p, id, sizeof id);
+    if (rc == 0)
+        log_info("checkpoint %s committed", id);
+    return rc;
+}
+
+/* Steps until a signal (or the end of the inputs), checkpointing as --ft says. */
+static int loop(const struct run_options *o, struct pipeline *p)
+{
+    int64_t period = (int64_t)o->interval_s * 1000000000, next = clock_monotonic_ns() + period;
     while (!stopping) {
-        rc = pipeline_step(p, o->batch);
+        int rc = pipeline_step(p, o->batch);
         if (rc < 0)
-            break;
+            return rc;
+        if (o->p.ft == FT_AT_LEAST_ONCE && clock_monotonic_ns() >= next) {
+            int saved = checkpoint(p);
+            if (saved)
+                return saved;
+            next = clock_monotonic_ns() + period;
+        }
         if (rc == 0 && o->exit_when_done && pipeline_inputs_done(p))
             break;
         if (rc == 0)
             pause_ms(IDLE_MS);
     }
+    /* Stopping: with fault tolerance, a checkpoint of everything done, then exit. */
+    return o->p.ft != FT_NONE ? checkpoint(p) : 0;
+}
+
+static int run(const struct run_options *o)
+{
+    struct pipeline *p = NULL;
     struct pipeline_stats st;
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    int rc = pipeline_open(o->program, &o->p, &p);
+    if (rc)
+        return fail("%s", err_msg(rc));
+    pipeline_get_stats(p, &st);
+    if (st.resumed_from[0])
+        log_info("resumed from checkpoint %s at step %llu", st.resumed_from,
+                 (unsigned long long)st.step);
+    else
+        log_info("running from the beginning of the inputs");
+    rc = loop(o, p);
     pipeline_get_stats(p, &st);
     pipeline_close(p);
     if (rc < 0)
@@ -131,16 +221,16 @@ static int run(const struct run_options *o)
 
 int main(int argc, char **argv)
 {
-    log_init("ckptpipe", LOG_WARN);
+    log_init("ckptpipe", getenv("CKPTPIPE_VERBOSE") ? LOG_INFO : LOG_WARN);
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")))
         return printf("%s", usage_text), 0;
     if (argc >= 2 && !strcmp(argv[1], "--version"))
         return puts("ckptpipe " CKPT_VERSION), 0;
     if (argc < 2 || strcmp(argv[1], "run"))
         return fail("expected 'run'; try 'ckptpipe --help'") + 1;
-    struct run_options o = { .ft = "none", .batch = DEFAULT_BATCH };
+    struct run_options o = { .batch = DEFAULT_BATCH, .interval_s = 60 };
     int rc = parse_run(argc - 1, argv + 1, &o);
     if (rc)
-        return rc < 0 ? 0 : 2;
+        return rc < 0 ? 0 : rc;
     return run(&o);
 }

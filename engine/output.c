@@ -37,6 +37,21 @@ static int make_parents(const char *path)
     return 0;
 }
 
+/* A line a crash cut short goes: what follows it starts on a line of its own. */
+static int cut_torn_line(struct output *o)
+{
+    struct stat st;
+    char c;
+    if (fstat(o->fd, &st))
+        return err_set(-EIO, "%s: %s", o->path, strerror(errno));
+    off_t end = st.st_size;
+    while (end > 0 && pread(o->fd, &c, 1, end - 1) == 1 && c != '\n')
+        end--;
+    if (end < st.st_size && ftruncate(o->fd, end))
+        return err_set(-EIO, "%s: cannot cut a torn last line: %s", o->path, strerror(errno));
+    return 0;
+}
+
 int output_open(const struct view *v, struct output **out)
 {
     const char *conn = option_get(v->opts, v->nopts, "connector");
@@ -62,8 +77,18 @@ int output_open(const struct view *v, struct output **out)
         return rc;
     }
     *o = (struct output){ .v = v, .path = path, .fd = fd };
+    if ((rc = cut_torn_line(o)) != 0) {
+        output_close(o);
+        return rc;
+    }
     *out = o;
     return 0;
+}
+
+uint64_t output_length(const struct output *o)
+{
+    struct stat st;
+    return fstat(o->fd, &st) ? 0 : (uint64_t)st.st_size;
 }
 
 void output_close(struct output *o)

@@ -17,7 +17,8 @@
 struct output;
 
 /* -EINVAL naming the option if the view's WITH options are not a file
- * connector's; -EIO (said) if the file cannot be opened. */
+ * connector's; -EIO (said) if the file cannot be opened. A last line
+ * without its newline (a crash while writing it) is cut off. */
 int output_open(const struct view *v, struct output **out);
 void output_close(struct output *o);
 
@@ -27,5 +28,8 @@ int output_emit(void *arg, const struct value *row, int weight);
 
 /* Writes what the step collected. */
 int output_end(struct output *o);
+
+/* The file's length now (a checkpoint records it). */
+uint64_t output_length(const struct output *o);
 
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/checkpoint.h"
 #include "engine/input.h"
 #include "engine/ivm.h"
 #include "engine/output.h"
@@ -18,6 +19,9 @@ struct pipeline {
     struct ivm **views;      /* per view */
     struct output **outputs; /* per view; NULL for a view without a connector */
     uint64_t step, records;
+    struct ckpt *ckpt;  /* NULL without fault tolerance */
+    const char **names; /* the views' */
+    char resumed_from[CKPT_ID_LEN];
 };
 
 static int read_program(const char *path, char **text)
@@ -64,7 +68,59 @@ static int open_connectors(struct pipeline *p)
     return rc;
 }
 
-int pipeline_open(const char *path, struct pipeline **out)
+/* Positions of a checkpoint back into the inputs (by table name). */
+static int seek_inputs(struct pipeline *p, const struct ckpt_image *img)
+{
+    for (size_t i = 0; i < p->prog->ntables; i++) {
+        const struct ckpt_pos *at = NULL;
+        for (size_t k = 0; k < img->ninputs; k++)
+            if (!strcmp(img->inputs[k].name, p->prog->tables[i]->name))
+                at = &img->inputs[k];
+        if (p->inputs[i] && !at)
+            return err_set(-EBADMSG,
+                           "the checkpoint has no position for table %s (was the "
+                           "program changed?)",
+                           p->prog->tables[i]->name);
+        if (p->inputs[i])
+            input_seek(p->inputs[i], at->offset, at->line);
+    }
+    return 0;
+}
+
+/* Where the state comes from: a checkpoint, or (none yet) the beginning. */
+static int resume(struct pipeline *p, const struct pipeline_options *o)
+{
+    struct ckpt_image img;
+    char id[CKPT_ID_LEN];
+    int rc = o->start_from ? (snprintf(id, sizeof id, "%s", o->start_from), 0)
+                           : ckpt_latest(p->ckpt, id);
+    if (rc == -ENOENT && o->fail_if_none)
+        return err_set(-ENOENT, "%s holds no checkpoint (--fail-if-no-checkpoint)", o->storage);
+    if (rc == -ENOENT)
+        return 0; /* backfill: the inputs from their beginning */
+    rc = ckpt_load(p->ckpt, id, p->views, &img);
+    if (rc == 0)
+        rc = seek_inputs(p, &img);
+    if (rc == 0) {
+        p->step = img.step;
+        snprintf(p->resumed_from, sizeof p->resumed_from, "%s", id);
+    }
+    ckpt_image_free(&img);
+    return rc ? err_wrap(rc, "resuming from checkpoint %s", id) : 0;
+}
+
+static int open_checkpoints(struct pipeline *p, const struct pipeline_options *o)
+{
+    p->names = calloc(p->prog->nviews + 1, sizeof *p->names);
+    if (!p->names)
+        return -ENOMEM;
+    for (size_t i = 0; i < p->prog->nviews; i++)
+        p->names[i] = p->prog->views[i].name;
+    int rc = ckpt_open(o->storage, p->names, p->prog->nviews, &p->ckpt);
+    return rc ? rc : resume(p, o);
+}
+
+int pipeline_open(const char *path, const struct pipeline_options *o, struct pipeline **out)
 {
     char *text = NULL;
     struct pipeline *p = calloc(1, sizeof *p);
@@ -74,6 +130,8 @@ int pipeline_open(const char *path, struct pipeline **out)
     free(text);
     if (rc == 0)
         rc = open_connectors(p);
+    if (rc == 0 && o->ft != FT_NONE)
+        rc = open_checkpoints(p, o);
     if (rc) {
         pipeline_close(p);
         return rc;
@@ -92,11 +150,49 @@ void pipeline_close(struct pipeline *p)
         ivm_free(p->views ? p->views[i] : NULL);
         output_close(p->outputs ? p->outputs[i] : NULL);
     }
+    ckpt_close(p->ckpt);
+    free(p->names);
     free(p->inputs);
     free(p->views);
     free(p->outputs);
     program_free(p->prog);
     free(p);
+}
+
+static struct ckpt_pos *positions_of(struct pipeline *p, size_t *ni, size_t *no)
+{
+    struct program *g = p->prog;
+    struct ckpt_pos *v = calloc(g->ntables + g->nviews + 1, sizeof *v);
+    *ni = *no = 0;
+    for (size_t i = 0; v && i < g->ntables; i++)
+        if (p->inputs[i]) {
+            struct input_stats st;
+            input_get_stats(p->inputs[i], &st);
+            v[(*ni)++] = (struct ckpt_pos){ g->tables[i]->name, st.position, st.lines };
+        }
+    for (size_t i = 0; v && i < g->nviews; i++)
+        if (p->outputs[i])
+            v[*ni + (*no)++] =
+                (struct ckpt_pos){ g->views[i].name, output_length(p->outputs[i]), 0 };
+    return v;
+}
+
+int pipeline_checkpoint(struct pipeline *p, char *id, size_t n)
+{
+    char made[CKPT_ID_LEN];
+    if (!p->ckpt)
+        return err_set(-EINVAL, "no fault tolerance (--ft none): no checkpoints");
+    struct ckpt_image img = { .step = p->step };
+    struct ckpt_pos *pos = positions_of(p, &img.ninputs, &img.noutputs);
+    if (!pos)
+        return -ENOMEM;
+    img.inputs = pos;
+    img.outputs = pos + img.ninputs;
+    int rc = ckpt_save(p->ckpt, p->views, &img, made);
+    free(pos);
+    if (rc == 0)
+        snprintf(id, n, "%s", made);
+    return rc;
 }
 
 struct applying {
@@ -174,7 +270,8 @@ int pipeline_inputs_done(const struct pipeline *p)
 
 void pipeline_get_stats(const struct pipeline *p, struct pipeline_stats *st)
 {
-    *st = (struct pipeline_stats){ p->step, p->records, 0 };
+    *st = (struct pipeline_stats){ .step = p->step, .records = p->records };
+    snprintf(st->resumed_from, sizeof st->resumed_from, "%s", p->resumed_from);
     for (size_t i = 0; i < p->prog->ntables; i++) {
         struct input_stats in;
         if (p->inputs[i]) {

@@ -181,3 +181,132 @@ def test_program_errors_name_line_and_column(pipe):
     assert b"prog.sql: line 2, column 29: t has no column b" in p.stderr
     p = pipe(program_text(), "--ft", "exactly_once")
     assert p.returncode == 2 and b"not built yet" in p.stderr
+
+
+# ---- fault tolerance ----
+
+def start(pipe, *args):
+    """Starts the pipeline and returns once it runs (its first log line: resumed, or not)."""
+    (pipe.dir / "prog.sql").write_text(program_text())
+    proc = subprocess.Popen([program("ckptpipe"), "run", "prog.sql", "--storage", "state", *args],
+                            cwd=pipe.dir, stderr=subprocess.PIPE,
+                            env={**os.environ, "CKPTPIPE_VERBOSE": "1"})
+    proc.first_line = proc.stderr.readline().decode()
+    assert "resumed from" in proc.first_line or "from the beginning" in proc.first_line, \
+        proc.first_line + proc.stderr.read().decode()
+    return proc
+
+
+def feed(pipe, records):
+    with open(pipe.dir / "in/clicks.csv", "a") as f:
+        f.write("".join(csv_line(r) for r in records))
+
+
+def wait_consumed(pipe, proc, written, timeout=20):
+    """Until the view's output shows every record written (the last change per group)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            if final_rows(pipe) == final_of(sqlite_view(written)):
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the pipeline did not catch up")
+
+
+def final_rows(pipe):
+    """Each group's row as the last change for it says (repeats after a crash allowed)."""
+    last = {}
+    for c in changes(pipe.dir / "out/bytes_per_user.jsonl"):
+        (kind, row), = ((k, v) for k, v in c.items() if k != "step")
+        if kind == "insert":
+            last[row["user_id"]] = row
+        elif last.get(row["user_id"]) == row:
+            del last[row["user_id"]]
+    return final_of(last.values())
+
+
+def final_of(rows):
+    return {r["user_id"]: {k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()}
+            for r in rows}
+
+
+def test_checkpoint_mode_loses_and_repeats_nothing_across_stops(pipe):
+    written = []
+    for run in range(3):
+        proc = start(pipe, "--ft", "checkpoint")
+        recs = random_records(400, run)
+        feed(pipe, recs)
+        written += recs
+        wait_consumed(pipe, proc, written)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.first_line + proc.communicate(timeout=20)[1].decode()
+        assert proc.returncode == 0, err
+        assert "checkpoint" in err and "committed" in err
+        if run:
+            assert "resumed from checkpoint" in err
+    # Exactly once across the stops: rebuilding with every delete checked works, and matches.
+    same(rebuild(changes(pipe.dir / "out/bytes_per_user.jsonl")), sqlite_view(written))
+    catalog = json.loads((pipe.dir / "state/catalog.json").read_text())
+    assert len(catalog["checkpoints"]) == 2  # two kept, as Feldera keeps them
+    assert len(os.listdir(pipe.dir / "state")) == 2 + 2  # catalog, batches/, two ckpt-*
+
+
+def test_at_least_once_survives_sigkill(pipe):
+    seed = int(os.environ.get("CKPT_TORTURE_SEED", time.time()))
+    print(f"seed {seed}")  # pytest shows it on failure
+    rnd = random.Random(seed)
+    written = []
+    for round_ in range(int(os.environ.get("CKPT_TORTURE_ROUNDS", 20))):
+        proc = start(pipe, "--ft", "at_least_once", "--checkpoint-interval", "1",
+                     "--max-batch", "50")
+        recs = random_records(rnd.randint(50, 400), rnd.random())
+        feed(pipe, recs)
+        written += recs
+        time.sleep(rnd.uniform(0, 1.5))
+        proc.kill()  # SIGKILL: no last checkpoint
+        proc.wait()
+    proc = start(pipe, "--ft", "at_least_once", "--checkpoint-interval", "1")
+    try:
+        wait_consumed(pipe, proc, written, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+
+
+def test_no_checkpoint_refused_when_asked_and_damage_is_an_error(pipe):
+    feed(pipe, random_records(100, 5))
+    (pipe.dir / "prog.sql").write_text(program_text())
+    run = [program("ckptpipe"), "run", "prog.sql", "--storage", "state", "--exit-when-done"]
+    p = subprocess.run(run + ["--ft", "checkpoint", "--fail-if-no-checkpoint"], cwd=pipe.dir,
+                       capture_output=True)
+    assert p.returncode == 1 and b"holds no checkpoint" in p.stderr
+    p = subprocess.run(run + ["--ft", "checkpoint"], cwd=pipe.dir, capture_output=True)
+    assert p.returncode == 0, p.stderr.decode()
+    # Stray files of a checkpoint that never committed go at the next start.
+    (pipe.dir / "state/ckpt-00000000000000ff").mkdir()
+    (pipe.dir / "state/batches/v0-00000000000000ff.batch").write_bytes(b"x")
+    (pipe.dir / "state/catalog.json.mut").write_text("{")
+    p = subprocess.run(run + ["--ft", "checkpoint"], cwd=pipe.dir, capture_output=True)
+    assert p.returncode == 0, p.stderr.decode()
+    assert not (pipe.dir / "state/ckpt-00000000000000ff").exists()
+    assert not (pipe.dir / "state/batches/v0-00000000000000ff.batch").exists()
+    assert not (pipe.dir / "state/catalog.json.mut").exists()
+    # A damaged batch: an error naming it, never a silent start from scratch.
+    newest = json.loads((pipe.dir / "state/catalog.json").read_text())["checkpoints"][-1]
+    manifest = json.loads((pipe.dir / f"state/ckpt-{newest}/MANIFEST.json").read_text())
+    batch = pipe.dir / "state/batches" / manifest["views"]["bytes_per_user"][-1]
+    batch.write_bytes(batch.read_bytes()[:-3])
+    p = subprocess.run(run + ["--ft", "checkpoint"], cwd=pipe.dir, capture_output=True)
+    assert p.returncode == 1 and batch.name.encode() in p.stderr, p.stderr
+    # --start-from the older one still works.
+    older = json.loads((pipe.dir / "state/catalog.json").read_text())["checkpoints"][0]
+    p = subprocess.run(run + ["--ft", "checkpoint", "--start-from", older], cwd=pipe.dir,
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr.decode()
+    p = subprocess.run(run + ["--ft", "checkpoint", "--start-from", "0000000000000999"],
+                       cwd=pipe.dir, capture_output=True)
+    assert p.returncode == 1 and b"no checkpoint 0000000000000999" in p.stderr
