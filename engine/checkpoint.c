@@ -460,7 +460,7 @@ static void next_id(const struct ckpt *c, char id[CKPT_ID_LEN])
 }
 
 /* Step 1 for view v. */
-static int save_view(struct ckpt *c, size_t v, struct ivm *m, const char *id)
+static int save_view(struct ckpt *c, size_t v, struct ivm *m, const char *id, uint64_t *written)
 {
     struct chain *ch = &c->chains[v];
     int base =
@@ -476,6 +476,7 @@ static int save_view(struct ckpt *c, size_t v, struct ivm *m, const char *id)
         chain_clear(ch);
     if (rc == 0)
         rc = chain_add(ch, file, b.len, base);
+    *written += b.len;
     buf_free(&b);
     return rc;
 }
@@ -504,15 +505,17 @@ static json_t *manifest(const struct ckpt *c, const struct ckpt_image *img, cons
                      positions(img->outputs, img->noutputs));
 }
 
-int ckpt_save(struct ckpt *c, struct ivm **m, const struct ckpt_image *img, char id[CKPT_ID_LEN])
+int ckpt_save(struct ckpt *c, struct ivm **m, const struct ckpt_image *img, char id[CKPT_ID_LEN],
+              uint64_t *written)
 {
     char dir[PATH_MAX], path[PATH_MAX], batches[PATH_MAX];
     next_id(c, id);
     path_of(c, dir, "ckpt-%s", id);
     path_of(c, batches, "%s", "batches");
     int rc = 0;
+    *written = 0;
     for (size_t v = 0; rc == 0 && v < c->nviews; v++)
-        rc = save_view(c, v, m[v], id);
+        rc = save_view(c, v, m[v], id, written);
     if (rc == 0)
         rc = sync_dir(batches);
     if (rc == 0)

@@ -52,9 +52,10 @@ int ckpt_latest(struct ckpt *c, char id[CKPT_ID_LEN]);
  * batches it names becomes the one later checkpoints continue. */
 int ckpt_load(struct ckpt *c, const char *id, struct ivm **m, struct ckpt_image *img);
 
-/* Writes a checkpoint of m[0..n) and img and commits it; *id gets its ID.
- * Between steps only. On failure nothing is committed and the next
- * checkpoint writes every view whole. */
-int ckpt_save(struct ckpt *c, struct ivm **m, const struct ckpt_image *img, char id[CKPT_ID_LEN]);
+/* Writes a checkpoint of m[0..n) and img and commits it; *id gets its ID,
+ * *written the bytes of state it wrote. Between steps only. On failure
+ * nothing is committed and the next checkpoint writes every view whole. */
+int ckpt_save(struct ckpt *c, struct ivm **m, const struct ckpt_image *img, char id[CKPT_ID_LEN],
+              uint64_t *written);
 
 #endif

@@ -24,9 +24,10 @@
  *
  *   "CKIV" u8 version (1) u8 kind (1 base, 2 delta) u16 0 u32 items u64 records
  *   record: u8 tag (1 group, 2 tombstone), the key (the GROUP BY values),
- *           and for a group: i64 rows, then per item i64 n, i128 isum
- *           (u64 low, u64 high), f64 dsum, u64 bag entries, each a value
- *           and an i64 count
+ *           and for a group: i64 rows, then per aggregate item what it
+ *           keeps: COUNT(e) i64 n; SUM and AVG i64 n, i128 isum (u64 low,
+ *           u64 high), f64 dsum; MIN and MAX i64 n, u64 bag entries, each a
+ *           value and an i64 count (COUNT(*) and GROUP BY columns: nothing)
  *   value:  u8 type, then BIGINT and TIMESTAMP i64, DOUBLE f64, BOOLEAN u8,
  *           VARCHAR u32 length and the bytes, NULL nothing
  *   u64 XXH3 of everything before it
@@ -519,29 +520,44 @@ static int put_key(struct buf *b, const struct ivm *m, const struct row *key, in
     return rc;
 }
 
-static int put_group(struct buf *b, const struct ivm *m, struct group *g)
+/* What an item keeps of a group beyond its rows: 0 nothing, 1 n, 2 sums, 3 a bag. */
+static int kept(const struct item *it)
 {
-    int rc = put_key(b, m, g->key, 1);
-    if (rc == 0)
-        rc = put(b, (uint64_t)g->rows, 8);
-    for (size_t i = 0; rc == 0 && i < aggs_of(m->v); i++) {
-        const struct aggst *a = &g->agg[i];
-        unsigned __int128 s = (unsigned __int128)a->isum;
-        rc = put(b, (uint64_t)a->n, 8);
-        if (rc == 0)
-            rc = put(b, (uint64_t)s, 8);
+    if (!it->is_agg || it->agg == A_COUNT_STAR)
+        return 0;
+    return it->agg == A_COUNT ? 1 : it->agg == A_SUM || it->agg == A_AVG ? 2 : 3;
+}
+
+static int put_agg(struct buf *b, const struct item *it, const struct aggst *a)
+{
+    unsigned __int128 s = (unsigned __int128)a->isum;
+    int rc = put(b, (uint64_t)a->n, 8);
+    if (rc == 0 && kept(it) == 2) {
+        rc = put(b, (uint64_t)s, 8);
         if (rc == 0)
             rc = put(b, (uint64_t)(s >> 64), 8);
         if (rc == 0)
             rc = put_f64(b, a->dsum);
-        if (rc == 0)
-            rc = put(b, a->bag.n, 8);
+    }
+    if (rc == 0 && kept(it) == 3) {
+        rc = put(b, a->bag.n, 8);
         for (size_t e = 0; rc == 0 && e < a->bag.n; e++) {
             rc = put_value(b, &a->bag.v[e].v);
             if (rc == 0)
                 rc = put(b, (uint64_t)a->bag.v[e].count, 8);
         }
     }
+    return rc;
+}
+
+static int put_group(struct buf *b, const struct ivm *m, struct group *g)
+{
+    int rc = put_key(b, m, g->key, 1);
+    if (rc == 0)
+        rc = put(b, (uint64_t)g->rows, 8);
+    for (size_t i = 0; rc == 0 && i < aggs_of(m->v); i++)
+        if (kept(&m->v->items[i]))
+            rc = put_agg(b, &m->v->items[i], &g->agg[i]);
     g->saved = 1;
     g->dirty_at = 0;
     return rc;
@@ -634,13 +650,18 @@ static int get_aggs(struct ivm *m, struct reader *r, struct group *g)
 {
     for (size_t i = 0; !r->bad && i < aggs_of(m->v); i++) {
         struct aggst *a = &g->agg[i];
+        int what = kept(&m->v->items[i]);
         bag_free(&a->bag);
-        a->bag = (struct bag){ 0 };
+        *a = (struct aggst){ 0 };
+        if (!what)
+            continue;
         a->n = (int64_t)get(r, 8);
-        uint64_t lo = get(r, 8), hi = get(r, 8);
-        a->isum = (__int128)(((unsigned __int128)hi << 64) | lo);
-        a->dsum = get_f64(r);
-        uint64_t n = get(r, 8);
+        if (what == 2) {
+            uint64_t lo = get(r, 8), hi = get(r, 8);
+            a->isum = (__int128)(((unsigned __int128)hi << 64) | lo);
+            a->dsum = get_f64(r);
+        }
+        uint64_t n = what == 3 ? get(r, 8) : 0;
         for (uint64_t e = 0; !r->bad && e < n; e++) {
             struct value v;
             get_value(r, &v);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 
 #define IDLE_MS       20 /* how long a step without input waits before looking again */
 #define DEFAULT_BATCH 100000
+#define MAX_BACKOFF_S 30 /* --supervise: the longest wait before a restart */
 
 static const char usage_text[] =
     "usage: ckptpipe run PROGRAM.sql --storage DIR [OPTIONS]\n"
@@ -35,20 +37,31 @@ static const char usage_text[] =
     "  --max-batch N               input changes per input in one step, at most (100000)\n"
     "  --exit-when-done            exit once every input file has been read to its end\n"
     "                              (default: follow them as they grow, until SIGTERM)\n"
+    "  --supervise                 run the pipeline in a child process and start it again,\n"
+    "                              from its last checkpoint, whenever it dies of a signal\n"
     "  -h, --help  --version\n";
 
 static volatile sig_atomic_t stopping;
+static volatile pid_t worker; /* --supervise: the pipeline's process */
 
 static void on_signal(int sig)
 {
-    (void)sig;
     stopping = 1;
+    if (worker > 0) /* the supervisor passes a stop on */
+        kill(worker, sig);
+}
+
+static void catch_stops(void)
+{
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
 }
 
 struct run_options {
     const char *program;
     struct pipeline_options p;
-    int exit_when_done;
+    int exit_when_done, supervise;
     size_t batch;
     unsigned interval_s;
 };
@@ -104,6 +117,9 @@ static int option(struct run_options *o, int c, const char *v)
     case 'x':
         o->exit_when_done = 1;
         return 0;
+    case 'V':
+        o->supervise = 1;
+        return 0;
     case 'i':
         if ((n = number(v, 1, 3600)) < 0)
             return fail("--checkpoint-interval: '%s' is not 1 to 3600 seconds", v);
@@ -128,6 +144,7 @@ static int parse_run(int argc, char **argv, struct run_options *o)
         { "fail-if-no-checkpoint", no_argument, NULL, 'F' },
         { "max-batch", required_argument, NULL, 'b' },
         { "exit-when-done", no_argument, NULL, 'x' },
+        { "supervise", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -151,6 +168,10 @@ static int parse_run(int argc, char **argv, struct run_options *o)
     if (o->p.ft == FT_EXACTLY_ONCE)
         return fail("--ft exactly_once: not built yet (none, checkpoint and at_least_once are)") +
                1;
+    if (o->supervise && o->p.ft == FT_NONE)
+        return fail("--supervise restarts from checkpoints: give --ft checkpoint or "
+                    "at_least_once") +
+               1;
     return 0;
 }
 
@@ -164,9 +185,12 @@ static void pause_ms(long ms)
 static int checkpoint(struct pipeline *p)
 {
     char id[32];
-    int rc = pipeline_checkpoint(p, id, sizeof id);
+    uint64_t bytes = 0;
+    int64_t t0 = clock_monotonic_ns();
+    int rc = pipeline_checkpoint(p, id, sizeof id, &bytes);
     if (rc == 0)
-        log_info("checkpoint %s committed", id);
+        log_info("checkpoint %s committed: %llu bytes of state in %.3f s", id,
+                 (unsigned long long)bytes, (double)(clock_monotonic_ns() - t0) / 1e9);
     return rc;
 }
 
@@ -197,9 +221,7 @@ static int run(const struct run_options *o)
 {
     struct pipeline *p = NULL;
     struct pipeline_stats st;
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
+    catch_stops();
     int rc = pipeline_open(o->program, &o->p, &p);
     if (rc)
         return fail("%s", err_msg(rc));
@@ -219,6 +241,51 @@ static int run(const struct run_options *o)
     return 0;
 }
 
+/* Sleeps up to secs, less if a stop comes. */
+static void wait_or_stop(unsigned secs)
+{
+    for (unsigned i = 0; i < secs * 10 && !stopping; i++)
+        pause_ms(100);
+}
+
+/* --supervise: the pipeline runs in a child; a child killed by a signal
+ * (a crash, the OOM killer, kill -9) is started again, after a pause that
+ * doubles while it keeps dying young. An exit with a status is not: an error
+ * (bad input, a damaged checkpoint) would only come back. */
+static int supervise(const struct run_options *o)
+{
+    unsigned backoff = 1;
+    catch_stops();
+    for (;;) {
+        int64_t born = clock_monotonic_ns();
+        pid_t child = fork();
+        if (child < 0)
+            return fail("cannot start the pipeline's process: %s", strerror(errno));
+        if (child == 0) {
+            worker = 0;
+            _exit(run(o));
+        }
+        worker = child;
+        int status;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR)
+            ;
+        worker = 0;
+        if (WIFEXITED(status))
+            return WEXITSTATUS(status);
+        if (stopping)
+            return 1;
+        if (clock_monotonic_ns() - born > (int64_t)60 * 1000000000)
+            backoff = 1;
+        log_warn("the pipeline died of signal %d; starting it again from its last checkpoint "
+                 "in %u s",
+                 WTERMSIG(status), backoff);
+        wait_or_stop(backoff);
+        if (stopping)
+            return 0;
+        backoff = backoff * 2 > MAX_BACKOFF_S ? MAX_BACKOFF_S : backoff * 2;
+    }
+}
+
 int main(int argc, char **argv)
 {
     log_init("ckptpipe", getenv("CKPTPIPE_VERBOSE") ? LOG_INFO : LOG_WARN);
@@ -232,5 +299,5 @@ int main(int argc, char **argv)
     int rc = parse_run(argc - 1, argv + 1, &o);
     if (rc)
         return rc < 0 ? 0 : rc;
-    return run(&o);
+    return o.supervise ? supervise(&o) : run(&o);
 }

@@ -177,7 +177,7 @@ static struct ckpt_pos *positions_of(struct pipeline *p, size_t *ni, size_t *no)
     return v;
 }
 
-int pipeline_checkpoint(struct pipeline *p, char *id, size_t n)
+int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *written)
 {
     char made[CKPT_ID_LEN];
     if (!p->ckpt)
@@ -188,7 +188,7 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n)
         return -ENOMEM;
     img.inputs = pos;
     img.outputs = pos + img.ninputs;
-    int rc = ckpt_save(p->ckpt, p->views, &img, made);
+    int rc = ckpt_save(p->ckpt, p->views, &img, made, written);
     free(pos);
     if (rc == 0)
         snprintf(id, n, "%s", made);

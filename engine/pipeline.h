@@ -31,9 +31,9 @@ struct pipeline_options {
  * unreadable one is an error, never a fresh start). */
 int pipeline_open(const char *path, const struct pipeline_options *o, struct pipeline **out);
 
-/* Commits a checkpoint of the state after the last step; *id gets its ID.
- * -EINVAL without fault tolerance. */
-int pipeline_checkpoint(struct pipeline *p, char *id, size_t n);
+/* Commits a checkpoint of the state after the last step; *id gets its ID,
+ * *written the bytes of state written. -EINVAL without fault tolerance. */
+int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *written);
 void pipeline_close(struct pipeline *p);
 
 /* One step, of at most batch changes per input: 1 if it had input, 0 if

@@ -310,3 +310,30 @@ def test_no_checkpoint_refused_when_asked_and_damage_is_an_error(pipe):
     p = subprocess.run(run + ["--ft", "checkpoint", "--start-from", "0000000000000999"],
                        cwd=pipe.dir, capture_output=True)
     assert p.returncode == 1 and b"no checkpoint 0000000000000999" in p.stderr
+
+
+def children_of(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_supervise_restarts_a_killed_pipeline(pipe):
+    proc = start(pipe, "--ft", "at_least_once", "--checkpoint-interval", "1", "--supervise")
+    written = random_records(300, 8)
+    feed(pipe, written)
+    wait_consumed(pipe, proc, written)
+    for round_ in range(2):
+        (child,) = children_of(proc.pid)
+        os.kill(child, signal.SIGKILL)  # no operator: the supervisor starts it again
+        more = random_records(200, 9 + round_)
+        feed(pipe, more)
+        written += more
+        wait_consumed(pipe, proc, written, timeout=30)
+        assert children_of(proc.pid) != [child]
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=20)[1].decode()
+    assert proc.returncode == 0, err
+    assert err.count("died of signal 9") == 2
+    p = subprocess.run([program("ckptpipe"), "run", "prog.sql", "--storage", "s", "--supervise"],
+                       cwd=pipe.dir, capture_output=True)
+    assert p.returncode == 2 and b"--supervise restarts from checkpoints" in p.stderr
