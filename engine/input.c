@@ -22,6 +22,7 @@ struct input {
     const struct table *t;
     const char *path;
     int fd, json, skip_errors, header;
+    int http; /* changes come from input_push, not a file */
     uint64_t pos, line;
     struct buf pending; /* bytes read past pos: [done, len) not yet consumed */
     size_t done;
@@ -37,9 +38,10 @@ int input_open(const struct table *t, struct input **out)
     const char *format = option_get(t->opts, t->nopts, "format");
     const char *on_error = option_get(t->opts, t->nopts, "on_error");
     const char *header = option_get(t->opts, t->nopts, "header");
-    if (!conn || strcmp(conn, "file"))
-        return err_set(-EINVAL, "table %s: 'connector' is not 'file'", t->name);
-    if (!path || !*path)
+    int http = conn && !strcmp(conn, "http");
+    if (!conn || (strcmp(conn, "file") && !http))
+        return err_set(-EINVAL, "table %s: 'connector' is neither 'file' nor 'http'", t->name);
+    if (!http && (!path || !*path))
         return err_set(-EINVAL, "table %s: a file connector needs a 'path'", t->name);
     if (format && strcmp(format, "csv") && strcmp(format, "json"))
         return err_set(-EINVAL, "table %s: 'format' is '%s', neither 'csv' nor 'json'", t->name,
@@ -58,10 +60,12 @@ int input_open(const struct table *t, struct input **out)
         return -ENOMEM;
     }
     *in = (struct input){ .t = t,
-                          .path = path,
+                          .path = http ? "POST /ingress" : path,
+                          .http = http,
                           .fd = -1,
                           .row = row,
-                          .json = format && !strcmp(format, "json"),
+                          .json = http ? !format || !strcmp(format, "json")
+                                       : format && !strcmp(format, "json"),
                           .skip_errors = on_error && !strcmp(on_error, "skip"),
                           .header = header && !strcmp(header, "true") };
     *out = in;
@@ -89,6 +93,8 @@ static int bad(struct input *in, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
+    if (in->http)
+        return err_set(-EBADMSG, "line %llu of the request: %s", (unsigned long long)in->line, why);
     return err_set(-EBADMSG, "%s:%llu: %s", in->path, (unsigned long long)in->line, why);
 }
 
@@ -231,6 +237,8 @@ static int one_line(struct input *in, char *s, size_t len, input_fn fn, void *ar
 /* More bytes from the file into pending: 1 if some came, 0 at its end. */
 static int read_more(struct input *in)
 {
+    if (in->http)
+        return 0;
     if (in->fd < 0 && (in->fd = open(in->path, O_RDONLY | O_CLOEXEC)) < 0)
         return errno == ENOENT ? 0 : err_set(-EIO, "%s: %s", in->path, strerror(errno));
     if (in->done > in->pending.len / 2) { /* keep the unconsumed bytes at the front */
@@ -279,6 +287,45 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
         got += (size_t)rc;
     }
     return (ssize_t)got;
+}
+
+static int check_only(void *arg, const struct value *row, int weight)
+{
+    (void)arg;
+    (void)row;
+    (void)weight;
+    return 0;
+}
+
+int input_push(struct input *in, const char *body, size_t len)
+{
+    if (!in->http)
+        return err_set(-EINVAL, "table %s is not fed over HTTP", in->t->name);
+    char *copy = malloc(len + 1); /* a CSV line is unescaped in place */
+    if (!copy)
+        return -ENOMEM;
+    memcpy(copy, body, len);
+    copy[len] = '\n';
+    uint64_t line = in->line, count = 0;
+    int header = in->header, skip = in->skip_errors, rc = 0;
+    in->line = 0;
+    in->header = in->skip_errors = 0; /* a request is whole or refused */
+    for (char *s = copy, *end = copy + len; rc >= 0 && s < end;) {
+        char *nl = memchr(s, '\n', (size_t)(end + 1 - s));
+        rc = one_line(in, s, (size_t)(nl - s), check_only, NULL);
+        count += rc > 0;
+        s = nl + 1;
+    }
+    in->line = line;
+    in->header = header;
+    in->skip_errors = skip;
+    free(copy);
+    if (rc < 0)
+        return err_wrap(rc, "table %s", in->t->name);
+    rc = buf_append(&in->pending, body, len);
+    if (rc == 0 && len && body[len - 1] != '\n')
+        rc = buf_append(&in->pending, "\n", 1);
+    return rc ? rc : (int)(count > INT32_MAX ? INT32_MAX : count);
 }
 
 void input_seek(struct input *in, uint64_t offset, uint64_t line)

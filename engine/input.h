@@ -1,5 +1,5 @@
 /*
- * A table's file connector: WITH ('connector' = 'file', 'path' = P,
+ * A table's connector: WITH ('connector' = 'file', 'path' = P,
  * 'format' = 'csv' | 'json', 'on_error' = 'fail' | 'skip', 'header' =
  * 'true' | 'false'). It follows a growing file: each poll reads the
  * complete lines written since the last one (a line still being written
@@ -46,6 +46,12 @@ struct input_stats {
     int at_end;        /* the last poll reached the end of the file */
 };
 void input_get_stats(const struct input *in, struct input_stats *st);
+
+/* An HTTP table ('connector' = 'http'; 'format' 'json' by default): the
+ * changes of a request body, checked whole (a malformed line refuses them
+ * all: -EBADMSG naming the line) and then queued for the next poll.
+ * Returns how many changes were queued. */
+int input_push(struct input *in, const char *body, size_t len);
 
 /* Reads on from offset, whose line is line + 1 (a checkpoint's position). */
 void input_seek(struct input *in, uint64_t offset, uint64_t line);

@@ -118,8 +118,13 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
         }
         return 0;
     }
-    if (array_grow((void **)&b->v, &b->cap, b->n, sizeof *b->v))
-        return -ENOMEM;
+    if (b->n == b->cap) { /* most groups hold few values: start small */
+        size_t cap = b->cap ? 2 * b->cap : 2;
+        struct entry *v = realloc(b->v, cap * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+        b->v = v, b->cap = cap;
+    }
     struct entry e = { *x, weight };
     if (x->t == T_VARCHAR && !(e.v.str.s = strndup(x->str.s, x->str.len)))
         return -ENOMEM;

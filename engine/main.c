@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/http.h"
 #include "engine/pipeline.h"
 #include "util/clock.h"
 #include "util/err.h"
@@ -26,6 +28,8 @@
 static const char usage_text[] =
     "usage: ckptpipe run PROGRAM.sql --storage DIR [OPTIONS]\n"
     "  --storage DIR               where the pipeline keeps its checkpoints (created if missing)\n"
+    "  --http 127.0.0.1:PORT       the HTTP API: /status, /checkpoint, /stop, /ingress/TABLE,\n"
+    "                              /views/VIEW, /metrics\n"
     "  --ft MODE                   fault tolerance: none (the default); checkpoint (a checkpoint\n"
     "                              on SIGTERM, resumed at the next start); at_least_once\n"
     "                              (checkpoints every --checkpoint-interval too: after a crash\n"
@@ -59,7 +63,7 @@ static void catch_stops(void)
 }
 
 struct run_options {
-    const char *program;
+    const char *program, *http;
     struct pipeline_options p;
     int exit_when_done, supervise;
     size_t batch;
@@ -106,6 +110,9 @@ static int option(struct run_options *o, int c, const char *v)
     case 's':
         o->p.storage = v;
         return 0;
+    case 'H':
+        o->http = v;
+        return 0;
     case 'f':
         return parse_ft(v, &o->p.ft);
     case 'S':
@@ -138,6 +145,7 @@ static int parse_run(int argc, char **argv, struct run_options *o)
 {
     static const struct option opts[] = {
         { "storage", required_argument, NULL, 's' },
+        { "http", required_argument, NULL, 'H' },
         { "ft", required_argument, NULL, 'f' },
         { "checkpoint-interval", required_argument, NULL, 'i' },
         { "start-from", required_argument, NULL, 'S' },
@@ -194,27 +202,46 @@ static int checkpoint(struct pipeline *p)
     return rc;
 }
 
-/* Steps until a signal (or the end of the inputs), checkpointing as --ft says. */
+/* The HTTP API's requests run between steps: the loop holds this during one. */
+static pthread_mutex_t pipeline_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* One step, and at_least_once's checkpoint when due: 1, 0 (no input) or an error. */
+static int step(const struct run_options *o, struct pipeline *p, int64_t *next)
+{
+    int64_t period = (int64_t)o->interval_s * 1000000000;
+    pthread_mutex_lock(&pipeline_lock);
+    int rc = pipeline_step(p, o->batch);
+    if (rc >= 0 && o->p.ft == FT_AT_LEAST_ONCE && clock_monotonic_ns() >= *next) {
+        int saved = checkpoint(p);
+        rc = saved ? saved : rc;
+        *next = clock_monotonic_ns() + period;
+    }
+    pthread_mutex_unlock(&pipeline_lock);
+    return rc;
+}
+
+/* Steps until a stop (a signal, POST /stop, the end of the inputs), then,
+ * with fault tolerance, a checkpoint of everything done unless there is one. */
 static int loop(const struct run_options *o, struct pipeline *p)
 {
-    int64_t period = (int64_t)o->interval_s * 1000000000, next = clock_monotonic_ns() + period;
+    int64_t next = clock_monotonic_ns() + (int64_t)o->interval_s * 1000000000;
+    struct pipeline_stats st;
     while (!stopping) {
-        int rc = pipeline_step(p, o->batch);
+        int rc = step(o, p, &next);
         if (rc < 0)
             return rc;
-        if (o->p.ft == FT_AT_LEAST_ONCE && clock_monotonic_ns() >= next) {
-            int saved = checkpoint(p);
-            if (saved)
-                return saved;
-            next = clock_monotonic_ns() + period;
-        }
         if (rc == 0 && o->exit_when_done && pipeline_inputs_done(p))
             break;
         if (rc == 0)
             pause_ms(IDLE_MS);
     }
-    /* Stopping: with fault tolerance, a checkpoint of everything done, then exit. */
-    return o->p.ft != FT_NONE ? checkpoint(p) : 0;
+    pthread_mutex_lock(&pipeline_lock);
+    pipeline_get_stats(p, &st);
+    int rc = o->p.ft != FT_NONE && !(st.checkpoints && st.checkpoint_step == st.step)
+                 ? checkpoint(p)
+                 : 0;
+    pthread_mutex_unlock(&pipeline_lock);
+    return rc;
 }
 
 static int run(const struct run_options *o)
@@ -231,7 +258,14 @@ static int run(const struct run_options *o)
                  (unsigned long long)st.step);
     else
         log_info("running from the beginning of the inputs");
+    struct http *api = NULL;
+    struct http_context ctx = { p, &pipeline_lock, &stopping, o->p.ft != FT_NONE };
+    if (o->http && (rc = http_start(o->http, &ctx, &api)) != 0) {
+        pipeline_close(p);
+        return fail("%s", err_msg(rc));
+    }
     rc = loop(o, p);
+    http_stop(api);
     pipeline_get_stats(p, &st);
     pipeline_close(p);
     if (rc < 0)

@@ -21,7 +21,8 @@ struct pipeline {
     uint64_t step, records;
     struct ckpt *ckpt;  /* NULL without fault tolerance */
     const char **names; /* the views' */
-    char resumed_from[CKPT_ID_LEN];
+    char resumed_from[CKPT_ID_LEN], last_checkpoint[CKPT_ID_LEN];
+    uint64_t checkpoints, checkpoint_step;
 };
 
 static int read_program(const char *path, char **text)
@@ -190,9 +191,40 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *writte
     img.outputs = pos + img.ninputs;
     int rc = ckpt_save(p->ckpt, p->views, &img, made, written);
     free(pos);
-    if (rc == 0)
+    if (rc == 0) {
         snprintf(id, n, "%s", made);
+        memcpy(p->last_checkpoint, made, sizeof made);
+        p->checkpoints++;
+        p->checkpoint_step = p->step;
+    }
     return rc;
+}
+
+int pipeline_push(struct pipeline *p, const char *table, const char *body, size_t len)
+{
+    for (size_t i = 0; i < p->prog->ntables; i++)
+        if (!strcmp(p->prog->tables[i]->name, table))
+            return p->inputs[i] ? input_push(p->inputs[i], body, len)
+                                : err_set(-EINVAL, "table %s has no connector", table);
+    return err_set(-ENOENT, "there is no table %s", table);
+}
+
+int pipeline_scan(struct pipeline *p, const char *view, const struct view **v, ivm_emit_fn fn,
+                  void *arg)
+{
+    for (size_t i = 0; i < p->prog->nviews; i++)
+        if (!strcmp(p->prog->views[i].name, view)) {
+            *v = &p->prog->views[i];
+            return ivm_scan(p->views[i], fn, arg);
+        }
+    return err_set(-ENOENT, "there is no view %s", view);
+}
+
+void pipeline_each_view(struct pipeline *p,
+                        void (*fn)(void *arg, const char *name, uint64_t groups), void *arg)
+{
+    for (size_t i = 0; i < p->prog->nviews; i++)
+        fn(arg, p->prog->views[i].name, ivm_groups(p->views[i]));
 }
 
 struct applying {
@@ -272,6 +304,9 @@ void pipeline_get_stats(const struct pipeline *p, struct pipeline_stats *st)
 {
     *st = (struct pipeline_stats){ .step = p->step, .records = p->records };
     snprintf(st->resumed_from, sizeof st->resumed_from, "%s", p->resumed_from);
+    snprintf(st->last_checkpoint, sizeof st->last_checkpoint, "%s", p->last_checkpoint);
+    st->checkpoints = p->checkpoints;
+    st->checkpoint_step = p->checkpoint_step;
     for (size_t i = 0; i < p->prog->ntables; i++) {
         struct input_stats in;
         if (p->inputs[i]) {

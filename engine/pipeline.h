@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "engine/ivm.h"
 #include "engine/sql.h"
 
 struct pipeline;
@@ -43,11 +44,27 @@ int pipeline_step(struct pipeline *p, size_t batch);
 /* Whether every input has reached the end of its file. */
 int pipeline_inputs_done(const struct pipeline *p);
 
+/* Changes pushed to table (POST /ingress/TABLE): input_push's contract;
+ * -ENOENT if there is no such table. */
+int pipeline_push(struct pipeline *p, const char *table, const char *body, size_t len);
+
+/* A view's rows now (as of the last step) to fn; -ENOENT if no such view.
+ * *v gets the view (its column names). */
+int pipeline_scan(struct pipeline *p, const char *view, const struct view **v, ivm_emit_fn fn,
+                  void *arg);
+
+/* Calls fn for each view: its name and number of groups. */
+void pipeline_each_view(struct pipeline *p,
+                        void (*fn)(void *arg, const char *name, uint64_t groups), void *arg);
+
 struct pipeline_stats {
-    uint64_t step;         /* the last step's number (0: none yet) */
-    char resumed_from[24]; /* the checkpoint it started from, "" if none */
-    uint64_t records;      /* input changes taken */
-    uint64_t skipped;      /* malformed records skipped */
+    uint64_t step;            /* the last step's number (0: none yet) */
+    char resumed_from[24];    /* the checkpoint it started from, "" if none */
+    char last_checkpoint[24]; /* the last committed by this run, "" if none */
+    uint64_t checkpoints;     /* committed by this run */
+    uint64_t checkpoint_step; /* the step the last one was taken after */
+    uint64_t records;         /* input changes taken */
+    uint64_t skipped;         /* malformed records skipped */
 };
 void pipeline_get_stats(const struct pipeline *p, struct pipeline_stats *st);
 

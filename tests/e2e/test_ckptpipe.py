@@ -337,3 +337,97 @@ def test_supervise_restarts_a_killed_pipeline(pipe):
     p = subprocess.run([program("ckptpipe"), "run", "prog.sql", "--storage", "s", "--supervise"],
                        cwd=pipe.dir, capture_output=True)
     assert p.returncode == 2 and b"--supervise restarts from checkpoints" in p.stderr
+
+
+# ---- the HTTP API ----
+
+HTTP_PROGRAM = """CREATE TABLE orders (id BIGINT, amount DOUBLE) WITH ('connector' = 'http');
+CREATE VIEW totals WITH ('connector' = 'file', 'path' = 'out/totals.jsonl')
+  AS SELECT id, COUNT(*) AS n, SUM(amount) AS total FROM orders GROUP BY id;
+"""
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(port, method, path, body=None):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=body.encode() if body is not None else None)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read().decode()
+            return r.status, (json.loads(text) if "json" in r.headers["Content-Type"] else text)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode())
+
+
+def start_http(pipe, port):
+    (pipe.dir / "prog.sql").write_text(HTTP_PROGRAM)
+    proc = subprocess.Popen([program("ckptpipe"), "run", "prog.sql", "--storage", "state",
+                             "--ft", "checkpoint", "--http", f"127.0.0.1:{port}"],
+                            cwd=pipe.dir, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if call(port, "GET", "/status")[0] == 200:
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(proc.stderr.read().decode())
+
+
+def view_when(port, want, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, rows = call(port, "GET", "/views/totals")
+        assert status == 200
+        got = sorted((r["id"], r["n"], r["total"]) for r in rows)
+        if got == want:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{got} != {want}")
+
+
+def test_http_api(pipe):
+    port = free_port()
+    proc = start_http(pipe, port)
+    try:
+        body = "".join(json.dumps({"insert": {"id": i % 3, "amount": i * 1.5}}) + "\n"
+                       for i in range(10))
+        assert call(port, "POST", "/ingress/orders", body) == (200, {"queued": 10})
+        view_when(port, [(0, 4, 27.0), (1, 3, 18.0), (2, 3, 22.5)])
+        bad = '{"insert": {"id": 1, "amount": 2}}\n{"insert": {"id": "x"}}\n'
+        status, err = call(port, "POST", "/ingress/orders", bad)
+        assert status == 400 and "line 2" in err["error"] and "id" in err["error"], err
+        assert call(port, "POST", "/ingress/nope", "")[0] == 404
+        assert call(port, "GET", "/views/nope")[0] == 404
+        body = json.dumps({"delete": {"id": 2, "amount": 3.0}}) + "\n"
+        assert call(port, "POST", "/ingress/orders", body)[0] == 200
+        view_when(port, [(0, 4, 27.0), (1, 3, 18.0), (2, 2, 19.5)])
+        status, st = call(port, "GET", "/status")
+        assert status == 200 and st["state"] == "running" and st["records"] == 11
+        status, text = call(port, "GET", "/metrics")
+        assert "ckptpipe_records_total 11" in text and 'ckptpipe_view_groups{view="totals"} 3' in text
+        status, made = call(port, "POST", "/checkpoint")
+        assert status == 200 and len(made["checkpoint"]) == 16
+        status, stopped = call(port, "POST", "/stop")
+        assert status == 200 and stopped["stopped"] and stopped["checkpoint"] > made["checkpoint"]
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    newest = json.loads((pipe.dir / "state/catalog.json").read_text())["checkpoints"][-1]
+    assert newest == stopped["checkpoint"]  # the stop's checkpoint is the last one
+    proc = start_http(pipe, port)  # the state comes back from the checkpoint
+    try:
+        view_when(port, [(0, 4, 27.0), (1, 3, 18.0), (2, 2, 19.5)])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
