@@ -189,9 +189,11 @@ static int f_put(void *impl, const char *key, const void *data, size_t len, unsi
     return publish(tmp, path, flags);
 }
 
+/* key's object, or (from[0] == '/', store_copy_from) another store's by its path. */
 static int open_object(const struct filestore *fs, const char *key, char *path, struct stat *st)
 {
-    int rc = key_path(fs, key, path);
+    int rc = key[0] == '/' ? (snprintf(path, PATH_MAX, "%s", key) >= PATH_MAX ? -ENAMETOOLONG : 0)
+                           : key_path(fs, key, path);
     if (rc)
         return rc;
     /* O_NOFOLLOW: a symlink is not an object; O_NONBLOCK: nor is a FIFO to hang on. */

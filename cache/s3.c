@@ -671,11 +671,16 @@ static int s_copy(void *impl, const char *from, const char *to)
 {
     struct s3 *s = impl;
     struct buf src = { 0 };
-    int rc = buf_printf(&src, "/%s/", s->bucket);
-    if (rc == 0)
-        rc = sigv4_uri_encode(&src, s->prefix, strlen(s->prefix), 1);
-    if (rc == 0)
+    int rc = 0;
+    if (from[0] == '/') /* another bucket's object (store_copy_from) */
         rc = sigv4_uri_encode(&src, from, strlen(from), 1);
+    else {
+        rc = buf_printf(&src, "/%s/", s->bucket);
+        if (rc == 0)
+            rc = sigv4_uri_encode(&src, s->prefix, strlen(s->prefix), 1);
+        if (rc == 0)
+            rc = sigv4_uri_encode(&src, from, strlen(from), 1);
+    }
     struct req r = { .method = "PUT", .key = to };
     r.extra[r.nextra++] = (struct sigv4_header){ "x-amz-copy-source", (char *)src.data };
     if (rc == 0)

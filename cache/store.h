@@ -130,6 +130,12 @@ int store_list(struct store *s, const char *prefix, store_list_fn fn, void *arg)
 /* Copies from to to inside the store (server-side for S3). */
 int store_copy(struct store *s, const char *from, const char *to);
 
+/* Copies object key of src to the same key in dst without the bytes passing
+ * through here: two s3:// stores on the same endpoint with the same
+ * credentials (a server-side copy), or two file:// stores. -EXDEV if dst
+ * and src cannot (the caller copies through itself). */
+int store_copy_from(struct store *dst, struct store *src, const char *key);
+
 /* Finds out what the server honours, by writing and deleting a probe object
  * under ".ckptfs-probe-*" (so only call it on a store you may write).
  * Sets *caps to a mask of STORE_CAP_*. */

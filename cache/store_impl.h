@@ -30,6 +30,8 @@ struct store_ops {
     int (*del)(void *impl, const char *key);
     int (*del_many)(void *impl, const char *const *keys, size_t n); /* n <= 1000 */
     int (*list_page)(void *impl, struct store_page *page);
+    /* from is a key, or (store_copy_from) an absolute source starting with
+     * '/': "/BUCKET/PREFIX/KEY" for s3, the object's path for file. */
     int (*copy)(void *impl, const char *from, const char *to);
 
     /* Multipart upload; all NULL for a backend that takes any size in one put.

@@ -41,11 +41,14 @@ static int by_name(const void *a, const void *b)
 struct copying {
     struct fs *fs;
     const struct names *names;
-    uint64_t copied;
+    uint64_t copied, server_side;
 };
 
-/* One chunk from the seed into our bucket, unless it is there: checked on
- * the way (a damaged chunk is not spread), and put as the same bytes. */
+/* One chunk from the seed into our bucket, unless it is there: copied by
+ * the server where it can (the same endpoint and credentials: the bytes
+ * never come here), else fetched, checked on the way (a damaged chunk is
+ * not spread) and put as the same bytes. A server-side copy is checked as
+ * every chunk is: when it is read. */
 static int copy_one(void *arg, size_t i)
 {
     struct copying *c = arg;
@@ -56,7 +59,9 @@ static int copy_one(void *arg, size_t i)
     struct store_object o;
     struct buf enc = { 0 }, plain = { 0 };
     int rc = store_head(fs->store, key, &o);
-    if (rc == -ENOENT) {
+    if (rc == -ENOENT && (rc = store_copy_from(fs->store, fs->seed_store, key)) == 0)
+        __atomic_fetch_add(&c->server_side, 1, __ATOMIC_RELAXED);
+    if (rc == -EXDEV) {
         rc = store_get(fs->seed_store, key, 0, (uint64_t)CODEC_MAX_CHUNK + 4096, &enc);
         if (rc == 0)
             rc = codec_decode(fs->codec, enc.data, enc.len, name, &plain);
@@ -90,7 +95,7 @@ int seed_tree(struct fs *fs)
     struct snapshot_info info;
     struct buf plain = { 0 };
     struct names names = { 0 };
-    struct copying copying = { fs, &names, 0 };
+    struct copying copying = { fs, &names, 0, 0 };
     char text[SNAPSHOT_ID_LEN];
     int rc = seed_snapshot(fs, &id);
     if (rc == 0) {
@@ -112,9 +117,10 @@ int seed_tree(struct fs *fs)
         rc = snapshot_load(&plain, fs->db, fs->ns, fs->blocks, &info);
     if (rc == 0)
         log_info("seeded from %s, snapshot %s: %llu files, %llu bytes; %llu of %zu chunks "
-                 "copied",
+                 "copied (%llu by the server)",
                  fs->seed_url, text, (unsigned long long)info.files, (unsigned long long)info.bytes,
-                 (unsigned long long)copying.copied, names.n);
+                 (unsigned long long)(copying.copied + copying.server_side), names.n,
+                 (unsigned long long)copying.server_side);
     free(names.v);
     buf_free(&plain);
     return rc ? err_wrap(rc, "seeding from %s", fs->seed_url) : 0;

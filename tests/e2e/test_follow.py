@@ -173,6 +173,8 @@ def test_promote_fences_a_writer_that_still_runs(mounts, bucket_url):
     sync(w.path)
     f = mounts("--follow=1", name="follower")
     assert ckptctl("promote", f.path).returncode == 0
+    # Swift has no create-if-absent: the promoted mount says so, and the epoch rule alone decides.
+    assert ("conditional puts" in f.output()) == url.startswith("s3://")
     newest = ckptctl("snapshots", url, "--json", env=env)
     ours = json.loads(newest.stdout)[-1]["id"]
     # The old writer's next publish finds the bucket taken: it fails, and it turns read-only.

@@ -68,9 +68,12 @@ def test_seeded_bucket_starts_from_the_seed_and_outlives_it(mounts, seed, bucket
         f.write("ckpt-2\n")
     want["CATALOG"] = hashlib.sha256(b"ckpt-2\n").hexdigest()
     assert m.stop() == 0
-    writes = [r for r in s3server.requests(since)
-              if r.method not in ("GET", "HEAD") and f"/{seed_bucket}" in r.path]
+    sent = s3server.requests(since)
+    writes = [r for r in sent if r.method not in ("GET", "HEAD") and f"/{seed_bucket}" in r.path]
     assert writes == [], writes
+    # Same server, same credentials: the chunks were copied by the server, never fetched here.
+    fetched = [r for r in sent if r.method == "GET" and f"/{seed_bucket}/chunks/" in r.path]
+    assert fetched == [], fetched
     assert objects(client, seed_bucket) == before
 
     _delete_bucket(client, seed_bucket)
@@ -131,3 +134,22 @@ def test_seed_refusals(mounts, seed, bucket2, tmp_path, case):
     with pytest.raises(RuntimeError) as e:
         mounts(*args, url=url, name="bad")
     assert message in str(e.value)
+
+
+def test_seeding_between_file_buckets_copies_the_files(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    with mount_factory(tmp_path, f"file://{a}") as mount:
+        m = mount(name="seeder")
+        with open(f"{m.path}/state", "wb") as f:
+            f.write(os.urandom(9 * MIB))
+        want = tree(m.path)
+        m.stop()
+        seeded = mount("--seed-from", f"file://{a}", url=f"file://{b}", name="new")
+        assert tree(seeded.path) == want
+        seeded.stop()
+    chunks = lambda root: sorted(p.relative_to(root) for p in (root / "chunks").rglob("*")
+                                 if p.is_file())
+    assert chunks(b) == chunks(a) and len(chunks(a)) == 3
+    for rel in chunks(a):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
