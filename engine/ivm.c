@@ -62,7 +62,7 @@ struct group {
     struct group *next; /* the hash chain */
     struct group *next_touched;
     uint64_t hash;
-    struct row *key;
+    struct row *key; /* in the group's own block, after agg[] */
     int64_t rows;
     int touched;
     struct row *before;
@@ -153,7 +153,6 @@ static void group_free(const struct ivm *m, struct group *g)
 {
     for (size_t i = 0; i < aggs_of(m->v); i++)
         bag_free(&g->agg[i].bag);
-    row_free(g->key);
     row_free(g->before);
     free(g);
 }
@@ -188,11 +187,13 @@ static struct group *add_group(struct ivm *m, const struct value *key, uint64_t 
 {
     if (m->ngroups >= m->nslots && grow_slots(m))
         return NULL;
-    struct group *g = calloc(1, sizeof *g + aggs_of(m->v) * sizeof *g->agg);
-    if (!g || !(g->key = row_new(key, m->v->ngroup))) {
-        free(g);
+    /* One block for the group, its aggregates and its key: a lookup touches one. */
+    size_t head = sizeof(struct group) + aggs_of(m->v) * sizeof(struct aggst);
+    head = (head + _Alignof(struct row) - 1) & ~(_Alignof(struct row) - 1);
+    struct group *g = calloc(1, head + row_size(key, m->v->ngroup));
+    if (!g)
         return NULL;
-    }
+    g->key = row_init((struct row *)((char *)g + head), key, m->v->ngroup);
     g->hash = h;
     g->next = m->slots[h & (m->nslots - 1)];
     m->slots[h & (m->nslots - 1)] = g;
@@ -233,8 +234,10 @@ static int forget_group(struct ivm *m, struct group *g)
     if (g->saved) {
         if (array_grow((void **)&m->tombs, &m->tombs_cap, m->ntombs, sizeof *m->tombs))
             rc = -ENOMEM;
+        else if (!(m->tombs[m->ntombs] = row_new(g->key->v, g->key->n)))
+            rc = -ENOMEM;
         else
-            m->tombs[m->ntombs++] = g->key, g->key = NULL;
+            m->ntombs++;
     }
     unlink_group(m, g);
     group_free(m, g);

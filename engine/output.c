@@ -19,6 +19,8 @@ struct output {
     int fd;
     uint64_t step;
     struct buf lines;
+    struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
+    struct buf *keys;   /* per column: "name":  (JSON-escaped once) */
 };
 
 /* The directories above path, as mkdir -p makes them. */
@@ -77,6 +79,19 @@ int output_open(const struct view *v, struct output **out)
         return rc;
     }
     *o = (struct output){ .v = v, .path = path, .fd = fd };
+    if (!(o->keys = calloc(v->nitems, sizeof *o->keys)))
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < v->nitems; i++) {
+        const char *name = v->items[i].name;
+        struct value key = { .t = T_VARCHAR, .str = { name, strlen(name) } };
+        rc = i ? buf_append(&o->keys[i], ", ", 2) : 0;
+        rc = rc ? rc : value_json(&key, &o->keys[i]);
+        rc = rc ? rc : buf_append(&o->keys[i], ": ", 2);
+    }
+    if (rc) {
+        output_close(o);
+        return rc;
+    }
     if ((rc = cut_torn_line(o)) != 0) {
         output_close(o);
         return rc;
@@ -97,6 +112,11 @@ void output_close(struct output *o)
         return;
     close(o->fd);
     buf_free(&o->lines);
+    buf_free(&o->head[0]);
+    buf_free(&o->head[1]);
+    for (size_t i = 0; o->keys && i < o->v->nitems; i++)
+        buf_free(&o->keys[i]);
+    free(o->keys);
     free(o);
 }
 
@@ -104,26 +124,24 @@ void output_begin(struct output *o, uint64_t step)
 {
     o->step = step;
     buf_reset(&o->lines);
+    for (int i = 0; i < 2; i++) {
+        buf_reset(&o->head[i]);
+        buf_printf(&o->head[i], "{\"step\": %llu, \"%s\": {", (unsigned long long)step,
+                   i ? "insert" : "delete");
+    }
 }
 
 int output_emit(void *arg, const struct value *row, int weight)
 {
     struct output *o = arg;
-    const struct view *v = o->v;
-    int rc = buf_printf(&o->lines, "{\"step\": %llu, \"%s\": {", (unsigned long long)o->step,
-                        weight > 0 ? "insert" : "delete");
-    for (size_t i = 0; rc == 0 && i < v->nitems; i++) {
-        const char *name = v->items[i].name;
-        struct value key = { .t = T_VARCHAR, .str = { name, strlen(name) } };
-        rc = i ? buf_printf(&o->lines, ", ") : 0;
-        if (rc == 0)
-            rc = value_json(&key, &o->lines);
-        if (rc == 0)
-            rc = buf_printf(&o->lines, ": ");
+    const struct buf *head = &o->head[weight > 0];
+    int rc = buf_append(&o->lines, head->data, head->len);
+    for (size_t i = 0; rc == 0 && i < o->v->nitems; i++) {
+        rc = buf_append(&o->lines, o->keys[i].data, o->keys[i].len);
         if (rc == 0)
             rc = value_json(&row[i], &o->lines);
     }
-    return rc ? rc : buf_printf(&o->lines, "}}\n");
+    return rc ? rc : buf_append(&o->lines, "}}\n", 3);
 }
 
 int output_end(struct output *o)

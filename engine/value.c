@@ -90,34 +90,49 @@ static int timestamp_text(int64_t us, struct buf *out)
     return buf_printf(out, "\"%s\"", text);
 }
 
+/* Runs of plain bytes go in one append; the few that need it are escaped. */
 static int string_json(const char *s, size_t len, struct buf *out)
 {
     int rc = buf_append(out, "\"", 1);
+    size_t run = 0;
     for (size_t i = 0; rc == 0 && i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            rc = buf_printf(out, "\\%c", c);
-        else if (c < 0x20)
-            rc = buf_printf(out, "\\u%04x", c);
-        else
-            rc = buf_append(out, &s[i], 1);
+        if (c != '"' && c != '\\' && c >= 0x20)
+            continue;
+        rc = buf_append(out, s + run, i - run);
+        if (rc == 0)
+            rc = c < 0x20 ? buf_printf(out, "\\u%04x", c) : buf_printf(out, "\\%c", c);
+        run = i + 1;
     }
+    rc = rc ? rc : buf_append(out, s + run, len - run);
     return rc ? rc : buf_append(out, "\"", 1);
+}
+
+int value_int_text(int64_t v, struct buf *out)
+{
+    char tmp[24], *p = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+    do
+        *--p = (char)('0' + u % 10);
+    while (u /= 10);
+    if (v < 0)
+        *--p = '-';
+    return buf_append(out, p, (size_t)(tmp + sizeof tmp - p));
 }
 
 int value_json(const struct value *v, struct buf *out)
 {
     switch (v->t) {
     case T_NULL:
-        return buf_printf(out, "null");
+        return buf_append(out, "null", 4);
     case T_BIGINT:
-        return buf_printf(out, "%lld", (long long)v->i);
+        return value_int_text(v->i, out);
     case T_DOUBLE:
         return isfinite(v->d) ? buf_printf(out, "%.17g", v->d) : buf_printf(out, "null");
     case T_VARCHAR:
         return string_json(v->str.s, v->str.len, out);
     case T_BOOLEAN:
-        return buf_printf(out, v->b ? "true" : "false");
+        return v->b ? buf_append(out, "true", 4) : buf_append(out, "false", 5);
     case T_TIMESTAMP:
         return timestamp_text(v->i, out);
     }
@@ -186,14 +201,22 @@ int value_parse(enum type t, const char *text, size_t len, struct value *out)
     }
 }
 
-struct row *row_new(const struct value *v, size_t n)
+size_t row_size(const struct value *v, size_t n)
 {
-    size_t bytes = 0;
+    size_t bytes = sizeof(struct row) + n * sizeof *v;
     for (size_t i = 0; i < n; i++)
         bytes += v[i].t == T_VARCHAR ? v[i].str.len + 1 : 0;
-    struct row *r = malloc(sizeof *r + n * sizeof *v + bytes);
-    if (!r)
-        return NULL;
+    return bytes;
+}
+
+struct row *row_new(const struct value *v, size_t n)
+{
+    struct row *r = malloc(row_size(v, n));
+    return r ? row_init(r, v, n) : NULL;
+}
+
+struct row *row_init(struct row *r, const struct value *v, size_t n)
+{
     char *s = (char *)&r->v[n];
     r->n = n;
     for (size_t i = 0; i < n; i++) {

@@ -42,6 +42,9 @@ double value_num(const struct value *v);
 /* Appends v as JSON (TIMESTAMP as "YYYY-MM-DD HH:MM:SS[.ffffff]"). */
 int value_json(const struct value *v, struct buf *out);
 
+/* Appends v in decimal (without printf: output formatting is hot). */
+int value_int_text(int64_t v, struct buf *out);
+
 /* Parses text as a value of type t (a CSV field, a SQL literal's text):
  * -EINVAL if it is not one. VARCHAR points into text. */
 int value_parse(enum type t, const char *text, size_t len, struct value *out);
@@ -54,6 +57,10 @@ struct row {
 
 /* A copy of v[0..n) whose strings it owns; NULL if out of memory. */
 struct row *row_new(const struct value *v, size_t n);
+
+/* The same in place: r has row_size(v, n) bytes. Returns r. */
+size_t row_size(const struct value *v, size_t n);
+struct row *row_init(struct row *r, const struct value *v, size_t n);
 void row_free(struct row *r);
 uint64_t row_hash(const struct value *v, size_t n);
 int row_eq(const struct value *a, const struct value *b, size_t n);
