@@ -55,7 +55,8 @@ struct ckpt {
     struct chain *chains;
     char ids[KEEP][CKPT_ID_LEN]; /* the catalog, oldest first */
     size_t nids;
-    int need_base; /* a save failed: the chains may miss changes */
+    int need_base;            /* a save failed: the chains may miss changes */
+    unsigned long long tried; /* the highest ID a save used: never used again */
 };
 
 /* ---- files ---- */
@@ -453,10 +454,13 @@ void ckpt_image_free(struct ckpt_image *img)
 
 /* ---- save ---- */
 
-static void next_id(const struct ckpt *c, char id[CKPT_ID_LEN])
+/* One above the newest committed and every one tried: a save that failed
+ * after its catalog's rename may have committed on disk all the same. */
+static void next_id(struct ckpt *c, char id[CKPT_ID_LEN])
 {
     unsigned long long last = c->nids ? strtoull(c->ids[c->nids - 1], NULL, 16) : 0;
-    snprintf(id, CKPT_ID_LEN, "%016llx", last + 1);
+    c->tried = (last > c->tried ? last : c->tried) + 1;
+    snprintf(id, CKPT_ID_LEN, "%016llx", c->tried);
 }
 
 /* Step 1 for view v. */
@@ -520,6 +524,8 @@ int ckpt_save(struct ckpt *c, struct ivm **m, const struct ckpt_image *img, char
         rc = sync_dir(batches);
     if (rc == 0)
         rc = make_dir(dir);
+    if (rc == 0) /* the new directory's entry, durable before the catalog names it */
+        rc = sync_dir(c->dir);
     if (rc == 0) {
         join(path, dir, "MANIFEST.json");
         rc = write_json(path, manifest(c, img, id));

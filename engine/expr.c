@@ -1,6 +1,8 @@
 /* Evaluating checked expressions (contract in sql.h). */
 #include "sql.h"
 
+#include <math.h>
+
 static void arith(enum op op, const struct value *a, const struct value *b, enum type t,
                   struct value *out)
 {
@@ -31,7 +33,7 @@ static void arith(enum op op, const struct value *a, const struct value *b, enum
     }
     double x = value_num(a), y = value_num(b);
     out->d = op == E_ADD ? x + y : op == E_SUB ? x - y : op == E_MUL ? x * y : x / y;
-    if (op == E_DIV && y == 0)
+    if ((op == E_DIV && y == 0) || isnan(out->d)) /* inf - inf: no number */
         out->t = T_NULL;
 }
 

@@ -12,7 +12,8 @@
 #include "util/buf.h"
 #include "util/err.h"
 
-#define MAX_BODY ((size_t)64 << 20) /* a bigger ingress request is refused, not buffered */
+#define MAX_BODY    ((size_t)64 << 20) /* a bigger ingress request is refused, not buffered */
+#define DRAIN_BATCH 100000
 
 struct http {
     struct MHD_Daemon *d;
@@ -77,7 +78,9 @@ static json_t *checkpoint_json(struct http *h, int *status)
         *status = MHD_HTTP_CONFLICT;
         return json_pack("{s:s}", "error", "no fault tolerance (--ft none): no checkpoints");
     }
-    int rc = pipeline_checkpoint(h->ctx.p, id, sizeof id, &bytes);
+    int rc = pipeline_drain(h->ctx.p, DRAIN_BATCH); /* what /ingress took is in it */
+    if (rc == 0)
+        rc = pipeline_checkpoint(h->ctx.p, id, sizeof id, &bytes);
     *status = rc ? MHD_HTTP_INTERNAL_SERVER_ERROR : MHD_HTTP_OK;
     return rc ? json_pack("{s:s}", "error", err_msg(rc))
               : json_pack("{s:s, s:I}", "checkpoint", id, "bytes", (json_int_t)bytes);

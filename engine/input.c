@@ -237,8 +237,14 @@ static int one_line(struct input *in, char *s, size_t len, input_fn fn, void *ar
 /* More bytes from the file into pending: 1 if some came, 0 at its end. */
 static int read_more(struct input *in)
 {
-    if (in->http)
+    if (in->http) { /* what was taken leaves the queue */
+        if (in->done) {
+            in->pending.len -= in->done;
+            memmove(in->pending.data, in->pending.data + in->done, in->pending.len);
+            in->done = 0;
+        }
         return 0;
+    }
     if (in->fd < 0 && (in->fd = open(in->path, O_RDONLY | O_CLOEXEC)) < 0)
         return errno == ENOENT ? 0 : err_set(-EIO, "%s: %s", in->path, strerror(errno));
     if (in->done > in->pending.len / 2) { /* keep the unconsumed bytes at the front */

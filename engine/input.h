@@ -6,8 +6,9 @@
  * waits for its newline); a file that does not exist yet is empty.
  *
  * csv: one insert per line, fields in the table's column order, separated
- * by commas, "quoted" where they hold commas, quotes ("") or newlines; an
- * empty unquoted field is NULL, "" the empty string.
+ * by commas, "quoted" where they hold commas or quotes (""), never a
+ * newline (a record is a line); an empty unquoted field is NULL, "" the
+ * empty string.
  * json: a change per line, {"insert": {COLUMN: VALUE, ...}} or
  * {"delete": {...}}; a missing column is NULL.
  *

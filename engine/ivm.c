@@ -327,7 +327,7 @@ static int update(struct aggst *a, const struct item *it, const struct value *ro
         if (x.t == T_DOUBLE)
             a->dsum += weight * x.d;
         else
-            a->isum += weight * x.i;
+            a->isum += (__int128)weight * x.i;
         if (a->n == 0) /* no rounding left behind by values that came and went */
             a->dsum = 0;
         return 0;
@@ -687,8 +687,8 @@ static int get_record(struct ivm *m, struct reader *r)
     int tag = (int)get(r, 1);
     for (size_t i = 0; i < m->v->ngroup; i++)
         get_value(r, &key[i]);
-    if (r->bad || (tag != 1 && tag != 2))
-        return -EBADMSG;
+    if (r->bad || (tag != 1 && tag != 2) || (tag == 2 && m->v->ngroup == 0))
+        return -EBADMSG; /* the one group of a view without GROUP BY never goes */
     uint64_t h = row_hash(key, m->v->ngroup);
     struct group *g = find(m, key, h);
     if (tag == 2) { /* a tombstone */
@@ -705,6 +705,17 @@ static int get_record(struct ivm *m, struct reader *r)
     return get_aggs(m, r, g);
 }
 
+/* What is loaded is the state as saved: nothing to emit (invariant 3). */
+static void untouch_all(struct ivm *m)
+{
+    for (struct group *g = m->touched; g; g = g->next_touched) {
+        g->touched = 0;
+        row_free(g->before);
+        g->before = NULL;
+    }
+    m->touched = NULL;
+}
+
 int ivm_load(struct ivm *m, const void *data, size_t len)
 {
     const uint8_t *end = (const uint8_t *)data + len;
@@ -718,16 +729,10 @@ int ivm_load(struct ivm *m, const void *data, size_t len)
         return err_set(-EBADMSG, "view %s: a batch of version %u for %llu columns, not this view's",
                        m->v->name, (unsigned)(head & 0xff), (unsigned long long)items);
     int rc = 0;
+    untouch_all(m);
     for (uint64_t i = 0; rc == 0 && i < records; i++)
         rc = get_record(m, &r);
     if (rc == 0 && r.p != r.end)
         rc = -EBADMSG;
-    /* What was loaded is the state as saved: nothing to emit, nothing dirty (invariants 3, 4). */
-    for (struct group *g = m->touched; g; g = g->next_touched) {
-        g->touched = 0;
-        row_free(g->before);
-        g->before = NULL;
-    }
-    m->touched = NULL;
     return rc == -EBADMSG ? err_set(rc, "view %s: a damaged batch", m->v->name) : rc;
 }

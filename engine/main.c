@@ -57,9 +57,20 @@ static void on_signal(int sig)
 
 static void catch_stops(void)
 {
-    struct sigaction sa = { .sa_handler = on_signal };
+    struct sigaction sa = { .sa_handler = on_signal, .sa_flags = SA_RESTART };
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+}
+
+/* Stops held back (set) or let through again, so that the worker's pid and
+ * the handler that signals it never disagree. */
+static void hold_stops(int hold)
+{
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGTERM);
+    sigaddset(&s, SIGINT);
+    sigprocmask(hold ? SIG_BLOCK : SIG_UNBLOCK, &s, NULL);
 }
 
 struct run_options {
@@ -236,10 +247,10 @@ static int loop(const struct run_options *o, struct pipeline *p)
             pause_ms(IDLE_MS);
     }
     pthread_mutex_lock(&pipeline_lock);
+    int rc = pipeline_drain(p, o->batch); /* what /ingress accepted is not lost */
     pipeline_get_stats(p, &st);
-    int rc = o->p.ft != FT_NONE && !(st.checkpoints && st.checkpoint_step == st.step)
-                 ? checkpoint(p)
-                 : 0;
+    if (rc == 0 && o->p.ft != FT_NONE && !(st.checkpoints && st.checkpoint_step == st.step))
+        rc = checkpoint(p);
     pthread_mutex_unlock(&pipeline_lock);
     return rc;
 }
@@ -292,18 +303,25 @@ static int supervise(const struct run_options *o)
     catch_stops();
     for (;;) {
         int64_t born = clock_monotonic_ns();
+        hold_stops(1);
         pid_t child = fork();
         if (child < 0)
             return fail("cannot start the pipeline's process: %s", strerror(errno));
         if (child == 0) {
             worker = 0;
+            hold_stops(0);
             _exit(run(o));
         }
         worker = child;
+        if (stopping) /* a stop that came before the worker was known */
+            kill(child, SIGTERM);
+        hold_stops(0);
         int status;
         while (waitpid(child, &status, 0) < 0 && errno == EINTR)
             ;
+        hold_stops(1);
         worker = 0;
+        hold_stops(0);
         if (WIFEXITED(status))
             return WEXITSTATUS(status);
         if (stopping)

@@ -23,6 +23,7 @@ struct pipeline {
     const char **names; /* the views' */
     char resumed_from[CKPT_ID_LEN], last_checkpoint[CKPT_ID_LEN];
     uint64_t checkpoints, checkpoint_step;
+    int failed; /* a step failed half done: its state must never be checkpointed */
 };
 
 static int read_program(const char *path, char **text)
@@ -183,13 +184,20 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *writte
     char made[CKPT_ID_LEN];
     if (!p->ckpt)
         return err_set(-EINVAL, "no fault tolerance (--ft none): no checkpoints");
+    if (p->failed)
+        return err_set(-EIO, "a step failed half done: its state is not checkpointed");
+    /* Step 0 is before the first output: a checkpoint there would skip the
+     * initial rows of views without GROUP BY. Take the first step first. */
+    int rc = p->step ? 0 : pipeline_step(p, 1);
+    if (rc < 0)
+        return rc;
     struct ckpt_image img = { .step = p->step };
     struct ckpt_pos *pos = positions_of(p, &img.ninputs, &img.noutputs);
     if (!pos)
         return -ENOMEM;
     img.inputs = pos;
     img.outputs = pos + img.ninputs;
-    int rc = ckpt_save(p->ckpt, p->views, &img, made, written);
+    rc = ckpt_save(p->ckpt, p->views, &img, made, written);
     free(pos);
     if (rc == 0) {
         snprintf(id, n, "%s", made);
@@ -269,7 +277,25 @@ static int flush_views(struct pipeline *p)
     return rc;
 }
 
+static int step_once(struct pipeline *p, size_t batch);
+
 int pipeline_step(struct pipeline *p, size_t batch)
+{
+    int rc = step_once(p, batch);
+    if (rc < 0)
+        p->failed = 1;
+    return rc;
+}
+
+int pipeline_drain(struct pipeline *p, size_t batch)
+{
+    int rc;
+    while ((rc = pipeline_step(p, batch)) > 0)
+        ;
+    return rc;
+}
+
+static int step_once(struct pipeline *p, size_t batch)
 {
     size_t taken = 0;
     for (size_t i = 0; i < p->prog->ntables; i++) {

@@ -38,8 +38,12 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *writte
 void pipeline_close(struct pipeline *p);
 
 /* One step, of at most batch changes per input: 1 if it had input, 0 if
- * there was none, or an error. */
+ * there was none, or an error (after which no checkpoint is taken). */
 int pipeline_step(struct pipeline *p, size_t batch);
+
+/* Steps until one has no input (what was queued or written is all taken,
+ * before a final checkpoint). Returns 0 or the failing step's error. */
+int pipeline_drain(struct pipeline *p, size_t batch);
 
 /* Whether every input has reached the end of its file. */
 int pipeline_inputs_done(const struct pipeline *p);

@@ -185,9 +185,9 @@ int value_parse(enum type t, const char *text, size_t len, struct value *out)
     case T_BIGINT:
         out->i = strtoll(tmp, &end, 10);
         return *end || errno ? -EINVAL : 0;
-    case T_DOUBLE:
+    case T_DOUBLE: /* NaN has no place in an order: not a value here */
         out->d = strtod(tmp, &end);
-        return *end || errno == ERANGE ? -EINVAL : 0;
+        return *end || errno == ERANGE || isnan(out->d) ? -EINVAL : 0;
     case T_BOOLEAN:
         if (!strcasecmp(tmp, "true") || !strcmp(tmp, "1"))
             return out->b = 1, 0;

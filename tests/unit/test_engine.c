@@ -16,6 +16,8 @@
 #include "util/err.h"
 #include "util/hmap.h"
 
+#include <xxhash.h>
+
 static const char program_text[] =
     "-- the issue's example, with two more views\n"
     "CREATE TABLE clicks (user_id BIGINT, url VARCHAR, bytes BIGINT, ratio DOUBLE)\n"
@@ -380,8 +382,34 @@ static void test_against_sqlite(unsigned first)
     program_free(p);
 }
 
+/* A batch crafted with a valid checksum but a tombstone for the one group of
+ * a view without GROUP BY: refused, nothing freed twice. */
+static void test_hostile_batch(void)
+{
+    struct program *p = NULL;
+    struct ivm *m = NULL;
+    CHECK(program_parse(program_text, &p) == 0);
+    const struct view *v = &p->views[2]; /* everything: no GROUP BY */
+    CHECK(v->ngroup == 0 && ivm_new(v, &m) == 0);
+    uint8_t b[64] = "CKIV";
+    size_t n = 4;
+    b[n++] = 1, b[n++] = 2, b[n++] = 0, b[n++] = 0; /* version 1, a delta */
+    b[n++] = (uint8_t)v->nitems, b[n++] = 0, b[n++] = 0, b[n++] = 0;
+    b[n++] = 1; /* one record */
+    for (int i = 0; i < 7; i++)
+        b[n++] = 0;
+    b[n++] = 2; /* a tombstone, no key */
+    uint64_t h = XXH3_64bits(b, n);
+    for (int i = 0; i < 8; i++)
+        b[n++] = (uint8_t)(h >> (8 * i));
+    CHECK(ivm_load(m, b, n) == -EBADMSG);
+    ivm_free(m);
+    program_free(p);
+}
+
 int main(void)
 {
+    test_hostile_batch();
     test_errors();
     test_parse();
     for (unsigned seed = 1; seed <= 20; seed++)
