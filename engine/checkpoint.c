@@ -38,6 +38,7 @@
 
 #include "util/buf.h"
 #include "util/err.h"
+#include "util/paths.h"
 
 #define KEEP      2  /* committed checkpoints kept, as Feldera keeps them */
 #define MAX_CHAIN 16 /* batches in a view's chain before a new base */
@@ -294,11 +295,6 @@ static void clean(struct ckpt *c)
 
 /* ---- open, load ---- */
 
-static int make_dir(const char *path)
-{
-    return mkdir(path, 0755) && errno != EEXIST ? io_fail("cannot create", path) : 0;
-}
-
 int ckpt_open(const char *dir, const char *const *names, size_t n, struct ckpt **out)
 {
     struct ckpt *c = calloc(1, sizeof *c);
@@ -310,9 +306,9 @@ int ckpt_open(const char *dir, const char *const *names, size_t n, struct ckpt *
     c->names = names;
     c->nviews = n;
     path_of(c, batches, "%s", "batches");
-    int rc = make_dir(dir);
+    int rc = make_dirs(dir, 0755, 1);
     if (rc == 0)
-        rc = make_dir(batches);
+        rc = make_dirs(batches, 0755, 1);
     if (rc == 0)
         rc = read_catalog(c);
     if (rc) {
@@ -523,7 +519,7 @@ int ckpt_save(struct ckpt *c, struct ivm **m, const struct ckpt_image *img, char
     if (rc == 0)
         rc = sync_dir(batches);
     if (rc == 0)
-        rc = make_dir(dir);
+        rc = make_dirs(dir, 0755, 1);
     if (rc == 0) /* the new directory's entry, durable before the catalog names it */
         rc = sync_dir(c->dir);
     if (rc == 0) {

@@ -12,6 +12,7 @@
 
 #include "util/buf.h"
 #include "util/err.h"
+#include "util/paths.h"
 
 struct output {
     const struct view *v;
@@ -22,22 +23,6 @@ struct output {
     struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
     struct buf *keys;   /* per column: "name":  (JSON-escaped once) */
 };
-
-/* The directories above path, as mkdir -p makes them. */
-static int make_parents(const char *path)
-{
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    for (char *p = dir + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(dir, 0755) && errno != EEXIST)
-            return err_set(-EIO, "cannot create %s: %s", dir, strerror(errno));
-        *p = '/';
-    }
-    return 0;
-}
 
 /* A line a crash cut short goes: what follows it starts on a line of its own. */
 static int cut_torn_line(struct output *o)
@@ -66,7 +51,7 @@ int output_open(const struct view *v, struct output **out)
     if (format && strcmp(format, "json"))
         return err_set(-EINVAL, "view %s: 'format' is '%s'; outputs are JSON lines ('json')",
                        v->name, format);
-    int rc = make_parents(path);
+    int rc = make_dirs(path, 0755, 0);
     int fd = rc ? -1 : open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (rc == 0 && fd < 0)
         rc = err_set(-EIO, "view %s: cannot open %s: %s", v->name, path, strerror(errno));

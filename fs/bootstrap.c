@@ -26,6 +26,7 @@
 #include "util/err.h"
 #include "util/hex.h"
 #include "util/log.h"
+#include "util/paths.h"
 
 /* ---- 1. the marker ---- */
 
@@ -107,23 +108,6 @@ static int check_marker(struct fs *fs, int encrypted, size_t *block_size)
 
 /* ---- 3. the cache directory ---- */
 
-static int make_dirs(const char *path)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(tmp, 0700) && errno != EEXIST)
-            return err_set(-errno, "cannot create %s: %s", tmp, strerror(errno));
-        *p = '/';
-    }
-    if (mkdir(tmp, 0700) && errno != EEXIST)
-        return err_set(-errno, "cannot create %s: %s", tmp, strerror(errno));
-    return 0;
-}
-
 /* Returns 1 for a new cache, 0 for one of ours, or an error. A cache serves
  * one URL, in one role: a read-only mount's tables are a snapshot's copy, a
  * writer's are the truth. */
@@ -131,7 +115,7 @@ static int open_cache(struct fs *fs, char *mount_id, size_t n)
 {
     char url[4096], role[8];
     const char *want = fs->read_only ? "ro" : "rw";
-    int rc = make_dirs(fs->cache_dir);
+    int rc = make_dirs(fs->cache_dir, 0700, 1);
     if (rc == 0 && asprintf(&fs->db_path, "%s/meta.db", fs->cache_dir) < 0)
         rc = -ENOMEM;
     if (rc == 0)
