@@ -88,40 +88,38 @@ static json_t *checkpoint_json(struct http *h, int *status)
 
 struct rows {
     const struct view *v;
-    json_t *list;
+    struct buf *out; /* a JSON array being written: rows go straight in, never parsed back */
+    size_t n;
 };
 
 static int add_row(void *arg, const struct value *row, int weight)
 {
     (void)weight;
     struct rows *r = arg;
-    struct buf b = { 0 };
-    int rc = buf_printf(&b, "{");
+    int rc = r->n++ ? buf_append(r->out, ",{", 2) : buf_append(r->out, "{", 1);
     for (size_t i = 0; rc == 0 && i < r->v->nitems; i++) {
         struct value key = { .t = T_VARCHAR,
                              .str = { r->v->items[i].name, strlen(r->v->items[i].name) } };
-        rc = i ? buf_printf(&b, ",") : 0;
-        rc = rc ? rc : value_json(&key, &b);
-        rc = rc ? rc : buf_printf(&b, ":");
-        rc = rc ? rc : value_json(&row[i], &b);
+        rc = i ? buf_append(r->out, ",", 1) : 0;
+        rc = rc ? rc : value_json(&key, r->out);
+        rc = rc ? rc : buf_append(r->out, ":", 1);
+        rc = rc ? rc : value_json(&row[i], r->out);
     }
-    rc = rc ? rc : buf_printf(&b, "}");
-    json_t *j = rc ? NULL : json_loadb((const char *)b.data, b.len, 0, NULL);
-    buf_free(&b);
-    return j ? json_array_append_new(r->list, j) : -ENOMEM;
+    return rc ? rc : buf_append(r->out, "}", 1);
 }
 
-static json_t *view_json(struct http *h, const char *name, int *status)
+static enum MHD_Result view_rows(struct http *h, struct MHD_Connection *c, const char *name)
 {
-    struct rows r = { NULL, json_array() };
-    int rc = r.list ? pipeline_scan(h->ctx.p, name, &r.v, add_row, &r) : -ENOMEM;
-    *status = rc == -ENOENT ? MHD_HTTP_NOT_FOUND
-              : rc          ? MHD_HTTP_INTERNAL_SERVER_ERROR
-                            : MHD_HTTP_OK;
+    struct buf out = { 0 };
+    struct rows r = { NULL, &out, 0 };
+    int rc = buf_append(&out, "[", 1);
+    rc = rc ? rc : pipeline_scan(h->ctx.p, name, &r.v, add_row, &r);
+    rc = rc ? rc : buf_append(&out, "]\n", 2);
     if (rc == 0)
-        return r.list;
-    json_decref(r.list);
-    return json_pack("{s:s}", "error", err_msg(rc));
+        return reply(c, MHD_HTTP_OK, "application/json", &out);
+    buf_free(&out);
+    return reply_error(c, rc == -ENOENT ? MHD_HTTP_NOT_FOUND : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                       err_msg(rc));
 }
 
 static void metric_view(void *arg, const char *name, uint64_t groups)
@@ -168,7 +166,7 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *c, const cha
     else if (!post && !strcmp(url, "/metrics"))
         return metrics(h, c);
     else if (!post && !strncmp(url, "/views/", 7))
-        j = view_json(h, url + 7, &status);
+        return view_rows(h, c, url + 7);
     else if (post && !strcmp(url, "/checkpoint"))
         j = checkpoint_json(h, &status);
     else if (post && !strcmp(url, "/stop")) {
