@@ -487,6 +487,14 @@ static int f_copy(void *impl, const char *from, const char *to)
     return publish(tmp, dst, 0);
 }
 
+/* The object's path. */
+static int f_copy_source(void *impl, const char *key, struct buf *out)
+{
+    char path[PATH_MAX];
+    int rc = key_path(impl, key, path);
+    return rc ? rc : buf_printf(out, "%s", path);
+}
+
 static void f_close(void *impl)
 {
     free(impl);
@@ -500,6 +508,7 @@ static const struct store_ops file_ops = {
     .del_many = f_del_many,
     .list_page = f_list_page,
     .copy = f_copy,
+    .copy_source = f_copy_source,
     .close = f_close,
 };
 

@@ -309,6 +309,12 @@ static int r_copy(void *impl, const char *from, const char *to)
     return run(impl, &c);
 }
 
+static int r_copy_source(void *impl, const char *key, struct buf *out)
+{
+    struct store *inner = ((struct retry *)impl)->inner;
+    return inner->ops->copy_source ? inner->ops->copy_source(inner->impl, key, out) : -EXDEV;
+}
+
 static int r_mp_begin(void *impl, const char *key, char **upload_id)
 {
     struct call c = { .op = STORE_OP_PART, .mp_kind = MP_BEGIN, .key = key, .result = upload_id };
@@ -381,6 +387,7 @@ static const struct store_ops retry_ops = {
     .del_many = r_del_many,
     .list_page = r_list_page,
     .copy = r_copy,
+    .copy_source = r_copy_source,
     .mp_begin = r_mp_begin,
     .mp_part = r_mp_part,
     .mp_complete = r_mp_complete,

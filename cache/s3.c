@@ -692,6 +692,13 @@ static int s_copy(void *impl, const char *from, const char *to)
     return rc;
 }
 
+/* The x-amz-copy-source of key: /BUCKET/PREFIXKEY. */
+static int s_copy_source(void *impl, const char *key, struct buf *out)
+{
+    struct s3 *s = impl;
+    return buf_printf(out, "/%s/%s%s", s->bucket, s->prefix, key);
+}
+
 static int s_mp_begin(void *impl, const char *key, char **upload_id)
 {
     struct req r = { .method = "POST", .key = key, .query = "uploads" };
@@ -795,6 +802,7 @@ static const struct store_ops s3_ops = {
     .del_many = s_del_many,
     .list_page = s_list_page,
     .copy = s_copy,
+    .copy_source = s_copy_source,
     .mp_begin = s_mp_begin,
     .mp_part = s_mp_part,
     .mp_complete = s_mp_complete,

@@ -363,13 +363,15 @@ int store_copy_from(struct store *dst, struct store *src, const char *key)
     int s3 = !strncmp(dst->url, "s3://", 5) && !strncmp(src->url, "s3://", 5);
     int file = !strncmp(dst->url, "file://", 7) && !strncmp(src->url, "file://", 7);
     const struct store_options *a = &dst->opt, *b = &src->opt;
-    if (!file && !(s3 && same(a->endpoint, b->endpoint) && same(a->region, b->region) &&
-                   same(a->profile, b->profile) && same(a->credentials_file, b->credentials_file)))
+    int one_server =
+        file || (s3 && same(a->endpoint, b->endpoint) && same(a->region, b->region) &&
+                 same(a->profile, b->profile) && same(a->credentials_file, b->credentials_file));
+    if (!one_server || !src->ops->copy_source)
         return -EXDEV;
     int rc = store_check_key(key);
     struct buf from = { 0 };
-    if (rc == 0) /* s3://BUCKET/PREFIX -> /BUCKET/PREFIX/KEY; file:///PATH -> /PATH/KEY */
-        rc = buf_printf(&from, "%s%s/%s", s3 ? "/" : "", src->url + (s3 ? 5 : 7), key);
+    if (rc == 0)
+        rc = src->ops->copy_source(src->impl, key, &from);
     if (rc == 0)
         rc = dst->ops->copy(dst->impl, (const char *)from.data, key);
     buf_free(&from);

@@ -30,9 +30,12 @@ struct store_ops {
     int (*del)(void *impl, const char *key);
     int (*del_many)(void *impl, const char *const *keys, size_t n); /* n <= 1000 */
     int (*list_page)(void *impl, struct store_page *page);
-    /* from is a key, or (store_copy_from) an absolute source starting with
-     * '/': "/BUCKET/PREFIX/KEY" for s3, the object's path for file. */
+    /* from is a key, or (store_copy_from) another store's copy_source. */
     int (*copy)(void *impl, const char *from, const char *to);
+
+    /* Optional: how another store of this backend names key as the source
+     * of a copy (it starts with '/', which no key does). */
+    int (*copy_source)(void *impl, const char *key, struct buf *out);
 
     /* Multipart upload; all NULL for a backend that takes any size in one put.
      * Part numbers start at 1. mp_part sets *etag (malloc'ed). */
