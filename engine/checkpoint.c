@@ -55,7 +55,9 @@ struct ckpt {
     size_t nviews;
     struct chain *chains;
     char ids[KEEP][CKPT_ID_LEN]; /* the catalog, oldest first */
+    uint64_t steps[KEEP];        /* their steps (0: not known) */
     size_t nids;
+    int read_only;
     int need_base;            /* a save failed: the chains may miss changes */
     unsigned long long tried; /* the highest ID a save used: never used again */
 };
@@ -64,7 +66,8 @@ struct ckpt {
 
 static int io_fail(const char *what, const char *path)
 {
-    return err_set(errno == ENOSPC ? -ENOSPC : -EIO, "%s %s: %s", what, path, strerror(errno));
+    int e = errno == ENOSPC || errno == EROFS ? -errno : -EIO;
+    return err_set(e, "%s %s: %s", what, path, strerror(errno));
 }
 
 static int sync_dir(const char *path)
@@ -274,6 +277,8 @@ static void clean(struct ckpt *c)
     for (size_t i = 0; i < c->nids; i++) {
         path_of(c, path, "ckpt-%s/MANIFEST.json", c->ids[i]);
         all_read &= read_json(path, &manifests[i]) == 0;
+        json_int_t step = json_integer_value(json_object_get(manifests[i], "step"));
+        c->steps[i] = step > 0 ? (uint64_t)step : 0;
     }
     DIR *d = opendir(c->dir);
     struct dirent *e;
@@ -295,27 +300,74 @@ static void clean(struct ckpt *c)
 
 /* ---- open, load ---- */
 
-int ckpt_open(const char *dir, const char *const *names, size_t n, struct ckpt **out)
+int ckpt_refresh(struct ckpt *c)
+{
+    char ids[KEEP][CKPT_ID_LEN];
+    size_t n = c->nids;
+    memcpy(ids, c->ids, sizeof ids);
+    c->nids = 0;
+    int rc = read_catalog(c);
+    if (rc) {
+        memcpy(c->ids, ids, sizeof ids);
+        c->nids = n;
+    }
+    return rc;
+}
+
+/* A file made and removed: a mount that refuses writes (a follower not
+ * promoted yet) may still let mkdir of an existing directory pass. */
+static int probe_writable(struct ckpt *c)
+{
+    char path[PATH_MAX];
+    path_of(c, path, "%s", "writable.mut");
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return io_fail("cannot create", path);
+    close(fd);
+    unlink(path);
+    return 0;
+}
+
+int ckpt_writable(struct ckpt *c)
+{
+    char batches[PATH_MAX];
+    path_of(c, batches, "%s", "batches");
+    int rc = make_dirs(c->dir, 0755, 1);
+    if (rc == 0)
+        rc = make_dirs(batches, 0755, 1);
+    if (rc == 0)
+        rc = probe_writable(c);
+    if (rc == 0 && c->read_only) /* what is cleaned must be judged by the newest catalog */
+        rc = ckpt_refresh(c);
+    if (rc)
+        return rc;
+    c->read_only = 0;
+    clean(c);
+    return 0;
+}
+
+uint64_t ckpt_oldest_step(const struct ckpt *c)
+{
+    return c->nids ? c->steps[0] : 0;
+}
+
+int ckpt_open(const char *dir, const char *const *names, size_t n, int read_only, struct ckpt **out)
 {
     struct ckpt *c = calloc(1, sizeof *c);
-    char batches[PATH_MAX];
     if (!c || !(c->dir = strdup(dir)) || !(c->chains = calloc(n ? n : 1, sizeof *c->chains))) {
         ckpt_close(c);
         return -ENOMEM;
     }
     c->names = names;
     c->nviews = n;
-    path_of(c, batches, "%s", "batches");
-    int rc = make_dirs(dir, 0755, 1);
-    if (rc == 0)
-        rc = make_dirs(batches, 0755, 1);
-    if (rc == 0)
-        rc = read_catalog(c);
+    int rc = read_catalog(c);
+    if (rc == 0 && !read_only)
+        rc = ckpt_writable(c);
+    c->read_only = rc == 0 && read_only;
     if (rc) {
         ckpt_close(c);
         return rc;
     }
-    clean(c);
     *out = c;
     return 0;
 }
@@ -367,6 +419,7 @@ static int chain_add(struct chain *ch, const char *file, uint64_t bytes, int bas
 static int load_view(struct ckpt *c, size_t v, json_t *chain, struct ivm *m, const char *mpath)
 {
     struct chain *ch = &c->chains[v];
+    chain_clear(ch);
     int rc = json_is_array(chain) && json_array_size(chain)
                  ? 0
                  : err_set(-EBADMSG, "%s has no state for view %s (was the program changed?)",
@@ -509,6 +562,8 @@ int ckpt_save(struct ckpt *c, struct ivm **m, const struct ckpt_image *img, char
               uint64_t *written)
 {
     char dir[PATH_MAX], path[PATH_MAX], batches[PATH_MAX];
+    if (c->read_only)
+        return err_set(-EROFS, "%s is opened read-only (a standby): no checkpoints", c->dir);
     next_id(c, id);
     path_of(c, dir, "ckpt-%s", id);
     path_of(c, batches, "%s", "batches");

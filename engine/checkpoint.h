@@ -39,11 +39,25 @@ struct ckpt_image {
 };
 void ckpt_image_free(struct ckpt_image *img);
 
-/* Opens dir (created if missing) for views v[0..n) (their names given),
- * reading its catalog if there is one and deleting what no checkpoint in
- * it refers to (files of a checkpoint that never committed). */
-int ckpt_open(const char *dir, const char *const *names, size_t n, struct ckpt **out);
+/* Opens dir for views v[0..n) (their names given), reading its catalog if
+ * there is one. Unless read_only: dir is created if missing, and what no
+ * checkpoint in it refers to (files of a checkpoint that never committed)
+ * is deleted. A read-only one loads checkpoints, never saves them. */
+int ckpt_open(const char *dir, const char *const *names, size_t n, int read_only,
+              struct ckpt **out);
 void ckpt_close(struct ckpt *c);
+
+/* A read-only one becomes writable, as ckpt_open would have opened it (a
+ * standby activated: its storage was promoted). */
+int ckpt_writable(struct ckpt *c);
+
+/* Reads the catalog again (a standby looking for newer checkpoints); on an
+ * error the checkpoints known stay as they were. */
+int ckpt_refresh(struct ckpt *c);
+
+/* The step the oldest kept checkpoint was taken after; 0 if there is none
+ * or it is not known (a read-only one does not read manifests). */
+uint64_t ckpt_oldest_step(const struct ckpt *c);
 
 /* The newest checkpoint's ID, or -ENOENT if there is none. */
 int ckpt_latest(struct ckpt *c, char id[CKPT_ID_LEN]);

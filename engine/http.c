@@ -59,22 +59,36 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
     return reply_json(c, status, json_pack("{s:s}", "error", msg));
 }
 
-static json_t *status_json(struct pipeline *p, const char *state)
+static json_t *status_json(struct pipeline *p)
 {
     struct pipeline_stats st;
     pipeline_get_stats(p, &st);
-    return json_pack("{s:s, s:I, s:I, s:I, s:I, s:s?, s:s?}", "state", state, "step",
-                     (json_int_t)st.step, "records", (json_int_t)st.records, "skipped",
-                     (json_int_t)st.skipped, "checkpoints", (json_int_t)st.checkpoints,
-                     "last_checkpoint", st.last_checkpoint[0] ? st.last_checkpoint : NULL,
-                     "resumed_from", st.resumed_from[0] ? st.resumed_from : NULL);
+    return json_pack(
+        "{s:s, s:I, s:I, s:I, s:I, s:s?, s:s?, s:I}", "state", st.standby ? "standby" : "running",
+        "step", (json_int_t)st.step, "records", (json_int_t)st.records, "skipped",
+        (json_int_t)st.skipped, "checkpoints", (json_int_t)st.checkpoints, "last_checkpoint",
+        st.last_checkpoint[0] ? st.last_checkpoint : NULL, "resumed_from",
+        st.resumed_from[0] ? st.resumed_from : NULL, "replayed", (json_int_t)st.replayed);
+}
+
+static json_t *activate_json(struct http *h, int *status)
+{
+    int rc = pipeline_activate(h->ctx.p);
+    if (rc) {
+        *status =
+            rc == -EROFS || rc == -EINVAL ? MHD_HTTP_CONFLICT : MHD_HTTP_INTERNAL_SERVER_ERROR;
+        return json_pack("{s:s}", "error", err_msg(rc));
+    }
+    json_t *j = status_json(h->ctx.p);
+    json_object_set_new(j, "activated", json_true());
+    return j;
 }
 
 static json_t *checkpoint_json(struct http *h, int *status)
 {
     char id[32];
     uint64_t bytes;
-    if (!h->ctx.fault_tolerant) {
+    if (h->ctx.ft == FT_NONE) {
         *status = MHD_HTTP_CONFLICT;
         return json_pack("{s:s}", "error", "no fault tolerance (--ft none): no checkpoints");
     }
@@ -150,9 +164,25 @@ static json_t *ingress(struct http *h, const char *table, const struct body *bod
         *status = MHD_HTTP_CONTENT_TOO_LARGE;
         return json_pack("{s:s}", "error", "the request is larger than 64 MiB: send it in parts");
     }
+    struct pipeline_stats st;
+    pipeline_get_stats(h->ctx.p, &st);
+    if (st.standby) {
+        *status = MHD_HTTP_SERVICE_UNAVAILABLE;
+        return json_pack("{s:s}", "error", "a standby takes no input until POST /activate");
+    }
     int rc = pipeline_push(h->ctx.p, table, (const char *)body->b.data ?: "", body->b.len);
     *status = rc >= 0 ? MHD_HTTP_OK : rc == -ENOENT ? MHD_HTTP_NOT_FOUND : MHD_HTTP_BAD_REQUEST;
-    return rc >= 0 ? json_pack("{s:i}", "queued", rc) : json_pack("{s:s}", "error", err_msg(rc));
+    if (rc < 0)
+        return json_pack("{s:s}", "error", err_msg(rc));
+    int queued = rc;
+    if (h->ctx.ft == FT_EXACTLY_ONCE) { /* acknowledged once journaled: never lost after */
+        rc = pipeline_drain(h->ctx.p, DRAIN_BATCH);
+        pipeline_get_stats(h->ctx.p, &st);
+        *status = rc ? MHD_HTTP_INTERNAL_SERVER_ERROR : MHD_HTTP_OK;
+        return rc ? json_pack("{s:s}", "error", err_msg(rc))
+                  : json_pack("{s:i, s:I}", "queued", queued, "step", (json_int_t)st.step);
+    }
+    return json_pack("{s:i}", "queued", queued);
 }
 
 /* One whole request, the pipeline's lock held. */
@@ -162,7 +192,7 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *c, const cha
     int status = MHD_HTTP_OK;
     json_t *j = NULL;
     if (!post && !strcmp(url, "/status"))
-        j = status_json(h->ctx.p, "running");
+        j = status_json(h->ctx.p);
     else if (!post && !strcmp(url, "/metrics"))
         return metrics(h, c);
     else if (!post && !strncmp(url, "/views/", 7))
@@ -170,15 +200,16 @@ static enum MHD_Result route(struct http *h, struct MHD_Connection *c, const cha
     else if (post && !strcmp(url, "/checkpoint"))
         j = checkpoint_json(h, &status);
     else if (post && !strcmp(url, "/stop")) {
-        j = h->ctx.fault_tolerant ? checkpoint_json(h, &status) : json_object();
+        struct pipeline_stats st;
+        pipeline_get_stats(h->ctx.p, &st);
+        j = h->ctx.ft != FT_NONE && !st.standby ? checkpoint_json(h, &status) : json_object();
         if (status == MHD_HTTP_OK) {
             *h->ctx.stop = 1;
             json_object_set_new(j, "stopped", json_true());
         }
-    } else if (post && !strcmp(url, "/activate")) {
-        status = MHD_HTTP_CONFLICT;
-        j = json_pack("{s:s}", "error", "this pipeline is not a standby");
-    } else if (post && !strncmp(url, "/ingress/", 9))
+    } else if (post && !strcmp(url, "/activate"))
+        j = activate_json(h, &status);
+    else if (post && !strncmp(url, "/ingress/", 9))
         j = ingress(h, url + 9, body, &status);
     else
         return reply_error(c, MHD_HTTP_NOT_FOUND, "no such endpoint");

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "util/buf.h"
 #include "util/err.h"
@@ -26,6 +27,8 @@ struct input {
     uint64_t pos, line;
     struct buf pending; /* bytes read past pos: [done, len) not yet consumed */
     size_t done;
+    uint64_t limit;         /* bytes from here on are not read (a replay's end) */
+    struct input_span step; /* what the step consumed, so far */
     struct value *row;
     uint64_t skipped;
     int at_end;
@@ -63,6 +66,7 @@ int input_open(const struct table *t, struct input **out)
                           .path = http ? "POST /ingress" : path,
                           .http = http,
                           .fd = -1,
+                          .limit = UINT64_MAX,
                           .row = row,
                           .json = http ? !format || !strcmp(format, "json")
                                        : format && !strcmp(format, "json"),
@@ -237,14 +241,8 @@ static int one_line(struct input *in, char *s, size_t len, input_fn fn, void *ar
 /* More bytes from the file into pending: 1 if some came, 0 at its end. */
 static int read_more(struct input *in)
 {
-    if (in->http) { /* what was taken leaves the queue */
-        if (in->done) {
-            in->pending.len -= in->done;
-            memmove(in->pending.data, in->pending.data + in->done, in->pending.len);
-            in->done = 0;
-        }
+    if (in->http) /* the queue: what is not in it has not come */
         return 0;
-    }
     if (in->fd < 0 && (in->fd = open(in->path, O_RDONLY | O_CLOEXEC)) < 0)
         return errno == ENOENT ? 0 : err_set(-EIO, "%s: %s", in->path, strerror(errno));
     if (in->done > in->pending.len / 2) { /* keep the unconsumed bytes at the front */
@@ -257,7 +255,10 @@ static int read_more(struct input *in)
     if (buf_reserve(&in->pending, READ_SIZE))
         return -ENOMEM;
     uint64_t at = in->pos + (in->pending.len - in->done);
-    ssize_t n = pread(in->fd, in->pending.data + in->pending.len, READ_SIZE, (off_t)at);
+    if (at >= in->limit)
+        return 0;
+    size_t want = in->limit - at < READ_SIZE ? (size_t)(in->limit - at) : READ_SIZE;
+    ssize_t n = pread(in->fd, in->pending.data + in->pending.len, want, (off_t)at);
     if (n < 0)
         return err_set(-EIO, "%s: %s", in->path, strerror(errno));
     in->pending.len += (size_t)n;
@@ -288,11 +289,46 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
             in->line--; /* the same line again next time, with the same number */
             return rc;
         }
+        in->step.hash = XXH3_64bits_withSeed(s, len + 1, in->step.hash);
         in->done += len + 1;
         in->pos += len + 1;
         got += (size_t)rc;
     }
+    in->step.count += got;
     return (ssize_t)got;
+}
+
+void input_begin_step(struct input *in)
+{
+    if (in->http && in->done) { /* what the last step took leaves the queue */
+        in->pending.len -= in->done;
+        memmove(in->pending.data, in->pending.data + in->done, in->pending.len);
+        in->done = 0;
+    }
+    in->step = (struct input_span){ .from = in->pos, .from_line = in->line };
+}
+
+void input_get_span(const struct input *in, struct input_span *s)
+{
+    *s = in->step;
+    s->to = in->pos;
+    s->to_line = in->line;
+    s->data = in->http ? (const char *)in->pending.data : NULL;
+}
+
+int input_replay(struct input *in, const struct input_span *s)
+{
+    input_seek(in, s->from, s->from_line);
+    in->limit = s->to;
+    if (in->http && s->to > s->from && buf_append(&in->pending, s->data, s->to - s->from))
+        return -ENOMEM;
+    input_begin_step(in);
+    return 0;
+}
+
+void input_replay_end(struct input *in)
+{
+    in->limit = UINT64_MAX;
 }
 
 static int check_only(void *arg, const struct value *row, int weight)

@@ -57,4 +57,25 @@ int input_push(struct input *in, const char *body, size_t len);
 /* Reads on from offset, whose line is line + 1 (a checkpoint's position). */
 void input_seek(struct input *in, uint64_t offset, uint64_t line);
 
+/* What a step consumed of an input (for exactly_once's journal): its
+ * position before and after (byte offset, lines), the changes taken, a
+ * hash of the bytes consumed, and for HTTP those bytes (to - from of them,
+ * valid until the next step begins; NULL for a file, which can be read
+ * again). */
+struct input_span {
+    uint64_t from, from_line, to, to_line, count, hash;
+    const char *data;
+};
+
+/* A step begins: what the last one consumed is let go, and the span
+ * starts where the input stands. */
+void input_begin_step(struct input *in);
+void input_get_span(const struct input *in, struct input_span *s);
+
+/* A journaled step again: the input is put back at s's start, with s's
+ * bytes queued for HTTP, and polls read nothing past s's end until
+ * input_replay_end. Returns 0 or -ENOMEM. */
+int input_replay(struct input *in, const struct input_span *s);
+void input_replay_end(struct input *in);
+
 #endif

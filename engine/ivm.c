@@ -40,6 +40,7 @@
 #include <xxhash.h>
 
 #include "util/err.h"
+#include "util/le.h"
 
 struct entry { /* a bag's value and its multiplicity */
     struct value v;
@@ -487,42 +488,34 @@ void ivm_free(struct ivm *m)
 #define BATCH_MAGIC   "CKIV"
 #define BATCH_VERSION 1
 
-static int put(struct buf *b, uint64_t v, int bytes)
-{
-    uint8_t le[8];
-    for (int i = 0; i < bytes; i++)
-        le[i] = (uint8_t)(v >> (8 * i));
-    return buf_append(b, le, (size_t)bytes);
-}
-
 static int put_f64(struct buf *b, double d)
 {
     uint64_t u;
     memcpy(&u, &d, sizeof u);
-    return put(b, u, 8);
+    return le_put(b, u, 8);
 }
 
 static int put_value(struct buf *b, const struct value *v)
 {
-    int rc = put(b, (uint64_t)v->t, 1);
+    int rc = le_put(b, (uint64_t)v->t, 1);
     if (rc || v->t == T_NULL)
         return rc;
     switch (v->t) {
     case T_DOUBLE:
         return put_f64(b, v->d);
     case T_BOOLEAN:
-        return put(b, (uint64_t)v->b, 1);
+        return le_put(b, (uint64_t)v->b, 1);
     case T_VARCHAR:
-        rc = put(b, v->str.len, 4);
+        rc = le_put(b, v->str.len, 4);
         return rc ? rc : buf_append(b, v->str.s, v->str.len);
     default:
-        return put(b, (uint64_t)v->i, 8);
+        return le_put(b, (uint64_t)v->i, 8);
     }
 }
 
 static int put_key(struct buf *b, const struct ivm *m, const struct row *key, int tag)
 {
-    int rc = put(b, (uint64_t)tag, 1);
+    int rc = le_put(b, (uint64_t)tag, 1);
     for (size_t i = 0; rc == 0 && i < m->v->ngroup; i++)
         rc = put_value(b, &key->v[i]);
     return rc;
@@ -539,20 +532,20 @@ static int kept(const struct item *it)
 static int put_agg(struct buf *b, const struct item *it, const struct aggst *a)
 {
     unsigned __int128 s = (unsigned __int128)a->isum;
-    int rc = put(b, (uint64_t)a->n, 8);
+    int rc = le_put(b, (uint64_t)a->n, 8);
     if (rc == 0 && kept(it) == 2) {
-        rc = put(b, (uint64_t)s, 8);
+        rc = le_put(b, (uint64_t)s, 8);
         if (rc == 0)
-            rc = put(b, (uint64_t)(s >> 64), 8);
+            rc = le_put(b, (uint64_t)(s >> 64), 8);
         if (rc == 0)
             rc = put_f64(b, a->dsum);
     }
     if (rc == 0 && kept(it) == 3) {
-        rc = put(b, a->bag.n, 8);
+        rc = le_put(b, a->bag.n, 8);
         for (size_t e = 0; rc == 0 && e < a->bag.n; e++) {
             rc = put_value(b, &a->bag.v[e].v);
             if (rc == 0)
-                rc = put(b, (uint64_t)a->bag.v[e].count, 8);
+                rc = le_put(b, (uint64_t)a->bag.v[e].count, 8);
         }
     }
     return rc;
@@ -562,7 +555,7 @@ static int put_group(struct buf *b, const struct ivm *m, struct group *g)
 {
     int rc = put_key(b, m, g->key, 1);
     if (rc == 0)
-        rc = put(b, (uint64_t)g->rows, 8);
+        rc = le_put(b, (uint64_t)g->rows, 8);
     for (size_t i = 0; rc == 0 && i < aggs_of(m->v); i++)
         if (kept(&m->v->items[i]))
             rc = put_agg(b, &m->v->items[i], &g->agg[i]);
@@ -576,11 +569,11 @@ int ivm_save(struct ivm *m, int base, struct buf *out)
     uint64_t records = base ? m->ngroups : m->ntombs + m->ndirty;
     int rc = buf_append(out, BATCH_MAGIC, 4);
     if (rc == 0)
-        rc = put(out, BATCH_VERSION | (uint64_t)(base ? 1 : 2) << 8, 4);
+        rc = le_put(out, BATCH_VERSION | (uint64_t)(base ? 1 : 2) << 8, 4);
     if (rc == 0)
-        rc = put(out, m->v->nitems, 4);
+        rc = le_put(out, m->v->nitems, 4);
     if (rc == 0)
-        rc = put(out, records, 8);
+        rc = le_put(out, records, 8);
     for (size_t i = 0; rc == 0 && !base && i < m->ntombs; i++)
         rc = put_key(out, m, m->tombs[i], 2);
     for (size_t i = 0; rc == 0 && !base && i < m->ndirty; i++)
@@ -589,7 +582,7 @@ int ivm_save(struct ivm *m, int base, struct buf *out)
         for (struct group *g = m->slots[i]; rc == 0 && g; g = g->next)
             rc = put_group(out, m, g);
     if (rc == 0)
-        rc = put(out, XXH3_64bits(out->data, out->len), 8);
+        rc = le_put(out, XXH3_64bits(out->data, out->len), 8);
     for (size_t i = 0; i < m->ntombs; i++)
         row_free(m->tombs[i]);
     for (size_t i = 0; base && i < m->ndirty; i++)
@@ -598,36 +591,18 @@ int ivm_save(struct ivm *m, int base, struct buf *out)
     return rc;
 }
 
-struct reader {
-    const uint8_t *p, *end;
-    int bad;
-};
-
-static uint64_t get(struct reader *r, int bytes)
+static double get_f64(struct le_reader *r)
 {
-    uint64_t v = 0;
-    if (r->end - r->p < bytes) {
-        r->bad = 1;
-        return 0;
-    }
-    for (int i = 0; i < bytes; i++)
-        v |= (uint64_t)r->p[i] << (8 * i);
-    r->p += bytes;
-    return v;
-}
-
-static double get_f64(struct reader *r)
-{
-    uint64_t u = get(r, 8);
+    uint64_t u = le_get(r, 8);
     double d;
     memcpy(&d, &u, sizeof d);
     return d;
 }
 
 /* A value; a VARCHAR points into the batch. */
-static void get_value(struct reader *r, struct value *v)
+static void get_value(struct le_reader *r, struct value *v)
 {
-    v->t = (enum type)get(r, 1);
+    v->t = (enum type)le_get(r, 1);
     switch (v->t) {
     case T_NULL:
         return;
@@ -635,26 +610,22 @@ static void get_value(struct reader *r, struct value *v)
         v->d = get_f64(r);
         return;
     case T_BOOLEAN:
-        v->b = (int)get(r, 1);
+        v->b = (int)le_get(r, 1);
         return;
     case T_VARCHAR:
-        v->str.len = (size_t)get(r, 4);
-        v->str.s = (const char *)r->p;
-        if ((size_t)(r->end - r->p) < v->str.len)
-            r->bad = 1;
-        else
-            r->p += v->str.len;
+        v->str.len = (size_t)le_get(r, 4);
+        v->str.s = (const char *)le_take(r, v->str.len);
         return;
     case T_BIGINT:
     case T_TIMESTAMP:
-        v->i = (int64_t)get(r, 8);
+        v->i = (int64_t)le_get(r, 8);
         return;
     default:
         r->bad = 1;
     }
 }
 
-static int get_aggs(struct ivm *m, struct reader *r, struct group *g)
+static int get_aggs(struct ivm *m, struct le_reader *r, struct group *g)
 {
     for (size_t i = 0; !r->bad && i < aggs_of(m->v); i++) {
         struct aggst *a = &g->agg[i];
@@ -663,17 +634,17 @@ static int get_aggs(struct ivm *m, struct reader *r, struct group *g)
         *a = (struct aggst){ 0 };
         if (!what)
             continue;
-        a->n = (int64_t)get(r, 8);
+        a->n = (int64_t)le_get(r, 8);
         if (what == 2) {
-            uint64_t lo = get(r, 8), hi = get(r, 8);
+            uint64_t lo = le_get(r, 8), hi = le_get(r, 8);
             a->isum = (__int128)(((unsigned __int128)hi << 64) | lo);
             a->dsum = get_f64(r);
         }
-        uint64_t n = what == 3 ? get(r, 8) : 0;
+        uint64_t n = what == 3 ? le_get(r, 8) : 0;
         for (uint64_t e = 0; !r->bad && e < n; e++) {
             struct value v;
             get_value(r, &v);
-            int64_t count = (int64_t)get(r, 8);
+            int64_t count = (int64_t)le_get(r, 8);
             if (!r->bad && (count <= 0 || bag_add(&a->bag, &v, count)))
                 r->bad = 1;
         }
@@ -681,10 +652,10 @@ static int get_aggs(struct ivm *m, struct reader *r, struct group *g)
     return r->bad ? -EBADMSG : 0;
 }
 
-static int get_record(struct ivm *m, struct reader *r)
+static int get_record(struct ivm *m, struct le_reader *r)
 {
     struct value key[64];
-    int tag = (int)get(r, 1);
+    int tag = (int)le_get(r, 1);
     for (size_t i = 0; i < m->v->ngroup; i++)
         get_value(r, &key[i]);
     if (r->bad || (tag != 1 && tag != 2) || (tag == 2 && m->v->ngroup == 0))
@@ -700,7 +671,7 @@ static int get_record(struct ivm *m, struct reader *r)
     }
     if (!g && !(g = add_group(m, key, h)))
         return -ENOMEM;
-    g->rows = (int64_t)get(r, 8);
+    g->rows = (int64_t)le_get(r, 8);
     g->saved = 1;
     return get_aggs(m, r, g);
 }
@@ -721,10 +692,10 @@ int ivm_load(struct ivm *m, const void *data, size_t len)
     const uint8_t *end = (const uint8_t *)data + len;
     if (len < 28 || memcmp(data, BATCH_MAGIC, 4))
         return err_set(-EBADMSG, "view %s: not a batch", m->v->name);
-    struct reader r = { (const uint8_t *)data + 4, end - 8, 0 }, tail = { end - 8, end, 0 };
-    if (get(&tail, 8) != XXH3_64bits(data, len - 8))
+    struct le_reader r = { (const uint8_t *)data + 4, end - 8, 0 }, tail = { end - 8, end, 0 };
+    if (le_get(&tail, 8) != XXH3_64bits(data, len - 8))
         return err_set(-EBADMSG, "view %s: a batch cut short or damaged", m->v->name);
-    uint64_t head = get(&r, 4), items = get(&r, 4), records = get(&r, 8);
+    uint64_t head = le_get(&r, 4), items = le_get(&r, 4), records = le_get(&r, 8);
     if ((head & 0xff) != BATCH_VERSION || items != m->v->nitems)
         return err_set(-EBADMSG, "view %s: a batch of version %u for %llu columns, not this view's",
                        m->v->name, (unsigned)(head & 0xff), (unsigned long long)items);

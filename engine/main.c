@@ -33,8 +33,14 @@ static const char usage_text[] =
     "  --ft MODE                   fault tolerance: none (the default); checkpoint (a checkpoint\n"
     "                              on SIGTERM, resumed at the next start); at_least_once\n"
     "                              (checkpoints every --checkpoint-interval too: after a crash\n"
-    "                              the next start resumes from the last one)\n"
-    "  --checkpoint-interval SECS  at_least_once's period, 1 to 3600 (default 60)\n"
+    "                              the next start resumes from the last one); exactly_once\n"
+    "                              (and a journal of every step, made durable before its\n"
+    "                              output: a restart replays it and writes each change once)\n"
+    "  --checkpoint-interval SECS  the period of at_least_once's and exactly_once's\n"
+    "                              checkpoints, 1 to 3600 (default 60)\n"
+    "  --standby                   --storage is a ckptfs --follow mount: load each newer\n"
+    "                              checkpoint as it comes, process and write nothing, until\n"
+    "                              POST /activate (after ckptctl promote on the mount)\n"
     "  --start-from latest|ID      the checkpoint to resume from (default latest)\n"
     "  --fail-if-no-checkpoint     refuse to start without one (default: read the inputs\n"
     "                              from their beginning)\n"
@@ -138,6 +144,9 @@ static int option(struct run_options *o, int c, const char *v)
     case 'V':
         o->supervise = 1;
         return 0;
+    case 'y':
+        o->p.standby = 1;
+        return 0;
     case 'i':
         if ((n = number(v, 1, 3600)) < 0)
             return fail("--checkpoint-interval: '%s' is not 1 to 3600 seconds", v);
@@ -164,6 +173,7 @@ static int parse_run(int argc, char **argv, struct run_options *o)
         { "max-batch", required_argument, NULL, 'b' },
         { "exit-when-done", no_argument, NULL, 'x' },
         { "supervise", no_argument, NULL, 'V' },
+        { "standby", no_argument, NULL, 'y' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
@@ -184,12 +194,13 @@ static int parse_run(int argc, char **argv, struct run_options *o)
     o->program = argv[optind];
     if (!o->p.storage)
         return fail("--storage DIR is required") + 1;
-    if (o->p.ft == FT_EXACTLY_ONCE)
-        return fail("--ft exactly_once: not built yet (none, checkpoint and at_least_once are)") +
-               1;
     if (o->supervise && o->p.ft == FT_NONE)
-        return fail("--supervise restarts from checkpoints: give --ft checkpoint or "
-                    "at_least_once") +
+        return fail("--supervise restarts from checkpoints: give --ft checkpoint, "
+                    "at_least_once or exactly_once") +
+               1;
+    if (o->p.standby && (o->p.ft == FT_NONE || !o->http))
+        return fail("--standby loads checkpoints and waits for POST /activate: give --ft "
+                    "and --http") +
                1;
     return 0;
 }
@@ -216,13 +227,40 @@ static int checkpoint(struct pipeline *p)
 /* The HTTP API's requests run between steps: the loop holds this during one. */
 static pthread_mutex_t pipeline_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* One step, and at_least_once's checkpoint when due: 1, 0 (no input) or an error. */
+#define STANDBY_POLL_MS 500 /* how often a standby looks for a newer checkpoint */
+
+/* A standby's turn: a newer checkpoint loaded if there is one. Always 0
+ * (no input): an error reading one is said, and the next turn tries again. */
+static int standby_turn(struct pipeline *p, int64_t *next)
+{
+    struct pipeline_stats st;
+    if (clock_monotonic_ns() < *next)
+        return 0;
+    int rc = pipeline_standby_poll(p);
+    pipeline_get_stats(p, &st);
+    if (rc > 0)
+        log_info("standby: loaded checkpoint %s (step %llu)", st.resumed_from,
+                 (unsigned long long)st.step);
+    if (rc < 0)
+        log_warn("standby: %s", err_msg(rc));
+    *next = clock_monotonic_ns() + (int64_t)STANDBY_POLL_MS * 1000000;
+    return 0;
+}
+
+/* One step, and the periodic checkpoint when due: 1, 0 (no input) or an error. */
 static int step(const struct run_options *o, struct pipeline *p, int64_t *next)
 {
     int64_t period = (int64_t)o->interval_s * 1000000000;
+    struct pipeline_stats st;
     pthread_mutex_lock(&pipeline_lock);
+    pipeline_get_stats(p, &st);
+    if (st.standby) {
+        int rc = standby_turn(p, next);
+        pthread_mutex_unlock(&pipeline_lock);
+        return rc;
+    }
     int rc = pipeline_step(p, o->batch);
-    if (rc >= 0 && o->p.ft == FT_AT_LEAST_ONCE && clock_monotonic_ns() >= *next) {
+    if (rc >= 0 && o->p.ft >= FT_AT_LEAST_ONCE && clock_monotonic_ns() >= *next) {
         int saved = checkpoint(p);
         rc = saved ? saved : rc;
         *next = clock_monotonic_ns() + period;
@@ -247,9 +285,11 @@ static int loop(const struct run_options *o, struct pipeline *p)
             pause_ms(IDLE_MS);
     }
     pthread_mutex_lock(&pipeline_lock);
-    int rc = pipeline_drain(p, o->batch); /* what /ingress accepted is not lost */
     pipeline_get_stats(p, &st);
-    if (rc == 0 && o->p.ft != FT_NONE && !(st.checkpoints && st.checkpoint_step == st.step))
+    int rc = st.standby ? 0 : pipeline_drain(p, o->batch); /* what /ingress accepted is not lost */
+    pipeline_get_stats(p, &st);
+    if (rc == 0 && o->p.ft != FT_NONE && !st.standby &&
+        !(st.checkpoints && st.checkpoint_step == st.step))
         rc = checkpoint(p);
     pthread_mutex_unlock(&pipeline_lock);
     return rc;
@@ -264,13 +304,17 @@ static int run(const struct run_options *o)
     if (rc)
         return fail("%s", err_msg(rc));
     pipeline_get_stats(p, &st);
-    if (st.resumed_from[0])
-        log_info("resumed from checkpoint %s at step %llu", st.resumed_from,
-                 (unsigned long long)st.step);
+    if (st.standby)
+        log_info("standby: %s%s", st.resumed_from[0] ? "loaded checkpoint " : "no checkpoint yet",
+                 st.resumed_from);
+    else if (st.resumed_from[0])
+        log_info("resumed from checkpoint %s at step %llu (%llu replayed from the journal)",
+                 st.resumed_from, (unsigned long long)st.step, (unsigned long long)st.replayed);
     else
-        log_info("running from the beginning of the inputs");
+        log_info("running from the beginning of the inputs (%llu steps replayed from the journal)",
+                 (unsigned long long)st.replayed);
     struct http *api = NULL;
-    struct http_context ctx = { p, &pipeline_lock, &stopping, o->p.ft != FT_NONE };
+    struct http_context ctx = { p, &pipeline_lock, &stopping, o->p.ft };
     if (o->http && (rc = http_start(o->http, &ctx, &api)) != 0) {
         pipeline_close(p);
         return fail("%s", err_msg(rc));

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "util/buf.h"
 #include "util/err.h"
@@ -18,6 +19,7 @@ struct output {
     const struct view *v;
     const char *path;
     int fd;
+    uint64_t length; /* the file's */
     uint64_t step;
     struct buf lines;
     struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
@@ -36,6 +38,7 @@ static int cut_torn_line(struct output *o)
         end--;
     if (end < st.st_size && ftruncate(o->fd, end))
         return err_set(-EIO, "%s: cannot cut a torn last line: %s", o->path, strerror(errno));
+    o->length = (uint64_t)end;
     return 0;
 }
 
@@ -87,8 +90,20 @@ int output_open(const struct view *v, struct output **out)
 
 uint64_t output_length(const struct output *o)
 {
-    struct stat st;
-    return fstat(o->fd, &st) ? 0 : (uint64_t)st.st_size;
+    return o->length;
+}
+
+void output_collected(const struct output *o, uint64_t *len, uint64_t *hash)
+{
+    *len = o->lines.len;
+    *hash = XXH3_64bits(o->lines.data, o->lines.len);
+}
+
+int output_sync(struct output *o)
+{
+    if (fdatasync(o->fd))
+        return err_set(-EIO, "view %s: cannot sync %s: %s", o->v->name, o->path, strerror(errno));
+    return 0;
 }
 
 void output_close(struct output *o)
@@ -129,10 +144,16 @@ int output_emit(void *arg, const struct value *row, int weight)
     return rc ? rc : buf_append(&o->lines, "}}\n", 3);
 }
 
-int output_end(struct output *o)
+int output_end(struct output *o, uint64_t at)
 {
-    const uint8_t *p = o->lines.data;
-    size_t left = o->lines.len;
+    if (o->length < at)
+        return err_set(-EIO,
+                       "view %s: %s is %llu bytes, but the step's output starts at byte %llu "
+                       "(output written before it is lost)",
+                       o->v->name, o->path, (unsigned long long)o->length, (unsigned long long)at);
+    uint64_t have = o->length - at; /* of this step's bytes, already in the file */
+    const uint8_t *p = o->lines.data + (have < o->lines.len ? have : o->lines.len);
+    size_t left = have < o->lines.len ? o->lines.len - (size_t)have : 0;
     while (left) {
         ssize_t n = write(o->fd, p, left);
         if (n < 0 && errno == EINTR)
@@ -141,6 +162,7 @@ int output_end(struct output *o)
             return err_set(-EIO, "view %s: writing %s: %s", o->v->name, o->path, strerror(errno));
         p += n;
         left -= (size_t)n;
+        o->length += (uint64_t)n;
     }
     buf_reset(&o->lines);
     return 0;

@@ -26,10 +26,20 @@ void output_close(struct output *o);
 void output_begin(struct output *o, uint64_t step);
 int output_emit(void *arg, const struct value *row, int weight);
 
-/* Writes what the step collected. */
-int output_end(struct output *o);
+/* The length and hash of what the step collected (exactly_once's journal
+ * records them before any of it is written). */
+void output_collected(const struct output *o, uint64_t *len, uint64_t *hash);
+
+/* Writes what the step collected, whose first byte goes at byte `at` of
+ * the file: normally the file's end; for a step replayed after a crash,
+ * where it went the first time, and only the part not already in the file
+ * is written. -EIO (said) if the file is shorter than at. */
+int output_end(struct output *o, uint64_t at);
 
 /* The file's length now (a checkpoint records it). */
 uint64_t output_length(const struct output *o);
+
+/* The file's bytes made durable (before a checkpoint names its length). */
+int output_sync(struct output *o);
 
 #endif

@@ -2,6 +2,7 @@
 #include "pipeline.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,7 @@
 #include "engine/checkpoint.h"
 #include "engine/input.h"
 #include "engine/ivm.h"
+#include "engine/journal.h"
 #include "engine/output.h"
 #include "util/buf.h"
 #include "util/err.h"
@@ -24,7 +26,26 @@ struct pipeline {
     char resumed_from[CKPT_ID_LEN], last_checkpoint[CKPT_ID_LEN];
     uint64_t checkpoints, checkpoint_step;
     int failed; /* a step failed half done: its state must never be checkpointed */
+    enum ft ft;
+    const char *storage;
+    int standby;             /* loads checkpoints, writes nothing (pipeline_activate) */
+    struct journal *journal; /* exactly_once */
+    uint64_t *expect;        /* per view: its output's length as the journal accounts for it */
+    uint64_t replayed;       /* steps rebuilt from the journal */
+    char crash_at[32];       /* the test hook below */
 };
+
+/* A test hook: CKPTPIPE_CRASH_AT=journal:N or output:N kills the process
+ * (SIGKILL) right after step N's journal entry is durable, or after its
+ * output is written: the crash tests hit those instants every time, not by
+ * luck. */
+static void crash_point(const struct pipeline *p, const char *where)
+{
+    char here[32];
+    snprintf(here, sizeof here, "%s:%llu", where, (unsigned long long)p->step);
+    if (p->crash_at[0] && !strcmp(here, p->crash_at))
+        raise(SIGKILL);
+}
 
 static int read_program(const char *path, char **text)
 {
@@ -53,31 +74,51 @@ static int read_program(const char *path, char **text)
 static int open_connectors(struct pipeline *p)
 {
     struct program *g = p->prog;
-    p->inputs = calloc(g->ntables, sizeof *p->inputs);
-    p->views = calloc(g->nviews ? g->nviews : 1, sizeof *p->views);
-    p->outputs = calloc(g->nviews ? g->nviews : 1, sizeof *p->outputs);
-    if (!p->inputs || !p->views || !p->outputs)
+    size_t nv = g->nviews ? g->nviews : 1;
+    p->inputs = calloc(g->ntables + 1, sizeof *p->inputs);
+    p->views = calloc(nv, sizeof *p->views);
+    p->outputs = calloc(nv, sizeof *p->outputs);
+    p->expect = calloc(nv, sizeof *p->expect);
+    if (!p->inputs || !p->views || !p->outputs || !p->expect)
         return -ENOMEM;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < g->ntables; i++)
         if (option_get(g->tables[i]->opts, g->tables[i]->nopts, "connector"))
             rc = input_open(g->tables[i], &p->inputs[i]);
-    for (size_t i = 0; rc == 0 && i < g->nviews; i++) {
+    for (size_t i = 0; rc == 0 && i < g->nviews; i++)
         rc = ivm_new(&g->views[i], &p->views[i]);
-        if (rc == 0 && option_get(g->views[i].opts, g->views[i].nopts, "connector"))
-            rc = output_open(&g->views[i], &p->outputs[i]);
-    }
     return rc;
 }
 
-/* Positions of a checkpoint back into the inputs (by table name). */
+/* Not on a standby: the shared output is the active pipeline's alone. */
+static int open_outputs(struct pipeline *p)
+{
+    struct program *g = p->prog;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < g->nviews; i++)
+        if (option_get(g->views[i].opts, g->views[i].nopts, "connector"))
+            rc = output_open(&g->views[i], &p->outputs[i]);
+    return rc;
+}
+
+static const struct ckpt_pos *pos_named(const struct ckpt_pos *v, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++)
+        if (!strcmp(v[k].name, name))
+            return &v[k];
+    return NULL;
+}
+
+/* Positions of a checkpoint back into the inputs (by table name), and
+ * where its outputs ended. */
 static int seek_inputs(struct pipeline *p, const struct ckpt_image *img)
 {
+    for (size_t i = 0; i < p->prog->nviews; i++) {
+        const struct ckpt_pos *at = pos_named(img->outputs, img->noutputs, p->prog->views[i].name);
+        p->expect[i] = at ? at->offset : 0;
+    }
     for (size_t i = 0; i < p->prog->ntables; i++) {
-        const struct ckpt_pos *at = NULL;
-        for (size_t k = 0; k < img->ninputs; k++)
-            if (!strcmp(img->inputs[k].name, p->prog->tables[i]->name))
-                at = &img->inputs[k];
+        const struct ckpt_pos *at = pos_named(img->inputs, img->ninputs, p->prog->tables[i]->name);
         if (p->inputs[i] && !at)
             return err_set(-EBADMSG,
                            "the checkpoint has no position for table %s (was the "
@@ -89,26 +130,46 @@ static int seek_inputs(struct pipeline *p, const struct ckpt_image *img)
     return 0;
 }
 
-/* Where the state comes from: a checkpoint, or (none yet) the beginning. */
-static int resume(struct pipeline *p, const struct pipeline_options *o)
+static void free_views(struct pipeline *p, struct ivm **v)
 {
-    struct ckpt_image img;
-    char id[CKPT_ID_LEN];
-    int rc = o->start_from ? (snprintf(id, sizeof id, "%s", o->start_from), 0)
-                           : ckpt_latest(p->ckpt, id);
-    if (rc == -ENOENT && o->fail_if_none)
-        return err_set(-ENOENT, "%s holds no checkpoint (--fail-if-no-checkpoint)", o->storage);
-    if (rc == -ENOENT)
-        return 0; /* backfill: the inputs from their beginning */
-    rc = ckpt_load(p->ckpt, id, p->views, &img);
-    if (rc == 0)
-        rc = seek_inputs(p, &img);
+    for (size_t i = 0; v && i < p->prog->nviews; i++)
+        ivm_free(v[i]);
+    free(v);
+}
+
+/* Checkpoint id becomes the state, in views of its own: on an error the
+ * state is as it was. */
+static int load(struct pipeline *p, const char *id)
+{
+    struct ckpt_image img = { 0 };
+    struct ivm **v = calloc(p->prog->nviews + 1, sizeof *v);
+    int rc = v ? 0 : -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++)
+        rc = ivm_new(&p->prog->views[i], &v[i]);
+    rc = rc ? rc : ckpt_load(p->ckpt, id, v, &img);
+    rc = rc ? rc : seek_inputs(p, &img);
     if (rc == 0) {
+        struct ivm **old = p->views;
+        p->views = v, v = old;
         p->step = img.step;
         snprintf(p->resumed_from, sizeof p->resumed_from, "%s", id);
     }
+    free_views(p, v);
     ckpt_image_free(&img);
     return rc ? err_wrap(rc, "resuming from checkpoint %s", id) : 0;
+}
+
+/* Where the state comes from: a checkpoint, or (none yet) the beginning. */
+static int resume(struct pipeline *p, const struct pipeline_options *o)
+{
+    char id[CKPT_ID_LEN];
+    int rc = o->start_from ? (snprintf(id, sizeof id, "%s", o->start_from), 0)
+                           : ckpt_latest(p->ckpt, id);
+    if (rc == -ENOENT && o->fail_if_none && !o->standby)
+        return err_set(-ENOENT, "%s holds no checkpoint (--fail-if-no-checkpoint)", o->storage);
+    if (rc == -ENOENT)
+        return 0; /* backfill: the inputs from their beginning (a standby: wait for one) */
+    return load(p, id);
 }
 
 static int open_checkpoints(struct pipeline *p, const struct pipeline_options *o)
@@ -118,8 +179,19 @@ static int open_checkpoints(struct pipeline *p, const struct pipeline_options *o
         return -ENOMEM;
     for (size_t i = 0; i < p->prog->nviews; i++)
         p->names[i] = p->prog->views[i].name;
-    int rc = ckpt_open(o->storage, p->names, p->prog->nviews, &p->ckpt);
+    int rc = ckpt_open(o->storage, p->names, p->prog->nviews, o->standby, &p->ckpt);
     return rc ? rc : resume(p, o);
+}
+
+static int replay(struct pipeline *p);
+
+/* The active pipeline's part: outputs, and exactly_once's journal replayed. */
+static int start_active(struct pipeline *p)
+{
+    int rc = open_outputs(p);
+    if (rc == 0 && p->ft == FT_EXACTLY_ONCE && (rc = journal_open(p->storage, 0, &p->journal)) == 0)
+        rc = replay(p);
+    return rc;
 }
 
 int pipeline_open(const char *path, const struct pipeline_options *o, struct pipeline **out)
@@ -130,10 +202,17 @@ int pipeline_open(const char *path, const struct pipeline_options *o, struct pip
     if (rc == 0 && (rc = program_parse(text, &p->prog)) != 0)
         err_wrap(rc, "%s", path);
     free(text);
-    if (rc == 0)
+    if (rc == 0) {
+        p->ft = o->ft;
+        p->storage = o->storage;
+        p->standby = o->standby;
+        snprintf(p->crash_at, sizeof p->crash_at, "%s", getenv("CKPTPIPE_CRASH_AT") ?: "");
         rc = open_connectors(p);
+    }
     if (rc == 0 && o->ft != FT_NONE)
         rc = open_checkpoints(p, o);
+    if (rc == 0 && !o->standby)
+        rc = start_active(p);
     if (rc) {
         pipeline_close(p);
         return rc;
@@ -153,6 +232,8 @@ void pipeline_close(struct pipeline *p)
         output_close(p->outputs ? p->outputs[i] : NULL);
     }
     ckpt_close(p->ckpt);
+    journal_close(p->journal);
+    free(p->expect);
     free(p->names);
     free(p->inputs);
     free(p->views);
@@ -191,6 +272,11 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *writte
     int rc = p->step ? 0 : pipeline_step(p, 1);
     if (rc < 0)
         return rc;
+    /* the lengths a checkpoint names are on disk before it commits */
+    for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++)
+        rc = p->outputs[i] ? output_sync(p->outputs[i]) : 0;
+    if (rc)
+        return rc;
     struct ckpt_image img = { .step = p->step };
     struct ckpt_pos *pos = positions_of(p, &img.ninputs, &img.noutputs);
     if (!pos)
@@ -199,6 +285,8 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *writte
     img.outputs = pos + img.ninputs;
     rc = ckpt_save(p->ckpt, p->views, &img, made, written);
     free(pos);
+    if (rc == 0 && p->journal)
+        rc = journal_checkpointed(p->journal, ckpt_oldest_step(p->ckpt));
     if (rc == 0) {
         snprintf(id, n, "%s", made);
         memcpy(p->last_checkpoint, made, sizeof made);
@@ -262,8 +350,8 @@ static int discard(void *arg, const struct value *row, int weight)
     return 0;
 }
 
-/* The views' changes of this step, to their outputs. */
-static int flush_views(struct pipeline *p)
+/* The views' changes of this step, collected by their outputs. */
+static int collect(struct pipeline *p)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++) {
@@ -271,16 +359,103 @@ static int flush_views(struct pipeline *p)
         if (o)
             output_begin(o, p->step);
         rc = ivm_flush(p->views[i], o ? output_emit : discard, o);
-        if (rc == 0 && o)
-            rc = output_end(o);
     }
     return rc;
 }
 
-static int step_once(struct pipeline *p, size_t batch);
+/* What the step collected, to the files; at[i]: where view i's bytes
+ * start in its file (NULL: at its end). */
+static int write_outputs(struct pipeline *p, const uint64_t *at)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++)
+        if (p->outputs[i])
+            rc = output_end(p->outputs[i], at ? at[i] : output_length(p->outputs[i]));
+    return rc;
+}
+
+/* A step's entry, made from what its inputs consumed and its outputs
+ * collected (the arrays are the caller's, sized for every table and view). */
+static void entry_of(struct pipeline *p, struct journal_entry *e, struct journal_input *in,
+                     struct journal_output *out)
+{
+    struct program *g = p->prog;
+    *e = (struct journal_entry){ .step = p->step, .in = in, .out = out };
+    for (size_t i = 0; i < g->ntables; i++)
+        if (p->inputs[i]) {
+            struct input_span s;
+            input_get_span(p->inputs[i], &s);
+            in[e->nin++] =
+                (struct journal_input){ g->tables[i]->name, s.from,  s.from_line, s.to,
+                                        s.to_line,          s.count, s.hash,      s.data };
+        }
+    for (size_t i = 0; i < g->nviews; i++)
+        if (p->outputs[i]) {
+            struct journal_output *w = &out[e->nout++];
+            w->name = g->views[i].name;
+            w->before = output_length(p->outputs[i]);
+            output_collected(p->outputs[i], &w->len, &w->hash);
+        }
+}
+
+/* exactly_once: the step's entry durable before any of its output. */
+static int journal_step(struct pipeline *p)
+{
+    struct journal_entry e;
+    struct journal_input *in = calloc(p->prog->ntables + 1, sizeof *in);
+    struct journal_output *out = calloc(p->prog->nviews + 1, sizeof *out);
+    int rc = in && out ? 0 : -ENOMEM;
+    if (rc == 0) {
+        entry_of(p, &e, in, out);
+        rc = journal_append(p->journal, &e);
+    }
+    free(in);
+    free(out);
+    return rc;
+}
+
+/* Reads from every input (up to batch changes each); *taken gets how many. */
+static int take_inputs(struct pipeline *p, size_t batch, size_t *taken)
+{
+    *taken = 0;
+    for (size_t i = 0; i < p->prog->ntables; i++) {
+        struct applying a = { p, p->prog->tables[i] };
+        if (!p->inputs[i])
+            continue;
+        input_begin_step(p->inputs[i]);
+        ssize_t n = input_poll(p->inputs[i], batch, apply, &a);
+        if (n < 0)
+            return (int)n;
+        *taken += (size_t)n;
+    }
+    return 0;
+}
+
+static int step_once(struct pipeline *p, size_t batch)
+{
+    size_t taken;
+    int rc = take_inputs(p, batch, &taken);
+    if (rc || (!taken && p->step))
+        return rc;
+    p->step++; /* the first step comes out even without input: views without GROUP BY have a row */
+    p->records += taken;
+    rc = collect(p);
+    if (rc == 0 && p->journal)
+        rc = journal_step(p);
+    if (rc == 0)
+        crash_point(p, "journal");
+    rc = rc ? rc : write_outputs(p, NULL);
+    if (rc == 0)
+        crash_point(p, "output");
+    return rc ? rc : taken > 0;
+}
 
 int pipeline_step(struct pipeline *p, size_t batch)
 {
+    if (p->standby)
+        return err_set(-EROFS, "a standby takes no steps (POST /activate first)");
+    if (p->failed)
+        return err_set(-EIO, "an earlier step failed half done: restart the pipeline");
     int rc = step_once(p, batch);
     if (rc < 0)
         p->failed = 1;
@@ -295,22 +470,174 @@ int pipeline_drain(struct pipeline *p, size_t batch)
     return rc;
 }
 
-static int step_once(struct pipeline *p, size_t batch)
+/* ---- exactly_once's replay ---- */
+
+static const struct journal_input *input_named(const struct journal_entry *e, const char *name)
 {
+    for (size_t k = 0; k < e->nin; k++)
+        if (!strcmp(e->in[k].name, name))
+            return &e->in[k];
+    return NULL;
+}
+
+static const struct journal_output *output_named(const struct journal_entry *e, const char *name)
+{
+    for (size_t k = 0; k < e->nout; k++)
+        if (!strcmp(e->out[k].name, name))
+            return &e->out[k];
+    return NULL;
+}
+
+/* The journaled step's input again, checked against what it took then. */
+static int replay_input(struct pipeline *p, size_t i, const struct journal_entry *e, size_t *taken)
+{
+    const char *name = p->prog->tables[i]->name;
+    const struct journal_input *j = input_named(e, name);
+    struct applying a = { p, p->prog->tables[i] };
+    struct input_span s;
+    if (!j)
+        return err_set(-EBADMSG,
+                       "the journal's step %llu has nothing of table %s (was the "
+                       "program changed?)",
+                       (unsigned long long)e->step, name);
+    input_get_span(p->inputs[i], &s);
+    if (s.to != j->from || s.to_line != j->from_line)
+        return err_set(-EBADMSG,
+                       "the journal's step %llu reads table %s from byte %llu, but the "
+                       "input stands at byte %llu",
+                       (unsigned long long)e->step, name, (unsigned long long)j->from,
+                       (unsigned long long)s.to);
+    s = (struct input_span){ j->from, j->from_line, j->to, j->to_line, 0, 0, j->data };
+    int rc = input_replay(p->inputs[i], &s);
+    ssize_t n = rc ? rc : input_poll(p->inputs[i], SIZE_MAX, apply, &a);
+    input_replay_end(p->inputs[i]);
+    if (n < 0)
+        return (int)n;
+    *taken += (size_t)n;
+    input_get_span(p->inputs[i], &s);
+    if (s.to != j->to || s.to_line != j->to_line || s.count != j->count || s.hash != j->hash)
+        return err_set(-EBADMSG,
+                       "replaying step %llu: table %s gave %llu changes up to byte %llu, "
+                       "the journal says %llu up to byte %llu with another hash (was the "
+                       "input file changed?)",
+                       (unsigned long long)e->step, name, (unsigned long long)s.count,
+                       (unsigned long long)s.to, (unsigned long long)j->count,
+                       (unsigned long long)j->to);
+    return 0;
+}
+
+/* The step's output checked against the journal; at[i] gets where it goes. */
+static int replay_output(struct pipeline *p, size_t i, const struct journal_entry *e, uint64_t *at)
+{
+    const char *name = p->prog->views[i].name;
+    const struct journal_output *j = output_named(e, name);
+    uint64_t len, hash;
+    if (!j)
+        return err_set(-EBADMSG,
+                       "the journal's step %llu has nothing of view %s (was the "
+                       "program changed?)",
+                       (unsigned long long)e->step, name);
+    output_collected(p->outputs[i], &len, &hash);
+    if (len != j->len || hash != j->hash)
+        return err_set(-EBADMSG,
+                       "replaying step %llu: view %s came out different (%llu bytes, "
+                       "the journal says %llu)",
+                       (unsigned long long)e->step, name, (unsigned long long)len,
+                       (unsigned long long)j->len);
+    if (j->before != p->expect[i])
+        return err_set(-EBADMSG,
+                       "the journal's step %llu writes view %s at byte %llu, but its "
+                       "output ends at byte %llu before it",
+                       (unsigned long long)e->step, name, (unsigned long long)j->before,
+                       (unsigned long long)p->expect[i]);
+    at[i] = j->before;
+    p->expect[i] = j->before + j->len;
+    return 0;
+}
+
+static int replay_step(void *arg, const struct journal_entry *e)
+{
+    struct pipeline *p = arg;
     size_t taken = 0;
-    for (size_t i = 0; i < p->prog->ntables; i++) {
-        struct applying a = { p, p->prog->tables[i] };
-        ssize_t n = p->inputs[i] ? input_poll(p->inputs[i], batch, apply, &a) : 0;
-        if (n < 0)
-            return (int)n;
-        taken += (size_t)n;
+    int rc = 0;
+    uint64_t *at = calloc(p->prog->nviews + 1, sizeof *at);
+    for (size_t i = 0; at && rc == 0 && i < p->prog->ntables; i++)
+        rc = p->inputs[i] ? replay_input(p, i, e, &taken) : 0;
+    if (!at || rc) {
+        free(at);
+        return at ? rc : -ENOMEM;
     }
-    if (!taken && p->step)
-        return 0;
-    p->step++; /* the first step comes out even without input: views without GROUP BY have a row */
+    p->step = e->step;
     p->records += taken;
-    int rc = flush_views(p);
-    return rc ? rc : taken > 0;
+    rc = collect(p);
+    for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++)
+        rc = p->outputs[i] ? replay_output(p, i, e, at) : 0;
+    rc = rc ? rc : write_outputs(p, at);
+    free(at);
+    p->replayed += rc == 0;
+    return rc;
+}
+
+/* Each output as the checkpoint left it, then the journal's steps after it
+ * again: whatever of their output the files miss is written; then nothing
+ * may be in a file that the journal does not account for. */
+static int replay(struct pipeline *p)
+{
+    for (size_t i = 0; i < p->prog->nviews; i++)
+        if (p->outputs[i] && output_length(p->outputs[i]) < p->expect[i])
+            return err_set(-EIO,
+                           "view %s: its output is %llu bytes, shorter than the %llu of "
+                           "checkpoint %s (output was lost)",
+                           p->prog->views[i].name, (unsigned long long)output_length(p->outputs[i]),
+                           (unsigned long long)p->expect[i], p->resumed_from);
+    int rc = journal_replay(p->journal, p->step, replay_step, p);
+    if (rc)
+        return err_wrap(rc, "replaying the journal");
+    for (size_t i = 0; i < p->prog->nviews; i++)
+        if (p->outputs[i] && output_length(p->outputs[i]) > p->expect[i])
+            return err_set(-EBADMSG,
+                           "view %s: its output holds %llu bytes beyond what the "
+                           "checkpoint and the journal account for: it was written by something "
+                           "else (move it away, or start from the checkpoint that wrote it)",
+                           p->prog->views[i].name,
+                           (unsigned long long)(output_length(p->outputs[i]) - p->expect[i]));
+    return 0;
+}
+
+/* ---- standby ---- */
+
+int pipeline_standby_poll(struct pipeline *p)
+{
+    char id[CKPT_ID_LEN];
+    if (!p->standby)
+        return 0;
+    int rc = ckpt_refresh(p->ckpt);
+    rc = rc ? rc : ckpt_latest(p->ckpt, id);
+    if (rc == -ENOENT || (rc == 0 && !strcmp(id, p->resumed_from)))
+        return 0;
+    rc = rc ? rc : load(p, id);
+    return rc ? rc : 1;
+}
+
+int pipeline_activate(struct pipeline *p)
+{
+    if (!p->standby)
+        return err_set(-EINVAL, "this pipeline is not a standby");
+    int rc = ckpt_writable(p->ckpt);
+    if (rc == -EROFS)
+        return err_set(-EROFS,
+                       "%s is read-only: promote its mount first (ckptctl promote "
+                       "MOUNTPOINT), then activate",
+                       p->storage);
+    if (rc)
+        return rc;
+    if ((rc = pipeline_standby_poll(p)) < 0) /* the newest checkpoint, promotion's own too */
+        return rc;
+    p->standby = 0;
+    rc = start_active(p);
+    if (rc)
+        p->failed = 1; /* half active: no step, no checkpoint */
+    return rc;
 }
 
 int pipeline_inputs_done(const struct pipeline *p)
@@ -328,7 +655,9 @@ int pipeline_inputs_done(const struct pipeline *p)
 
 void pipeline_get_stats(const struct pipeline *p, struct pipeline_stats *st)
 {
-    *st = (struct pipeline_stats){ .step = p->step, .records = p->records };
+    *st = (struct pipeline_stats){
+        .step = p->step, .records = p->records, .standby = p->standby, .replayed = p->replayed
+    };
     snprintf(st->resumed_from, sizeof st->resumed_from, "%s", p->resumed_from);
     snprintf(st->last_checkpoint, sizeof st->last_checkpoint, "%s", p->last_checkpoint);
     st->checkpoints = p->checkpoints;

@@ -24,12 +24,15 @@ struct pipeline_options {
     enum ft ft;             /* FT_NONE: no checkpoints at all */
     const char *start_from; /* a checkpoint ID, or NULL for the newest */
     int fail_if_none;       /* no checkpoint: an error, not a start from scratch */
+    int standby;            /* load checkpoints as they come, write nothing (below) */
 };
 
 /* Reads, parses and checks the program at path; opens its connectors
  * (relative paths are relative to the current directory); with fault
  * tolerance, resumes from a checkpoint in o->storage if there is one (an
- * unreadable one is an error, never a fresh start). */
+ * unreadable one is an error, never a fresh start); with exactly_once,
+ * replays the journal's steps after it, writing only the output the files
+ * miss (-EBADMSG, said, if a step comes out other than journaled). */
 int pipeline_open(const char *path, const struct pipeline_options *o, struct pipeline **out);
 
 /* Commits a checkpoint of the state after the last step; *id gets its ID,
@@ -44,6 +47,16 @@ int pipeline_step(struct pipeline *p, size_t batch);
 /* Steps until one has no input (what was queued or written is all taken,
  * before a final checkpoint). Returns 0 or the failing step's error. */
 int pipeline_drain(struct pipeline *p, size_t batch);
+
+/* A standby (o->standby): its storage is read-only (a ckptfs --follow
+ * mount), its outputs are not opened. Each poll loads the newest
+ * checkpoint if it is not the one loaded: 1 if it loaded one, 0 if not.
+ * pipeline_activate makes it the active pipeline: the storage must be
+ * writable by then (-EROFS, said, if the mount is not promoted yet); it
+ * loads the newest checkpoint, opens the outputs and, with exactly_once,
+ * replays the journal. pipeline_step refuses a standby (-EROFS). */
+int pipeline_standby_poll(struct pipeline *p);
+int pipeline_activate(struct pipeline *p);
 
 /* Whether every input has reached the end of its file. */
 int pipeline_inputs_done(const struct pipeline *p);
@@ -69,6 +82,8 @@ struct pipeline_stats {
     uint64_t checkpoint_step; /* the step the last one was taken after */
     uint64_t records;         /* input changes taken */
     uint64_t skipped;         /* malformed records skipped */
+    int standby;              /* not activated yet */
+    uint64_t replayed;        /* steps rebuilt from the journal at start or activation */
 };
 void pipeline_get_stats(const struct pipeline *p, struct pipeline_stats *st);
 

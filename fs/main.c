@@ -52,6 +52,7 @@ static const char usage_text[] =
     "                              the bucket (default local)\n"
     "  --publish-on GLOB           renaming onto, or fsyncing, a file whose name matches\n"
     "                              returns once a snapshot holding it is in the bucket\n"
+    "                              (repeat it, or join globs with '|', for several)\n"
     "  --snapshot-interval SECS    publish at least this often while changed (default 5,\n"
     "                              at most 900)\n"
     "  --compress LEVEL|off        zstd level, 1 to 19 (default 1)\n"
@@ -94,7 +95,7 @@ struct cli {
     unsigned follow_ms;          /* --follow's poll interval, 0 without it */
     struct snapshot_id snapshot; /* its ID */
     enum sync_mode sync;
-    const char *publish_on;
+    char *publish_on; /* globs, '|' between them */
     unsigned interval_s;
     int level;
     const char *key_file;
@@ -161,7 +162,12 @@ static int set_option(struct cli *c, const char *name, const char *v)
             return err_set(-EINVAL, "--sync: '%s' is neither local nor remote", v);
         c->sync = v[0] == 'r' ? SYNC_REMOTE : SYNC_LOCAL;
     } else if (!strcmp(name, "publish-on") || !strcmp(name, "publish_on")) {
-        c->publish_on = v;
+        char *all = NULL;
+        if (asprintf(&all, "%s%s%s", c->publish_on ? c->publish_on : "", c->publish_on ? "|" : "",
+                     v) < 0)
+            return -ENOMEM;
+        free(c->publish_on);
+        c->publish_on = all;
     } else if (!strcmp(name, "snapshot-interval") || !strcmp(name, "snapshot_interval")) {
         /* At most a quarter of gc's least grace (cache/remote.h): a chunk uploaded ahead
          * is named by a snapshot long before gc may take it for garbage. */
@@ -577,6 +583,7 @@ int main(int argc, char **argv)
         return fail("out of memory");
     rc = run(&c);
     free(c.cache_dir);
+    free(c.publish_on);
     free(c.o_copy);
     return rc;
 }

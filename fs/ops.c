@@ -112,9 +112,22 @@ static int64_t nsec(struct timespec ts)
 
 /* ---- publishing on demand ---- */
 
+/* --publish-on's globs are joined by '|' (given several times, or so). */
 static int publish_wanted(struct fs *fs, const char *name)
 {
-    return fs->publish_on && name && fnmatch(fs->publish_on, name, 0) == 0;
+    char glob[PATH_MAX];
+    for (const char *g = fs->publish_on; g && name;) {
+        const char *bar = strchr(g, '|');
+        size_t n = bar ? (size_t)(bar - g) : strlen(g);
+        if (n < sizeof glob) {
+            memcpy(glob, g, n);
+            glob[n] = '\0';
+            if (fnmatch(glob, name, 0) == 0)
+                return 1;
+        }
+        g = bar ? bar + 1 : NULL;
+    }
+    return 0;
 }
 
 /* Names of ino to match --publish-on against, for fsync (which names no file). */

@@ -1,4 +1,4 @@
-"""ckptpipe run (no fault tolerance yet): a SQL program over CSV and JSON-lines files, its views'
+"""ckptpipe run: a SQL program over CSV and JSON-lines files, its views'
 changes as JSON lines; the view rebuilt from those changes equals what SQLite computes with the
 same SELECT over the same input. Growing files are followed; bad input is named, line and all."""
 
@@ -179,8 +179,8 @@ def test_program_errors_name_line_and_column(pipe):
     p = pipe("CREATE TABLE t (a BIGINT);\nCREATE VIEW v AS SELECT SUM(b) AS s FROM t;\n")
     assert p.returncode == 1
     assert b"prog.sql: line 2, column 29: t has no column b" in p.stderr
-    p = pipe(program_text(), "--ft", "exactly_once")
-    assert p.returncode == 2 and b"not built yet" in p.stderr
+    p = pipe(program_text(), "--ft", "exactly_once", "--standby")
+    assert p.returncode == 2 and b"--standby" in p.stderr and b"--http" in p.stderr
 
 
 # ---- fault tolerance ----
@@ -204,11 +204,16 @@ def feed(pipe, records):
 
 def wait_consumed(pipe, proc, written, timeout=20):
     """Until the view's output shows every record written (the last change per group)."""
+    wait_output(pipe.dir / "out/bytes_per_user.jsonl", proc, written, timeout)
+
+
+def wait_output(path, proc, written, timeout=20):
     deadline = time.monotonic() + timeout
+    want = final_of(sqlite_view(written))
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()
         try:
-            if final_rows(pipe) == final_of(sqlite_view(written)):
+            if final_rows(path) == want:
                 return
         except (FileNotFoundError, json.JSONDecodeError):
             pass
@@ -216,10 +221,10 @@ def wait_consumed(pipe, proc, written, timeout=20):
     raise AssertionError("the pipeline did not catch up")
 
 
-def final_rows(pipe):
+def final_rows(path):
     """Each group's row as the last change for it says (repeats after a crash allowed)."""
     last = {}
-    for c in changes(pipe.dir / "out/bytes_per_user.jsonl"):
+    for c in changes(path):
         (kind, row), = ((k, v) for k, v in c.items() if k != "step")
         if kind == "insert":
             last[row["user_id"]] = row
@@ -367,10 +372,10 @@ def call(port, method, path, body=None):
         return e.code, json.loads(e.read().decode())
 
 
-def start_http(pipe, port):
+def start_http(pipe, port, ft="checkpoint"):
     (pipe.dir / "prog.sql").write_text(HTTP_PROGRAM)
     proc = subprocess.Popen([program("ckptpipe"), "run", "prog.sql", "--storage", "state",
-                             "--ft", "checkpoint", "--http", f"127.0.0.1:{port}"],
+                             "--ft", ft, "--http", f"127.0.0.1:{port}"],
                             cwd=pipe.dir, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
