@@ -380,15 +380,20 @@ static void chain_clear(struct chain *ch)
     ch->base_bytes = ch->delta_bytes = 0;
 }
 
+static void chains_free(struct chain *chains, size_t n)
+{
+    for (size_t i = 0; chains && i < n; i++) {
+        chain_clear(&chains[i]);
+        free(chains[i].files);
+    }
+    free(chains);
+}
+
 void ckpt_close(struct ckpt *c)
 {
     if (!c)
         return;
-    for (size_t i = 0; c->chains && i < c->nviews; i++) {
-        chain_clear(&c->chains[i]);
-        free(c->chains[i].files);
-    }
-    free(c->chains);
+    chains_free(c->chains, c->nviews);
     free(c->dir);
     free(c);
 }
@@ -416,10 +421,9 @@ static int chain_add(struct chain *ch, const char *file, uint64_t bytes, int bas
     return 0;
 }
 
-static int load_view(struct ckpt *c, size_t v, json_t *chain, struct ivm *m, const char *mpath)
+static int load_view(struct ckpt *c, size_t v, json_t *chain, struct ivm *m, const char *mpath,
+                     struct chain *ch)
 {
-    struct chain *ch = &c->chains[v];
-    chain_clear(ch);
     int rc = json_is_array(chain) && json_array_size(chain)
                  ? 0
                  : err_set(-EBADMSG, "%s has no state for view %s (was the program changed?)",
@@ -479,14 +483,22 @@ int ckpt_load(struct ckpt *c, const char *id, struct ivm **m, struct ckpt_image 
     json_t *views = json_object_get(man, "views");
     if (rc == 0 && (step < 0 || !json_is_object(views)))
         rc = err_set(-EBADMSG, "%s is damaged", mpath);
+    /* the chains later saves continue change only if all of it loads */
+    struct chain *chains = rc ? NULL : calloc(c->nviews + 1, sizeof *chains);
+    if (rc == 0 && !chains)
+        rc = -ENOMEM;
     for (size_t v = 0; rc == 0 && v < c->nviews; v++)
-        rc = load_view(c, v, json_object_get(views, c->names[v]), m[v], mpath);
+        rc = load_view(c, v, json_object_get(views, c->names[v]), m[v], mpath, &chains[v]);
     if (rc == 0)
         rc = load_positions(json_object_get(man, "inputs"), &img->inputs, &img->ninputs, mpath);
     if (rc == 0)
         rc = load_positions(json_object_get(man, "outputs"), &img->outputs, &img->noutputs, mpath);
     img->step = (uint64_t)step;
     json_decref(man);
+    struct chain *drop = rc ? chains : c->chains;
+    if (rc == 0)
+        c->chains = chains;
+    chains_free(drop, c->nviews);
     return rc;
 }
 

@@ -170,19 +170,22 @@ static json_t *ingress(struct http *h, const char *table, const struct body *bod
         *status = MHD_HTTP_SERVICE_UNAVAILABLE;
         return json_pack("{s:s}", "error", "a standby takes no input until POST /activate");
     }
-    int rc = pipeline_push(h->ctx.p, table, (const char *)body->b.data ?: "", body->b.len);
+    uint64_t end;
+    int rc = pipeline_push(h->ctx.p, table, (const char *)body->b.data ?: "", body->b.len, &end);
     *status = rc >= 0 ? MHD_HTTP_OK : rc == -ENOENT ? MHD_HTTP_NOT_FOUND : MHD_HTTP_BAD_REQUEST;
     if (rc < 0)
         return json_pack("{s:s}", "error", err_msg(rc));
     int queued = rc;
-    if (h->ctx.ft == FT_EXACTLY_ONCE) { /* acknowledged once journaled: never lost after */
-        rc = pipeline_drain(h->ctx.p, DRAIN_BATCH);
-        pipeline_get_stats(h->ctx.p, &st);
-        *status = rc ? MHD_HTTP_INTERNAL_SERVER_ERROR : MHD_HTTP_OK;
-        return rc ? json_pack("{s:s}", "error", err_msg(rc))
-                  : json_pack("{s:i, s:I}", "queued", queued, "step", (json_int_t)st.step);
-    }
-    return json_pack("{s:i}", "queued", queued);
+    if (h->ctx.ft != FT_EXACTLY_ONCE)
+        return json_pack("{s:i}", "queued", queued);
+    /* Acknowledged once journaled, never lost after; and then acknowledged
+     * even if a later step fails: a client would send it again. */
+    rc = pipeline_drain(h->ctx.p, DRAIN_BATCH);
+    pipeline_get_stats(h->ctx.p, &st);
+    if (pipeline_taken(h->ctx.p, table) >= end)
+        return json_pack("{s:i, s:I}", "queued", queued, "step", (json_int_t)st.step);
+    *status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+    return json_pack("{s:s}", "error", rc ? err_msg(rc) : "not taken");
 }
 
 /* One whole request, the pipeline's lock held. */

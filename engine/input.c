@@ -15,20 +15,23 @@
 #include "util/log.h"
 
 #define READ_SIZE ((size_t)1 << 20)
-#define MAX_LINE                                                                                   \
-    ((size_t)16 << 20) /* a longer line is malformed, not a reason to use all memory               \
-                        */
+/* A longer line is malformed, not a reason to use all memory. */
+#define MAX_LINE ((size_t)16 << 20)
 
 struct input {
     const struct table *t;
     const char *path;
     int fd, json, skip_errors, header;
-    int http; /* changes come from input_push, not a file */
+    int http;        /* changes come from input_push, not a file */
+    int append_only; /* a delete is a malformed record */
     uint64_t pos, line;
     struct buf pending; /* bytes read past pos: [done, len) not yet consumed */
     size_t done;
     uint64_t limit;         /* bytes from here on are not read (a replay's end) */
-    struct input_span step; /* what the step consumed, so far */
+    struct input_span step; /* consumed since the last commit */
+    int committed;          /* step's bytes are accounted for: the next step starts a span */
+    uint64_t taken;         /* the position at the last commit */
+    struct buf unquoted;    /* a CSV line with quotes, unescaped (the input's bytes stay) */
     struct value *row;
     uint64_t skipped;
     int at_end;
@@ -55,6 +58,10 @@ int input_open(const struct table *t, struct input **out)
     if (header && strcmp(header, "true") && strcmp(header, "false"))
         return err_set(-EINVAL, "table %s: 'header' is '%s', neither 'true' nor 'false'", t->name,
                        header);
+    const char *append = option_get(t->opts, t->nopts, "append_only");
+    if (append && strcmp(append, "true") && strcmp(append, "false"))
+        return err_set(-EINVAL, "table %s: 'append_only' is '%s', neither 'true' nor 'false'",
+                       t->name, append);
     struct input *in = calloc(1, sizeof *in);
     struct value *row = calloc(t->ncols, sizeof *row);
     if (!in || !row) {
@@ -67,10 +74,12 @@ int input_open(const struct table *t, struct input **out)
                           .http = http,
                           .fd = -1,
                           .limit = UINT64_MAX,
+                          .committed = 1,
                           .row = row,
                           .json = http ? !format || !strcmp(format, "json")
                                        : format && !strcmp(format, "json"),
                           .skip_errors = on_error && !strcmp(on_error, "skip"),
+                          .append_only = table_append_only(t),
                           .header = header && !strcmp(header, "true") };
     *out = in;
     return 0;
@@ -83,6 +92,7 @@ void input_close(struct input *in)
     if (in->fd >= 0)
         close(in->fd);
     buf_free(&in->pending);
+    buf_free(&in->unquoted);
     free(in->row);
     free(in);
 }
@@ -115,12 +125,20 @@ static int field(struct input *in, size_t c, const char *s, size_t len, int quot
                type_name(col->type));
 }
 
-/* One CSV line, in place (a quoted field is unescaped where it lies). */
-static int csv_line(struct input *in, char *s, size_t len)
+/* One CSV line. A quoted field is unescaped in a copy of the line: the
+ * input's own bytes are what the journal keeps and hashes. */
+static int csv_line(struct input *in, const char *line, size_t len)
 {
     size_t c = 0, ncols = in->t->ncols;
+    char *s = (char *)line;
     if (len && s[len - 1] == '\r')
         len--;
+    if (memchr(s, '"', len)) {
+        buf_reset(&in->unquoted);
+        if (buf_append(&in->unquoted, line, len))
+            return -ENOMEM;
+        s = (char *)in->unquoted.data;
+    }
     char *end = s + len;
     for (;;) {
         char *start = s, *w = s;
@@ -197,6 +215,8 @@ static int json_line(struct input *in, const char *s, size_t len, json_t **keep,
     if (!what || !json_is_object(row) || (strcmp(what, "insert") && strcmp(what, "delete")))
         return bad(in, "expected {\"insert\": {...}} or {\"delete\": {...}}");
     *weight = what[0] == 'i' ? 1 : -1;
+    if (*weight < 0 && in->append_only)
+        return bad(in, "table %s is append-only ('append_only' = 'true'): no deletes", in->t->name);
     size_t matched = 0;
     for (size_t c = 0; c < in->t->ncols; c++) {
         json_t *v = json_object_get(row, in->t->cols[c].name);
@@ -300,12 +320,21 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
 
 void input_begin_step(struct input *in)
 {
+    if (!in->committed) /* polls that took nothing: their bytes join the next step's */
+        return;
     if (in->http && in->done) { /* what the last step took leaves the queue */
         in->pending.len -= in->done;
         memmove(in->pending.data, in->pending.data + in->done, in->pending.len);
         in->done = 0;
     }
     in->step = (struct input_span){ .from = in->pos, .from_line = in->line };
+    in->committed = 0;
+}
+
+void input_commit_step(struct input *in)
+{
+    in->committed = 1;
+    in->taken = in->pos;
 }
 
 void input_get_span(const struct input *in, struct input_span *s)
@@ -313,7 +342,7 @@ void input_get_span(const struct input *in, struct input_span *s)
     *s = in->step;
     s->to = in->pos;
     s->to_line = in->line;
-    s->data = in->http ? (const char *)in->pending.data : NULL;
+    s->data = in->http ? (in->pending.data ? (const char *)in->pending.data : "") : NULL;
 }
 
 int input_replay(struct input *in, const struct input_span *s)
@@ -372,8 +401,9 @@ int input_push(struct input *in, const char *body, size_t len)
 
 void input_seek(struct input *in, uint64_t offset, uint64_t line)
 {
-    in->pos = offset;
+    in->pos = in->taken = offset;
     in->line = line;
+    in->committed = 1;
     in->done = 0;
     in->pending.len = 0;
     in->at_end = 0;
@@ -381,5 +411,6 @@ void input_seek(struct input *in, uint64_t offset, uint64_t line)
 
 void input_get_stats(const struct input *in, struct input_stats *st)
 {
-    *st = (struct input_stats){ in->pos, in->line, in->skipped, in->at_end };
+    *st = (struct input_stats){ in->pos,    in->line,  in->skipped,
+                                in->at_end, in->taken, in->pos + (in->pending.len - in->done) };
 }

@@ -45,6 +45,8 @@ struct input_stats {
     uint64_t lines;    /* lines read */
     uint64_t skipped;  /* malformed records skipped */
     int at_end;        /* the last poll reached the end of the file */
+    uint64_t taken;    /* the position at the last input_commit_step */
+    uint64_t queued;   /* HTTP: the position after everything queued */
 };
 void input_get_stats(const struct input *in, struct input_stats *st);
 
@@ -67,9 +69,14 @@ struct input_span {
     const char *data;
 };
 
-/* A step begins: what the last one consumed is let go, and the span
- * starts where the input stands. */
+/* A step begins: if the last span was committed, what it consumed is let
+ * go and a new span starts where the input stands; if not (polls that took
+ * no change, so no step was counted: blank lines, skipped records), the
+ * span goes on, so that the bytes those polls consumed are in the next
+ * step's. input_commit_step: the span is accounted for (by the journal, or
+ * by a checkpoint of the position). */
 void input_begin_step(struct input *in);
+void input_commit_step(struct input *in);
 void input_get_span(const struct input *in, struct input_span *s);
 
 /* A journaled step again: the input is put back at s's start, with s's

@@ -39,6 +39,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "util/arena.h"
 #include "util/err.h"
 #include "util/le.h"
 
@@ -83,6 +84,8 @@ struct ivm {
     size_t ndirty, dirty_cap;
     struct row **tombs;
     size_t ntombs, tombs_cap;
+    struct arena step; /* the touched groups' `before` rows, until the flush */
+    int extremes_only; /* the table is append-only: MIN and MAX keep one value */
 };
 
 /* ---- bags ---- */
@@ -135,6 +138,36 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
     return 0;
 }
 
+/* An append-only table's MIN or MAX: only the extreme is kept, since none
+ * of its values can be deleted. A bag loaded with more (the table was not
+ * append-only when it was saved) keeps its extreme alone from then on. */
+static int bag_keep_extreme(struct bag *b, const struct value *x, int max)
+{
+    if (!b->n)
+        return bag_add(b, x, 1);
+    size_t at = max ? b->n - 1 : 0;
+    int c = value_cmp(x, &b->v[at].v);
+    if (b->n > 1) { /* loaded with more: the extreme alone stays */
+        struct entry e = b->v[at];
+        b->v[at].v.t = T_NULL; /* kept, not freed below */
+        for (size_t i = 0; i < b->n; i++)
+            if (b->v[i].v.t == T_VARCHAR)
+                free((char *)b->v[i].v.str.s);
+        b->v[0] = e;
+        b->n = 1;
+    }
+    b->v[0].count = 1;
+    if (max ? c <= 0 : c >= 0)
+        return 0;
+    struct value copy = *x;
+    if (x->t == T_VARCHAR && !(copy.str.s = strndup(x->str.s, x->str.len)))
+        return -ENOMEM;
+    if (b->v[0].v.t == T_VARCHAR)
+        free((char *)b->v[0].v.str.s);
+    b->v[0].v = copy;
+    return 0;
+}
+
 static void bag_free(struct bag *b)
 {
     for (size_t i = 0; i < b->n; i++)
@@ -154,7 +187,6 @@ static void group_free(const struct ivm *m, struct group *g)
 {
     for (size_t i = 0; i < aggs_of(m->v); i++)
         bag_free(&g->agg[i].bag);
-    row_free(g->before);
     free(g);
 }
 
@@ -302,8 +334,10 @@ static int touch(struct ivm *m, struct group *g)
         return 0;
     if (exists(m, g)) {
         output(m, g);
-        if (!(g->before = row_new(m->scratch, m->v->nitems)))
+        struct row *r = arena_alloc(&m->step, row_size(m->scratch, m->v->nitems));
+        if (!r)
             return -ENOMEM;
+        g->before = row_init(r, m->scratch, m->v->nitems);
     }
     g->touched = 1;
     g->next_touched = m->touched;
@@ -313,7 +347,8 @@ static int touch(struct ivm *m, struct group *g)
 
 /* ---- changes ---- */
 
-static int update(struct aggst *a, const struct item *it, const struct value *row, int weight)
+static int update(struct ivm *m, struct aggst *a, const struct item *it, const struct value *row,
+                  int weight)
 {
     struct value x;
     if (it->agg == A_COUNT_STAR)
@@ -334,7 +369,8 @@ static int update(struct aggst *a, const struct item *it, const struct value *ro
         return 0;
     case A_MIN:
     case A_MAX:
-        return bag_add(&a->bag, &x, weight);
+        return m->extremes_only ? bag_keep_extreme(&a->bag, &x, it->agg == A_MAX)
+                                : bag_add(&a->bag, &x, weight);
     default:
         return 0;
     }
@@ -364,6 +400,9 @@ int ivm_change(struct ivm *m, const struct value *row, int weight)
 {
     const struct view *v = m->v;
     struct value keep, key[64];
+    if (weight < 0 && m->extremes_only)
+        return err_set(-EINVAL, "view %s: table %s is append-only: no deletes", v->name,
+                       v->from->name);
     if (v->where) {
         expr_eval(v->where, row, &keep);
         if (keep.t != T_BOOLEAN || !keep.b)
@@ -383,7 +422,7 @@ int ivm_change(struct ivm *m, const struct value *row, int weight)
         rc = mark_dirty(m, g);
     for (size_t i = 0; rc == 0 && i < v->nitems; i++)
         if (v->items[i].is_agg)
-            rc = update(&g->agg[i], &v->items[i], row, weight);
+            rc = update(m, &g->agg[i], &v->items[i], row, weight);
     g->rows += weight;
     return rc ? err_wrap(rc, "view %s", v->name) : 0;
 }
@@ -399,7 +438,6 @@ static int flush_group(struct ivm *m, struct group *g, ivm_emit_fn emit, void *a
         rc = emit(arg, g->before->v, -1);
     if (rc == 0 && now && !same)
         rc = emit(arg, m->scratch, 1);
-    row_free(g->before);
     g->before = NULL;
     g->touched = 0;
     if (!now) {
@@ -418,6 +456,7 @@ int ivm_flush(struct ivm *m, ivm_emit_fn emit, void *arg)
         int one = flush_group(m, g, emit, arg);
         rc = rc ? rc : one;
     }
+    arena_reset(&m->step);
     return rc;
 }
 
@@ -444,6 +483,7 @@ int ivm_new(const struct view *v, struct ivm **out)
     if (!m)
         return -ENOMEM;
     m->v = v;
+    m->extremes_only = table_append_only(v->from);
     int rc =
         v->ngroup <= 64 ? 0 : err_set(-EINVAL, "view %s: more than 64 GROUP BY columns", v->name);
     if (rc == 0 && (!(m->scratch = calloc(v->nitems + 1, sizeof *m->scratch)) || grow_slots(m)))
@@ -455,7 +495,7 @@ int ivm_new(const struct view *v, struct ivm **out)
         else
             rc = touch(m, all);
         if (all)
-            row_free(all->before), all->before = NULL;
+            all->before = NULL;
     }
     if (rc) {
         ivm_free(m);
@@ -480,6 +520,7 @@ void ivm_free(struct ivm *m)
     free(m->dirty);
     free(m->slots);
     free(m->scratch);
+    arena_free(&m->step);
     free(m);
 }
 
@@ -681,10 +722,10 @@ static void untouch_all(struct ivm *m)
 {
     for (struct group *g = m->touched; g; g = g->next_touched) {
         g->touched = 0;
-        row_free(g->before);
         g->before = NULL;
     }
     m->touched = NULL;
+    arena_reset(&m->step);
 }
 
 int ivm_load(struct ivm *m, const void *data, size_t len)

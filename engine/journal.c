@@ -131,7 +131,7 @@ static int list_segments(const struct journal *j, struct segment **v, size_t *n)
         }
     }
     closedir(d);
-    if (rc == 0)
+    if (rc == 0 && *n)
         qsort(*v, *n, sizeof **v, by_first);
     return rc;
 }
@@ -282,6 +282,20 @@ struct replaying {
     void *arg;
 };
 
+/* Whether a whole entry (its hash right) starts anywhere from `from` on: a
+ * damaged length, not a torn end, if so. */
+static int whole_entry_after(const struct buf *b, size_t from)
+{
+    for (size_t at = from; at + ENTRY_HEAD <= b->len; at++) {
+        struct le_reader head = { b->data + at, b->data + at + ENTRY_HEAD, 0 };
+        uint64_t len = le_get(&head, 4), hash = le_get(&head, 8);
+        if (len >= 8 && len <= b->len - at - ENTRY_HEAD &&
+            XXH3_64bits(b->data + at + ENTRY_HEAD, len) == hash)
+            return 1;
+    }
+    return 0;
+}
+
 /* The entries of one segment's bytes b; *good gets the length of its
  * whole entries (those after it are torn or damaged). */
 static int replay_bytes(struct replaying *r, const struct segment *s, const struct buf *b,
@@ -303,7 +317,7 @@ static int replay_bytes(struct replaying *r, const struct segment *s, const stru
         size_t room = b->len - at - ENTRY_HEAD;
         int whole = len <= room && XXH3_64bits(body, len) == hash;
         struct decoded d;
-        if (!whole && len >= room) /* the last entry, cut short: torn */
+        if (!whole && len >= room && !whole_entry_after(b, at + 1)) /* the last, cut short */
             return 0;
         if (!whole || (rc = decode(body, len, &d)) == -EBADMSG)
             return err_set(-EBADMSG,

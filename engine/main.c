@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -52,7 +53,8 @@ static const char usage_text[] =
     "  -h, --help  --version\n";
 
 static volatile sig_atomic_t stopping;
-static volatile pid_t worker; /* --supervise: the pipeline's process */
+static volatile pid_t worker;   /* --supervise: the pipeline's process */
+static volatile int *activated; /* --supervise --standby: shared, set once a worker activates */
 
 static void on_signal(int sig)
 {
@@ -259,6 +261,8 @@ static int step(const struct run_options *o, struct pipeline *p, int64_t *next)
         pthread_mutex_unlock(&pipeline_lock);
         return rc;
     }
+    if (activated) /* a worker started again after a crash starts active */
+        *activated = 1;
     int rc = pipeline_step(p, o->batch);
     if (rc >= 0 && o->p.ft >= FT_AT_LEAST_ONCE && clock_monotonic_ns() >= *next) {
         int saved = checkpoint(p);
@@ -341,11 +345,18 @@ static void wait_or_stop(unsigned secs)
  * (a crash, the OOM killer, kill -9) is started again, after a pause that
  * doubles while it keeps dying young. An exit with a status is not: an error
  * (bad input, a damaged checkpoint) would only come back. */
-static int supervise(const struct run_options *o)
+static int supervise(const struct run_options *given)
 {
     unsigned backoff = 1;
+    struct run_options now = *given, *o = &now;
+    activated =
+        mmap(NULL, sizeof *activated, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (activated == MAP_FAILED)
+        return fail("cannot share memory with the pipeline's process: %s", strerror(errno));
     catch_stops();
     for (;;) {
+        if (*activated)
+            now.p.standby = 0;
         int64_t born = clock_monotonic_ns();
         hold_stops(1);
         pid_t child = fork();

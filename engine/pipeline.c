@@ -113,17 +113,18 @@ static const struct ckpt_pos *pos_named(const struct ckpt_pos *v, size_t n, cons
  * where its outputs ended. */
 static int seek_inputs(struct pipeline *p, const struct ckpt_image *img)
 {
+    for (size_t i = 0; i < p->prog->ntables; i++) /* all there before anything moves */
+        if (p->inputs[i] && !pos_named(img->inputs, img->ninputs, p->prog->tables[i]->name))
+            return err_set(-EBADMSG,
+                           "the checkpoint has no position for table %s (was the "
+                           "program changed?)",
+                           p->prog->tables[i]->name);
     for (size_t i = 0; i < p->prog->nviews; i++) {
         const struct ckpt_pos *at = pos_named(img->outputs, img->noutputs, p->prog->views[i].name);
         p->expect[i] = at ? at->offset : 0;
     }
     for (size_t i = 0; i < p->prog->ntables; i++) {
         const struct ckpt_pos *at = pos_named(img->inputs, img->ninputs, p->prog->tables[i]->name);
-        if (p->inputs[i] && !at)
-            return err_set(-EBADMSG,
-                           "the checkpoint has no position for table %s (was the "
-                           "program changed?)",
-                           p->prog->tables[i]->name);
         if (p->inputs[i])
             input_seek(p->inputs[i], at->offset, at->line);
     }
@@ -242,6 +243,13 @@ void pipeline_close(struct pipeline *p)
     free(p);
 }
 
+static void commit_inputs(struct pipeline *p)
+{
+    for (size_t i = 0; i < p->prog->ntables; i++)
+        if (p->inputs[i])
+            input_commit_step(p->inputs[i]);
+}
+
 static struct ckpt_pos *positions_of(struct pipeline *p, size_t *ni, size_t *no)
 {
     struct program *g = p->prog;
@@ -285,6 +293,8 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *writte
     img.outputs = pos + img.ninputs;
     rc = ckpt_save(p->ckpt, p->views, &img, made, written);
     free(pos);
+    if (rc == 0) /* the positions it records account for what was read */
+        commit_inputs(p);
     if (rc == 0 && p->journal)
         rc = journal_checkpointed(p->journal, ckpt_oldest_step(p->ckpt));
     if (rc == 0) {
@@ -296,13 +306,38 @@ int pipeline_checkpoint(struct pipeline *p, char *id, size_t n, uint64_t *writte
     return rc;
 }
 
-int pipeline_push(struct pipeline *p, const char *table, const char *body, size_t len)
+static struct input *input_named_in(struct pipeline *p, const char *table)
 {
     for (size_t i = 0; i < p->prog->ntables; i++)
-        if (!strcmp(p->prog->tables[i]->name, table))
-            return p->inputs[i] ? input_push(p->inputs[i], body, len)
-                                : err_set(-EINVAL, "table %s has no connector", table);
-    return err_set(-ENOENT, "there is no table %s", table);
+        if (!strcmp(p->prog->tables[i]->name, table)) {
+            if (!p->inputs[i])
+                err_set(-EINVAL, "table %s has no connector", table);
+            return p->inputs[i];
+        }
+    err_set(-ENOENT, "there is no table %s", table);
+    return NULL;
+}
+
+int pipeline_push(struct pipeline *p, const char *table, const char *body, size_t len,
+                  uint64_t *end)
+{
+    struct input *in = input_named_in(p, table);
+    struct input_stats st;
+    if (!in)
+        return program_table(p->prog, table) ? -EINVAL : -ENOENT;
+    int rc = input_push(in, body, len);
+    input_get_stats(in, &st);
+    *end = st.queued;
+    return rc;
+}
+
+uint64_t pipeline_taken(struct pipeline *p, const char *table)
+{
+    struct input *in = input_named_in(p, table);
+    struct input_stats st = { 0 };
+    if (in)
+        input_get_stats(in, &st);
+    return st.taken;
 }
 
 int pipeline_scan(struct pipeline *p, const char *view, const struct view **v, ivm_emit_fn fn,
@@ -442,8 +477,10 @@ static int step_once(struct pipeline *p, size_t batch)
     rc = collect(p);
     if (rc == 0 && p->journal)
         rc = journal_step(p);
-    if (rc == 0)
+    if (rc == 0) { /* what the inputs gave is the step's now (durable with a journal) */
+        commit_inputs(p);
         crash_point(p, "journal");
+    }
     rc = rc ? rc : write_outputs(p, NULL);
     if (rc == 0)
         crash_point(p, "output");
@@ -501,6 +538,11 @@ static int replay_input(struct pipeline *p, size_t i, const struct journal_entry
                        "program changed?)",
                        (unsigned long long)e->step, name);
     input_get_span(p->inputs[i], &s);
+    if ((s.data != NULL) != (j->data != NULL))
+        return err_set(-EBADMSG,
+                       "the journal's step %llu has table %s as %s input (was the "
+                       "program changed?)",
+                       (unsigned long long)e->step, name, j->data ? "HTTP" : "file");
     if (s.to != j->from || s.to_line != j->from_line)
         return err_set(-EBADMSG,
                        "the journal's step %llu reads table %s from byte %llu, but the "
@@ -569,6 +611,7 @@ static int replay_step(void *arg, const struct journal_entry *e)
     }
     p->step = e->step;
     p->records += taken;
+    commit_inputs(p);
     rc = collect(p);
     for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++)
         rc = p->outputs[i] ? replay_output(p, i, e, at) : 0;

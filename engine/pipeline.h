@@ -62,8 +62,12 @@ int pipeline_activate(struct pipeline *p);
 int pipeline_inputs_done(const struct pipeline *p);
 
 /* Changes pushed to table (POST /ingress/TABLE): input_push's contract;
- * -ENOENT if there is no such table. */
-int pipeline_push(struct pipeline *p, const char *table, const char *body, size_t len);
+ * -ENOENT if there is no such table. *end gets the table's position after
+ * them: they are in a step (journaled, with exactly_once) once
+ * pipeline_taken(p, table) reaches it. */
+int pipeline_push(struct pipeline *p, const char *table, const char *body, size_t len,
+                  uint64_t *end);
+uint64_t pipeline_taken(struct pipeline *p, const char *table);
 
 /* A view's rows now (as of the last step) to fn; -ENOENT if no such view.
  * *v gets the view (its column names). */

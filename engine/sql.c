@@ -830,3 +830,16 @@ const char *option_get(const struct sql_option *opts, size_t n, const char *key)
             return opts[i].value;
     return NULL;
 }
+
+int table_append_only(const struct table *t)
+{
+    const char *set = option_get(t->opts, t->nopts, "append_only");
+    const char *conn = option_get(t->opts, t->nopts, "connector");
+    const char *format = option_get(t->opts, t->nopts, "format");
+    if (set)
+        return !strcmp(set, "true");
+    if (!conn) /* no input at all */
+        return 1;
+    int http = !strcmp(conn, "http");
+    return format ? !strcmp(format, "csv") : !http; /* a file is csv by default, HTTP json */
+}

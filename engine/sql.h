@@ -107,6 +107,12 @@ int program_parse(const char *text, struct program **out);
 void program_free(struct program *p);
 
 struct table *program_table(struct program *p, const char *name);
+/* Whether t only ever gets inserts: 'append_only' = 'true', or, unless it
+ * says 'false', a CSV input (a CSV line is an insert, there is no way to
+ * say delete). Its views keep only the extreme for MIN and MAX, and a
+ * delete for it is refused. */
+int table_append_only(const struct table *t);
+
 /* An option's value, or NULL. */
 const char *option_get(const struct sql_option *opts, size_t n, const char *key);
 

@@ -185,9 +185,9 @@ def test_program_errors_name_line_and_column(pipe):
 
 # ---- fault tolerance ----
 
-def start(pipe, *args):
+def start(pipe, *args, text=None):
     """Starts the pipeline and returns once it runs (its first log line: resumed, or not)."""
-    (pipe.dir / "prog.sql").write_text(program_text())
+    (pipe.dir / "prog.sql").write_text(text or program_text())
     proc = subprocess.Popen([program("ckptpipe"), "run", "prog.sql", "--storage", "state", *args],
                             cwd=pipe.dir, stderr=subprocess.PIPE,
                             env={**os.environ, "CKPTPIPE_VERBOSE": "1"})

@@ -62,7 +62,7 @@ def pipelines():
 
 
 def wait_status(port, ok, timeout=30):
-    deadline = time.monotonic() + timeout
+    deadline, st = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
             status, st = call(port, "GET", "/status")
