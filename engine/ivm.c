@@ -61,21 +61,28 @@ struct aggst {
 };
 
 struct group {
-    struct group *next; /* the hash chain */
     struct group *next_touched;
     uint64_t hash;
-    struct row *key; /* in the group's own block, after agg[] */
+    struct row *key; /* in the group's own block, right after the group */
     int64_t rows;
     int touched;
     struct row *before;
-    size_t dirty_at; /* invariant 4 */
-    int saved;       /* in the batches saved so far */
-    struct aggst agg[];
+    size_t dirty_at;   /* invariant 4 */
+    int saved;         /* in the batches saved so far */
+    struct aggst *agg; /* in the block too, after the key */
+};
+
+/* The groups' table: open addressing, linear probing, at most half full.
+ * A slot keeps the group's hash, so a probe past other groups reads the
+ * table alone, not their blocks. */
+struct slot {
+    uint64_t hash;
+    struct group *g; /* NULL: empty */
 };
 
 struct ivm {
     const struct view *v;
-    struct group **slots;
+    struct slot *slots;
     size_t nslots;
     uint64_t ngroups;
     struct group *touched;
@@ -190,18 +197,23 @@ static void group_free(const struct ivm *m, struct group *g)
     free(g);
 }
 
+static void place(struct slot *slots, size_t n, uint64_t h, struct group *g)
+{
+    size_t i = h & (n - 1);
+    while (slots[i].g)
+        i = (i + 1) & (n - 1);
+    slots[i] = (struct slot){ h, g };
+}
+
 static int grow_slots(struct ivm *m)
 {
     size_t n = m->nslots ? m->nslots * 2 : 1024;
-    struct group **slots = calloc(n, sizeof *slots);
+    struct slot *slots = calloc(n, sizeof *slots);
     if (!slots)
         return -ENOMEM;
     for (size_t i = 0; i < m->nslots; i++)
-        for (struct group *g = m->slots[i], *next; g; g = next) {
-            next = g->next;
-            g->next = slots[g->hash & (n - 1)];
-            slots[g->hash & (n - 1)] = g;
-        }
+        if (m->slots[i].g)
+            place(slots, n, m->slots[i].hash, m->slots[i].g);
     free(m->slots);
     m->slots = slots;
     m->nslots = n;
@@ -210,36 +222,51 @@ static int grow_slots(struct ivm *m)
 
 static struct group *find(struct ivm *m, const struct value *key, uint64_t h)
 {
-    for (struct group *g = m->slots[h & (m->nslots - 1)]; g; g = g->next)
-        if (g->hash == h && row_eq(g->key->v, key, m->v->ngroup))
-            return g;
+    size_t mask = m->nslots - 1;
+    for (size_t i = h & mask; m->slots[i].g; i = (i + 1) & mask)
+        if (m->slots[i].hash == h && row_eq(m->slots[i].g->key->v, key, m->v->ngroup))
+            return m->slots[i].g;
     return NULL;
 }
 
 static struct group *add_group(struct ivm *m, const struct value *key, uint64_t h)
 {
-    if (m->ngroups >= m->nslots && grow_slots(m))
+    if (2 * (m->ngroups + 1) > m->nslots && grow_slots(m))
         return NULL;
-    /* One block for the group, its aggregates and its key: a lookup touches one. */
-    size_t head = sizeof(struct group) + aggs_of(m->v) * sizeof(struct aggst);
-    head = (head + _Alignof(struct row) - 1) & ~(_Alignof(struct row) - 1);
-    struct group *g = calloc(1, head + row_size(key, m->v->ngroup));
+    /* One block: the group, its key (a lookup's key check touches the
+     * block's first bytes alone), then its aggregates. */
+    size_t key_at = (sizeof(struct group) + _Alignof(struct row) - 1) & ~(_Alignof(struct row) - 1);
+    size_t agg_at = key_at + row_size(key, m->v->ngroup);
+    agg_at = (agg_at + _Alignof(struct aggst) - 1) & ~(_Alignof(struct aggst) - 1);
+    struct group *g = calloc(1, agg_at + aggs_of(m->v) * sizeof(struct aggst));
     if (!g)
         return NULL;
-    g->key = row_init((struct row *)((char *)g + head), key, m->v->ngroup);
+    g->key = row_init((struct row *)((char *)g + key_at), key, m->v->ngroup);
+    g->agg = (struct aggst *)((char *)g + agg_at);
     g->hash = h;
-    g->next = m->slots[h & (m->nslots - 1)];
-    m->slots[h & (m->nslots - 1)] = g;
+    place(m->slots, m->nslots, h, g);
     m->ngroups++;
     return g;
 }
 
+/* Its slot emptied, and the groups probed past it moved up (backward-shift
+ * deletion: no tombstones in the table). */
 static void unlink_group(struct ivm *m, struct group *g)
 {
-    struct group **at = &m->slots[g->hash & (m->nslots - 1)];
-    while (*at != g)
-        at = &(*at)->next;
-    *at = g->next;
+    size_t mask = m->nslots - 1, i = g->hash & mask;
+    while (m->slots[i].g != g)
+        i = (i + 1) & mask;
+    for (size_t j = i;;) {
+        j = (j + 1) & mask;
+        if (!m->slots[j].g)
+            break;
+        size_t home = m->slots[j].hash & mask;
+        if (i <= j ? i < home && home <= j : i < home || home <= j)
+            continue; /* it may stay: its probe does not pass the hole */
+        m->slots[i] = m->slots[j];
+        i = j;
+    }
+    m->slots[i].g = NULL;
     m->ngroups--;
 }
 
@@ -464,11 +491,10 @@ int ivm_scan(struct ivm *m, ivm_emit_fn fn, void *arg)
 {
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < m->nslots; i++)
-        for (struct group *g = m->slots[i]; rc == 0 && g; g = g->next)
-            if (exists(m, g)) {
-                output(m, g);
-                rc = fn(arg, m->scratch, 1);
-            }
+        if (m->slots[i].g && exists(m, m->slots[i].g)) {
+            output(m, m->slots[i].g);
+            rc = fn(arg, m->scratch, 1);
+        }
     return rc;
 }
 
@@ -510,10 +536,8 @@ void ivm_free(struct ivm *m)
     if (!m)
         return;
     for (size_t i = 0; i < m->nslots; i++)
-        for (struct group *g = m->slots[i], *next; g; g = next) {
-            next = g->next;
-            group_free(m, g);
-        }
+        if (m->slots[i].g)
+            group_free(m, m->slots[i].g);
     for (size_t i = 0; i < m->ntombs; i++)
         row_free(m->tombs[i]);
     free(m->tombs);
@@ -620,8 +644,8 @@ int ivm_save(struct ivm *m, int base, struct buf *out)
     for (size_t i = 0; rc == 0 && !base && i < m->ndirty; i++)
         rc = put_group(out, m, m->dirty[i]);
     for (size_t i = 0; rc == 0 && base && i < m->nslots; i++)
-        for (struct group *g = m->slots[i]; rc == 0 && g; g = g->next)
-            rc = put_group(out, m, g);
+        if (m->slots[i].g)
+            rc = put_group(out, m, m->slots[i].g);
     if (rc == 0)
         rc = le_put(out, XXH3_64bits(out->data, out->len), 8);
     for (size_t i = 0; i < m->ntombs; i++)
