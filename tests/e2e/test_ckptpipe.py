@@ -259,6 +259,34 @@ def test_checkpoint_mode_loses_and_repeats_nothing_across_stops(pipe):
     assert len(os.listdir(pipe.dir / "state")) == 2 + 2  # catalog, batches/, two ckpt-*
 
 
+def test_checkpoint_mode_torture(pipe):
+    """Stops at random moments, each a SIGTERM (a checkpoint, then exit) or a SIGKILL (back to
+    the last checkpoint, inputs re-read from its positions): nothing is ever lost."""
+    seed = int(os.environ.get("CKPT_TORTURE_SEED", time.time()))
+    print(f"seed {seed}")  # pytest shows it on failure
+    rnd = random.Random(seed)
+    written = []
+    for round_ in range(int(os.environ.get("CKPT_TORTURE_ROUNDS", 20))):
+        proc = start(pipe, "--ft", "checkpoint", "--max-batch", str(rnd.choice([20, 300])))
+        recs = random_records(rnd.randint(50, 300), rnd.random())
+        feed(pipe, recs)
+        written += recs
+        time.sleep(rnd.uniform(0, 0.8))
+        if rnd.random() < 0.5:
+            proc.kill()
+            proc.wait()
+        else:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0, proc.stderr.read().decode()
+    proc = start(pipe, "--ft", "checkpoint")
+    try:
+        wait_consumed(pipe, proc, written, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+
+
 def test_at_least_once_survives_sigkill(pipe):
     seed = int(os.environ.get("CKPT_TORTURE_SEED", time.time()))
     print(f"seed {seed}")  # pytest shows it on failure
