@@ -22,7 +22,8 @@
  * or those changed since the last batch (a delta, applied over the batches
  * before it). Little-endian:
  *
- *   "CKIV" u8 version (1) u8 kind (1 base, 2 delta) u16 0 u32 items u64 records
+ *   "CKIV" u8 version (1) u8 kind (1 base, 2 delta) u16 flags u32 items u64 records
+ *   flags: 1 = MIN and MAX keep their extreme alone (an append-only table's)
  *   record: u8 tag (1 group, 2 tombstone), the key (the GROUP BY values),
  *           and for a group: i64 rows, then per aggregate item what it
  *           keeps: COUNT(e) i64 n; SUM and AVG i64 n, i128 isum (u64 low,
@@ -552,6 +553,7 @@ void ivm_free(struct ivm *m)
 
 #define BATCH_MAGIC   "CKIV"
 #define BATCH_VERSION 1
+#define F_EXTREMES    1
 
 static int put_f64(struct buf *b, double d)
 {
@@ -634,7 +636,10 @@ int ivm_save(struct ivm *m, int base, struct buf *out)
     uint64_t records = base ? m->ngroups : m->ntombs + m->ndirty;
     int rc = buf_append(out, BATCH_MAGIC, 4);
     if (rc == 0)
-        rc = le_put(out, BATCH_VERSION | (uint64_t)(base ? 1 : 2) << 8, 4);
+        rc = le_put(out,
+                    BATCH_VERSION | (uint64_t)(base ? 1 : 2) << 8 |
+                        (uint64_t)(m->extremes_only ? F_EXTREMES : 0) << 16,
+                    4);
     if (rc == 0)
         rc = le_put(out, m->v->nitems, 4);
     if (rc == 0)
@@ -764,6 +769,12 @@ int ivm_load(struct ivm *m, const void *data, size_t len)
     if ((head & 0xff) != BATCH_VERSION || items != m->v->nitems)
         return err_set(-EBADMSG, "view %s: a batch of version %u for %llu columns, not this view's",
                        m->v->name, (unsigned)(head & 0xff), (unsigned long long)items);
+    if ((head >> 16 & F_EXTREMES) && !m->extremes_only) /* its bags are not whole */
+        return err_set(-EINVAL,
+                       "view %s: saved when table %s was append-only (MIN and MAX kept their "
+                       "extreme alone); now that it takes deletes the view must be built "
+                       "afresh: start with a new storage directory",
+                       m->v->name, m->v->from->name);
     int rc = 0;
     untouch_all(m);
     for (uint64_t i = 0; rc == 0 && i < records; i++)

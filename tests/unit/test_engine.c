@@ -439,6 +439,14 @@ static void test_extremes_from_a_bag(void)
               rows.out.n ? rows.out.rows[0] : "nothing");
         ms_free(&rows.out);
     }
+    /* The other way, extremes alone into a view that takes deletes: refused. */
+    struct buf cut = { 0 };
+    struct ivm *c = NULL;
+    CHECK(ivm_save(b, 1, &cut) == 0 && ivm_new(&with_deletes->views[0], &c) == 0);
+    CHECK(ivm_load(c, cut.data, cut.len) == -EINVAL);
+    CHECK(strstr(err_msg(-EINVAL), "append-only") != NULL, "%s", err_msg(-EINVAL));
+    ivm_free(c);
+    buf_free(&cut);
     ms_free(&sink.out);
     buf_free(&batch);
     ivm_free(a);
