@@ -256,13 +256,16 @@ struct enc {
     struct buf inodes, dentries, xattrs, blocks;
     uint64_t n_inodes, n_dentries, n_xattrs, n_blocks;
     uint64_t last_ino, last_block_ino;
+    struct buf files; /* the regular files' inode numbers, ascending (u64 each) */
+    size_t at;        /* the first of them a block may still belong to */
 };
 
 static int enc_inode(void *arg, const struct ns_attr *a, const void *target, size_t target_len)
 {
     struct enc *e = arg;
     struct buf *b = &e->inodes;
-    int rc = put_u(b, a->ino - e->last_ino);
+    int rc = S_ISREG(a->mode) ? buf_append(&e->files, &a->ino, sizeof a->ino) : 0;
+    rc = rc ? rc : put_u(b, a->ino - e->last_ino);
     uint64_t f[] = { a->mode, a->uid, a->gid, a->nlink, a->size, a->rdev };
     for (size_t i = 0; rc == 0 && i < sizeof f / sizeof f[0]; i++)
         rc = put_u(b, f[i]);
@@ -304,9 +307,23 @@ static int enc_xattr(void *arg, uint64_t ino, const char *name, size_t name_len,
     return rc;
 }
 
+/* Whether ino is a file the snapshot holds. Blocks come in inode order, as
+ * the files did. A file unlinked while still open (or known to the kernel)
+ * keeps its blocks until it is released, but it is in no snapshot. */
+static int holds_file(struct enc *e, uint64_t ino)
+{
+    const uint64_t *v = (const uint64_t *)e->files.data;
+    size_t n = e->files.len / sizeof *v;
+    while (e->at < n && v[e->at] < ino)
+        e->at++;
+    return e->at < n && v[e->at] == ino;
+}
+
 static int enc_block(void *arg, uint64_t ino, uint64_t idx, const uint8_t name[CODEC_NAME_LEN])
 {
     struct enc *e = arg;
+    if (!holds_file(e, ino))
+        return 0;
     int rc = put_u(&e->blocks, ino - e->last_block_ino);
     if (rc == 0)
         rc = put_u(&e->blocks, idx);
@@ -352,6 +369,7 @@ int snapshot_encode(sqlite3 *reader, struct blocks *b, struct snapshot_id id, st
     buf_free(&e.dentries);
     buf_free(&e.xattrs);
     buf_free(&e.blocks);
+    buf_free(&e.files);
     return rc;
 }
 

@@ -239,3 +239,20 @@ def test_an_old_heartbeat_over_a_takeover_does_not_fence_the_new_writer(tmp_path
         assert listed[-1]["id"] == status(f.path)["last_snapshot"]
         r = mount("--read-only", name="reader")
         assert read_version(r.path) == 2
+
+
+def test_a_file_unlinked_while_open_is_in_no_snapshot(mounts):
+    """Its blocks stay until the last close, but a snapshot taken meanwhile holds neither the file
+    nor its blocks: readers and followers load it (a snapshot that named them was refused as
+    'a block lies outside its file')."""
+    w = mounts(name="writer")
+    write_version(w.path, 3)
+    sync(w.path)  # its blocks are clean: in the bucket
+    with open(f"{w.path}/data", "rb") as held:
+        os.unlink(f"{w.path}/data")
+        with open(f"{w.path}/kept", "wb") as f:
+            f.write(b"k")
+        sync(w.path)  # a snapshot while the unlinked file is still open
+        r = mounts("--read-only", name="reader")
+        assert sorted(os.listdir(r.path)) == ["kept"]
+        assert which_version(held.read()) == 3
