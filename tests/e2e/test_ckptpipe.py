@@ -207,6 +207,20 @@ def wait_consumed(pipe, proc, written, timeout=20):
     wait_output(pipe.dir / "out/bytes_per_user.jsonl", proc, written, timeout)
 
 
+def wait_status(port, ok, timeout=30):
+    """The pipeline's GET /status once ok(it) holds."""
+    deadline, st = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            status, st = call(port, "GET", "/status")
+            if status == 200 and ok(st):
+                return st
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the status never came as wanted: {st}")
+
+
 def wait_output(path, proc, written, timeout=20):
     deadline = time.monotonic() + timeout
     want = final_of(sqlite_view(written))
@@ -259,55 +273,52 @@ def test_checkpoint_mode_loses_and_repeats_nothing_across_stops(pipe):
     assert len(os.listdir(pipe.dir / "state")) == 2 + 2  # catalog, batches/, two ckpt-*
 
 
+def kill(proc, rnd):
+    proc.kill()  # SIGKILL: no last checkpoint
+    proc.wait()
+
+
+def torture(pipe, args, batches, records=400, pause=1.5, stop=kill):
+    """Rounds (CKPT_TORTURE_ROUNDS, 20) of: start with args and a --max-batch out of batches,
+    feed up to `records` records, wait up to `pause` s, stop(proc, rnd); then a last run must
+    consume everything, and stops cleanly. The seed is printed (CKPT_TORTURE_SEED replays
+    it). Returns the records written."""
+    seed = int(os.environ.get("CKPT_TORTURE_SEED", time.time()))
+    print(f"seed {seed}")  # pytest shows it on failure
+    rnd = random.Random(seed)
+    written = []
+    for round_ in range(int(os.environ.get("CKPT_TORTURE_ROUNDS", 20))):
+        proc = start(pipe, *args, "--max-batch", str(rnd.choice(batches)))
+        recs = random_records(rnd.randint(50, records), rnd.random())
+        feed(pipe, recs)
+        written += recs
+        time.sleep(rnd.uniform(0, pause))
+        stop(proc, rnd)
+    proc = start(pipe, *args)
+    try:
+        wait_consumed(pipe, proc, written, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+    assert proc.returncode == 0
+    return written
+
+
+def kill_or_stop(proc, rnd):
+    if rnd.random() < 0.5:
+        return kill(proc, rnd)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0, proc.stderr.read().decode()
+
+
 def test_checkpoint_mode_torture(pipe):
     """Stops at random moments, each a SIGTERM (a checkpoint, then exit) or a SIGKILL (back to
     the last checkpoint, inputs re-read from its positions): nothing is ever lost."""
-    seed = int(os.environ.get("CKPT_TORTURE_SEED", time.time()))
-    print(f"seed {seed}")  # pytest shows it on failure
-    rnd = random.Random(seed)
-    written = []
-    for round_ in range(int(os.environ.get("CKPT_TORTURE_ROUNDS", 20))):
-        proc = start(pipe, "--ft", "checkpoint", "--max-batch", str(rnd.choice([20, 300])))
-        recs = random_records(rnd.randint(50, 300), rnd.random())
-        feed(pipe, recs)
-        written += recs
-        time.sleep(rnd.uniform(0, 0.8))
-        if rnd.random() < 0.5:
-            proc.kill()
-            proc.wait()
-        else:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=20) == 0, proc.stderr.read().decode()
-    proc = start(pipe, "--ft", "checkpoint")
-    try:
-        wait_consumed(pipe, proc, written, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    assert proc.returncode == 0
+    torture(pipe, ("--ft", "checkpoint"), (20, 300), records=300, pause=0.8, stop=kill_or_stop)
 
 
 def test_at_least_once_survives_sigkill(pipe):
-    seed = int(os.environ.get("CKPT_TORTURE_SEED", time.time()))
-    print(f"seed {seed}")  # pytest shows it on failure
-    rnd = random.Random(seed)
-    written = []
-    for round_ in range(int(os.environ.get("CKPT_TORTURE_ROUNDS", 20))):
-        proc = start(pipe, "--ft", "at_least_once", "--checkpoint-interval", "1",
-                     "--max-batch", "50")
-        recs = random_records(rnd.randint(50, 400), rnd.random())
-        feed(pipe, recs)
-        written += recs
-        time.sleep(rnd.uniform(0, 1.5))
-        proc.kill()  # SIGKILL: no last checkpoint
-        proc.wait()
-    proc = start(pipe, "--ft", "at_least_once", "--checkpoint-interval", "1")
-    try:
-        wait_consumed(pipe, proc, written, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    assert proc.returncode == 0
+    torture(pipe, ("--ft", "at_least_once", "--checkpoint-interval", "1"), (50,))
 
 
 def test_no_checkpoint_refused_when_asked_and_damage_is_an_error(pipe):

@@ -5,7 +5,6 @@ worst instants equals, byte for byte, the output of a run never killed."""
 
 import json
 import os
-import random
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ import pytest
 from ckpt import program
 from test_ckptpipe import (call, changes, csv_line, feed, free_port, program_text,
                            random_records, rebuild, same, sqlite_view, start, start_http,
-                           wait_consumed, wait_output)
+                           torture, wait_consumed, wait_output, wait_status)
 
 OUT = "out/bytes_per_user.jsonl"
 
@@ -83,26 +82,8 @@ def test_crash_between_journal_and_output_and_a_torn_output(pipe, tmp_path):
 
 
 def test_sigkill_torture(pipe):
-    seed = int(os.environ.get("CKPT_TORTURE_SEED", time.time()))
-    print(f"seed {seed}")  # pytest shows it on failure
-    rnd = random.Random(seed)
-    written = []
     args = ("--ft", "exactly_once", "--checkpoint-interval", "1")
-    for round_ in range(int(os.environ.get("CKPT_TORTURE_ROUNDS", 20))):
-        proc = start(pipe, *args, "--max-batch", str(rnd.choice([7, 50, 400])))
-        recs = random_records(rnd.randint(50, 400), rnd.random())
-        feed(pipe, recs)
-        written += recs
-        time.sleep(rnd.uniform(0, 1.5))
-        proc.kill()
-        proc.wait()
-    proc = start(pipe, *args)
-    try:
-        wait_consumed(pipe, proc, written, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-    assert proc.returncode == 0
+    written = torture(pipe, args, (7, 50, 400))
     out = changes(pipe.dir / OUT)
     check_each_step_once(out)
     same(rebuild(out), sqlite_view(written))
@@ -298,7 +279,7 @@ def test_a_supervised_standby_comes_back_active(pipe):
                              f"127.0.0.1:{port}"], cwd=pipe.dir, stderr=subprocess.PIPE)
     written = random_records(300, 24)
     try:
-        st = wait_for_status(port, lambda s: s["state"] == "standby" and s["resumed_from"])
+        st = wait_status(port, lambda s: s["state"] == "standby" and s["resumed_from"])
         more = random_records(200, 25)
         feed(pipe, more)
         written += more
@@ -314,7 +295,7 @@ def test_a_supervised_standby_comes_back_active(pipe):
         feed(pipe, more)
         written += more
         wait_output(pipe.dir / OUT, proc, written)  # no POST /activate again
-        assert wait_for_status(port, lambda s: True)["state"] == "running"
+        assert wait_status(port, lambda s: True)["state"] == "running"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -322,16 +303,3 @@ def test_a_supervised_standby_comes_back_active(pipe):
     out = changes(pipe.dir / OUT)
     check_each_step_once(out)
     same(rebuild(out), sqlite_view(written))
-
-
-def wait_for_status(port, ok, timeout=20):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            status, st = call(port, "GET", "/status")
-            if status == 200 and ok(st):
-                return st
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the status never came as wanted")

@@ -15,7 +15,7 @@ import pytest
 from ckpt import ckptctl, program
 from fsmount import mount_factory
 from test_ckptpipe import (VIEW, call, changes, csv_line, free_port, random_records, rebuild,
-                           same, sqlite_view, wait_output)
+                           same, sqlite_view, wait_output, wait_status)
 from test_exactly_once import check_each_step_once
 
 OUT = "out/bytes_per_user.jsonl"
@@ -59,19 +59,6 @@ def pipelines():
     yield start
     for p in made:
         p.stop()
-
-
-def wait_status(port, ok, timeout=30):
-    deadline, st = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        try:
-            status, st = call(port, "GET", "/status")
-            if status == 200 and ok(st):
-                return st
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"status never as wanted: {st}")
 
 
 def test_failover_is_exactly_once(tmp_path, bucket, s3env, pipelines):
