@@ -59,6 +59,7 @@
 #include <zstd_errors.h>
 
 #include "util/err.h"
+#include "util/le.h"
 #include "util/hex.h"
 
 #define MAGIC        "CKCH"
@@ -138,20 +139,6 @@ static int ossl_fail(int err, const char *what)
         ERR_error_string_n(e, why, sizeof why);
     ERR_clear_error();
     return err_set(err, "%s failed: %s", what, why);
-}
-
-static void put_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t get_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
 }
 
 /* ---- keys and names ---------------------------------------------------- */
@@ -352,7 +339,7 @@ static int pack(const struct codec *c, struct ws *w, const uint8_t *data, size_t
     dst[OFF_VERSION] = VERSION;
     dst[OFF_FLAGS] = (uint8_t)((compressed ? F_COMPRESSED : 0) | (c->keyed ? F_ENCRYPTED : 0));
     dst[OFF_RESERVED] = dst[OFF_RESERVED + 1] = 0;
-    put_le64(dst + OFF_LENGTH, len);
+    le_store(dst + OFF_LENGTH, len, 8);
     *total = hlen + n;
 
     if (!c->keyed) {
@@ -412,7 +399,7 @@ static int parse(const struct codec *c, const uint8_t *p, size_t len, const char
         return err_set(-EBADMSG, "chunk %s: damaged header (unknown flags 0x%02x)", hex, h->flags);
 
     int encrypted = h->flags & F_ENCRYPTED;
-    uint64_t plain = get_le64(p + OFF_LENGTH);
+    uint64_t plain = le_load(p + OFF_LENGTH, 8);
     h->start = p;
     h->hlen = encrypted ? HDR_ENC : HDR_PLAIN;
     size_t tlen = encrypted ? TAG_LEN : 0;

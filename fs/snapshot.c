@@ -51,6 +51,7 @@
 #include <sys/stat.h>
 
 #include "util/err.h"
+#include "util/le.h"
 #include "util/hmap.h"
 
 #define MAGIC      "CKSN"
@@ -188,12 +189,6 @@ static int put_s(struct buf *b, const void *p, size_t n)
 {
     int rc = put_u(b, n);
     return rc ? rc : buf_append(b, p, n);
-}
-
-static void put_le(uint8_t *p, uint64_t v, int n)
-{
-    for (int i = 0; i < n; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
 }
 
 /* A cursor over the plaintext; any read past the end marks it bad. */
@@ -351,10 +346,10 @@ int snapshot_encode(sqlite3 *reader, struct blocks *b, struct snapshot_id id, st
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     h[4] = VERSION;
-    put_le(h + 8, id.epoch, 8);
-    put_le(h + 16, id.seq, 8);
-    put_le(h + 24, (uint64_t)((int64_t)now.tv_sec * 1000000000 + now.tv_nsec), 8);
-    put_le(h + 32, blocks_block_size(b), 4);
+    le_store(h + 8, id.epoch, 8);
+    le_store(h + 16, id.seq, 8);
+    le_store(h + 24, (uint64_t)((int64_t)now.tv_sec * 1000000000 + now.tv_nsec), 8);
+    le_store(h + 32, blocks_block_size(b), 4);
     if (rc == 0)
         rc = buf_append(out, h, sizeof h);
     if (rc == 0)
@@ -604,14 +599,6 @@ static int load_sections(struct load *l)
     return rc;
 }
 
-static uint64_t get_le(const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = n - 1; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static int read_header(struct load *l, size_t block_size)
 {
     const uint8_t *h = get_bytes(&l->c, HEADER_LEN);
@@ -620,9 +607,9 @@ static int read_header(struct load *l, size_t block_size)
     if (h[4] != VERSION)
         return err_set(-EPROTONOSUPPORT, "snapshot format version %u is not one this build reads",
                        h[4]);
-    l->info->id = (struct snapshot_id){ get_le(h + 8, 8), get_le(h + 16, 8) };
-    l->info->created_ns = (int64_t)get_le(h + 24, 8);
-    l->info->block_size = (uint32_t)get_le(h + 32, 4);
+    l->info->id = (struct snapshot_id){ le_load(h + 8, 8), le_load(h + 16, 8) };
+    l->info->created_ns = (int64_t)le_load(h + 24, 8);
+    l->info->block_size = (uint32_t)le_load(h + 32, 4);
     if (l->info->block_size == 0)
         return bad("the block size is 0");
     if (block_size && l->info->block_size != block_size)

@@ -14,13 +14,18 @@ int le_put(struct buf *b, uint64_t v, int bytes)
     return buf_append(b, le, (size_t)bytes);
 }
 
+uint64_t le_load(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
 uint64_t le_get(struct le_reader *r, int bytes)
 {
     const uint8_t *p = le_take(r, (size_t)bytes);
-    uint64_t v = 0;
-    for (int i = 0; p && i < bytes; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
+    return p ? le_load(p, bytes) : 0;
 }
 
 const uint8_t *le_take(struct le_reader *r, size_t n)

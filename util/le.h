@@ -1,6 +1,7 @@
 /*
- * Little-endian integers in byte buffers: what the engine's file formats
- * (batches, the journal) are written in, whatever the machine's own order.
+ * Little-endian integers in byte buffers: what the file formats (chunk
+ * headers, snapshots, ckptpipe's batches and journal) are written in,
+ * whatever the machine's own order.
  */
 #ifndef CKPT_UTIL_LE_H
 #define CKPT_UTIL_LE_H
@@ -12,6 +13,9 @@
 
 /* Stores the low `bytes` (1 to 8) bytes of v at p. */
 void le_store(uint8_t *p, uint64_t v, int bytes);
+
+/* The `bytes` (1 to 8) bytes at p as a number. */
+uint64_t le_load(const uint8_t *p, int bytes);
 
 /* Appends the low `bytes` (1 to 8) bytes of v. Returns 0 or -ENOMEM. */
 int le_put(struct buf *b, uint64_t v, int bytes);
