@@ -38,6 +38,7 @@
 
 #include "util/buf.h"
 #include "util/err.h"
+#include "util/files.h"
 #include "util/paths.h"
 
 #define KEEP      2  /* committed checkpoints kept, as Feldera keeps them */
@@ -66,17 +67,7 @@ struct ckpt {
 
 static int io_fail(const char *what, const char *path)
 {
-    int e = errno == ENOSPC || errno == EROFS ? -errno : -EIO;
-    return err_set(e, "%s %s: %s", what, path, strerror(errno));
-}
-
-static int sync_dir(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd < 0 || fsync(fd) ? io_fail("cannot sync", path) : 0;
-    if (fd >= 0)
-        close(fd);
-    return rc;
+    return err_set(-errno, "%s %s: %s", what, path, strerror(errno));
 }
 
 /* path.mut written, fsynced, renamed to path (the directory's sync is the caller's). */
@@ -88,15 +79,7 @@ static int write_file(const char *path, const void *data, size_t len)
     int fd = open(mut, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
         return io_fail("cannot create", mut);
-    const char *p = data;
-    int rc = 0;
-    for (size_t left = len; rc == 0 && left;) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0 && errno != EINTR)
-            rc = io_fail("cannot write", mut);
-        if (n > 0)
-            p += n, left -= (size_t)n;
-    }
+    int rc = write_full(fd, data, len, -1, NULL, mut);
     if (rc == 0 && fsync(fd))
         rc = io_fail("cannot sync", mut);
     close(fd);
@@ -113,19 +96,7 @@ static int read_file(const char *path, struct buf *out)
     if (fd < 0)
         return errno == ENOENT ? err_set(-ENOENT, "%s is missing", path)
                                : io_fail("cannot open", path);
-    int rc = 0;
-    for (;;) {
-        if ((rc = buf_reserve(out, 1 << 20)) != 0)
-            break;
-        ssize_t n = read(fd, out->data + out->len, out->cap - out->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            rc = io_fail("cannot read", path);
-        if (n <= 0)
-            break;
-        out->len += (size_t)n;
-    }
+    int rc = read_full(fd, out, path);
     close(fd);
     return rc;
 }

@@ -8,9 +8,9 @@
  * CATALOG_NAME, in ckptfs's --publish-on and each commit is in the bucket
  * when it returns.
  *
- * Errors: negative errno with the thread's message: -EIO naming the file
- * for I/O, -EBADMSG for a catalog, manifest or batch that is damaged (never
- * a silent fresh start), -ENOENT for a checkpoint that is not there.
+ * Errors: negative errno with the thread's message: the failing call's
+ * (-EIO, -ENOSPC, -EROFS ...) naming the file for I/O, -EBADMSG for a catalog, manifest or batch
+ * that is damaged (never a silent fresh start), -ENOENT for a checkpoint that is not there.
  */
 #ifndef CKPT_ENGINE_CHECKPOINT_H
 #define CKPT_ENGINE_CHECKPOINT_H

@@ -39,6 +39,7 @@
 
 #include "util/buf.h"
 #include "util/err.h"
+#include "util/files.h"
 #include "util/le.h"
 #include "util/paths.h"
 
@@ -53,8 +54,9 @@ struct journal {
     char *dir;
     int read_only;
     int replayed;
-    int fd;       /* the segment being appended to, or -1: the next append starts one */
-    uint64_t len; /* its length */
+    int fd;              /* the segment being appended to, or -1: the next append starts one */
+    char path[PATH_MAX]; /* its path */
+    uint64_t len;        /* its length */
     uint64_t last_step;
     struct buf scratch;
 };
@@ -64,10 +66,14 @@ struct segment {
     char name[NAME_LEN];
 };
 
-static int io_fail(const char *what, const char *dir, const char *name)
+static int io_fail(const char *what, const char *path)
 {
-    return err_set(errno == ENOSPC ? -ENOSPC : -EIO, "%s %s/%s: %s", what, dir, name,
-                   strerror(errno));
+    return err_set(-errno, "%s %s: %s", what, path, strerror(errno));
+}
+
+static void segment_path(const struct journal *j, const char *name, char out[PATH_MAX])
+{
+    snprintf(out, PATH_MAX, "%s/%s", j->dir, name);
 }
 
 int journal_open(const char *dir, int read_only, struct journal **out)
@@ -117,7 +123,7 @@ static int list_segments(const struct journal *j, struct segment **v, size_t *n)
     *n = 0;
     DIR *d = opendir(j->dir);
     if (!d)
-        return errno == ENOENT ? 0 : io_fail("cannot list", j->dir, "");
+        return errno == ENOENT ? 0 : io_fail("cannot list", j->dir);
     struct dirent *e;
     int rc = 0;
     while (rc == 0 && (e = readdir(d))) {
@@ -134,23 +140,6 @@ static int list_segments(const struct journal *j, struct segment **v, size_t *n)
     if (rc == 0 && *n)
         qsort(*v, *n, sizeof **v, by_first);
     return rc;
-}
-
-static int read_all(int fd, struct buf *b, const char *dir, const char *name)
-{
-    buf_reset(b);
-    for (;;) {
-        if (buf_reserve(b, 1 << 20))
-            return -ENOMEM;
-        ssize_t n = pread(fd, b->data + b->len, b->cap - b->len, (off_t)b->len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return io_fail("cannot read", dir, name);
-        if (n == 0)
-            return 0;
-        b->len += (size_t)n;
-    }
 }
 
 /* ---- entries ---- */
@@ -304,7 +293,7 @@ static int replay_bytes(struct replaying *r, const struct segment *s, const stru
     *good = 0;
     if (b->len < HEAD_LEN || memcmp(b->data, MAGIC, 4))
         return 0;
-    if (le_get(&(struct le_reader){ b->data + 4, b->data + 8, 0 }, 4) != VERSION)
+    if (le_load(b->data + 4, 4) != VERSION)
         return err_set(-EBADMSG, "%s/%s: journal version %u, this ckptpipe reads version %d",
                        r->j->dir, s->name, (unsigned)b->data[4], VERSION);
     size_t at = HEAD_LEN;
@@ -343,7 +332,8 @@ static int replay_bytes(struct replaying *r, const struct segment *s, const stru
 }
 
 /* A torn end of the last segment goes; anywhere else it is damage. */
-static int torn(struct replaying *r, const struct segment *s, int fd, size_t good, int last)
+static int torn(struct replaying *r, const struct segment *s, int fd, size_t good, int last,
+                const char *path)
 {
     if (!last)
         return err_set(-EBADMSG, "%s/%s is damaged at byte %zu (a later segment follows)",
@@ -351,22 +341,23 @@ static int torn(struct replaying *r, const struct segment *s, int fd, size_t goo
     if (r->j->read_only)
         return 0;
     if (ftruncate(fd, (off_t)good) || fdatasync(fd))
-        return io_fail("cannot cut the torn end of", r->j->dir, s->name);
+        return io_fail("cannot cut the torn end of", path);
     return 0;
 }
 
 static int replay_segment(struct replaying *r, const struct segment *s, int last)
 {
     char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", r->j->dir, s->name);
+    segment_path(r->j, s->name, path);
     int fd = open(path, (r->j->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (fd < 0)
-        return io_fail("cannot open", r->j->dir, s->name);
+        return io_fail("cannot open", path);
     size_t good = 0;
-    int rc = read_all(fd, &r->j->scratch, r->j->dir, s->name);
+    buf_reset(&r->j->scratch);
+    int rc = read_full(fd, &r->j->scratch, path);
     rc = rc ? rc : replay_bytes(r, s, &r->j->scratch, &good);
     if (rc == 0 && good < r->j->scratch.len)
-        rc = torn(r, s, fd, good, last);
+        rc = torn(r, s, fd, good, last, path);
     close(fd);
     return rc;
 }
@@ -391,40 +382,18 @@ int journal_replay(struct journal *j, uint64_t after, journal_fn fn, void *arg)
 
 /* ---- appending ---- */
 
-static int sync_dir(const char *dir)
+static int start_segment(struct journal *j, uint64_t step)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd < 0 || fsync(fd) ? io_fail("cannot sync", dir, "") : 0;
-    if (fd >= 0)
-        close(fd);
-    return rc;
-}
-
-static int write_at(int fd, const uint8_t *p, size_t n, uint64_t at)
-{
-    while (n) {
-        ssize_t w = pwrite(fd, p, n, (off_t)at);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return -1;
-        p += w, n -= (size_t)w, at += (uint64_t)w;
-    }
-    return 0;
-}
-
-static int start_segment(struct journal *j, uint64_t step, char *name)
-{
-    char path[PATH_MAX];
+    char name[NAME_LEN];
     uint8_t head[HEAD_LEN] = MAGIC;
     le_store(head + 4, VERSION, 4);
     snprintf(name, NAME_LEN, "%016" PRIx64 ".jnl", step);
-    snprintf(path, sizeof path, "%s/%s", j->dir, name);
-    j->fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    segment_path(j, name, j->path);
+    j->fd = open(j->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (j->fd < 0)
-        return io_fail("cannot create", j->dir, name);
-    if (write_at(j->fd, head, HEAD_LEN, 0)) {
-        int rc = io_fail("cannot write", j->dir, name);
+        return io_fail("cannot create", j->path);
+    int rc = write_full(j->fd, head, HEAD_LEN, 0, NULL, j->path);
+    if (rc) {
         close(j->fd);
         j->fd = -1;
         return rc;
@@ -435,7 +404,6 @@ static int start_segment(struct journal *j, uint64_t step, char *name)
 
 int journal_append(struct journal *j, const struct journal_entry *e)
 {
-    char name[NAME_LEN] = "";
     if (j->read_only || !j->replayed || e->step != j->last_step + 1)
         return err_set(-EINVAL,
                        "journal: step %" PRIu64 " cannot follow step %" PRIu64
@@ -444,12 +412,12 @@ int journal_append(struct journal *j, const struct journal_entry *e)
     int fresh = j->fd < 0 || j->len > SEGMENT_MAX;
     if (fresh && j->fd >= 0)
         close(j->fd), j->fd = -1;
-    int rc = fresh ? start_segment(j, e->step, name) : 0;
+    int rc = fresh ? start_segment(j, e->step) : 0;
     rc = rc ? rc : encode(&j->scratch, e);
-    if (rc == 0 && write_at(j->fd, j->scratch.data, j->scratch.len, j->len))
-        rc = io_fail("cannot write to", j->dir, name[0] ? name : "the journal");
+    rc = rc ? rc
+            : write_full(j->fd, j->scratch.data, j->scratch.len, (int64_t)j->len, NULL, j->path);
     if (rc == 0 && fdatasync(j->fd))
-        rc = io_fail("cannot sync", j->dir, name[0] ? name : "the journal");
+        rc = io_fail("cannot sync", j->path);
     if (rc == 0 && fresh)
         rc = sync_dir(j->dir);
     if (rc) { /* no torn entry stays where a later one could follow it */
@@ -474,9 +442,9 @@ int journal_checkpointed(struct journal *j, uint64_t oldest)
     int rc = oldest ? list_segments(j, &segs, &n) : 0;
     for (size_t i = 0; oldest && rc == 0 && i + 1 < n && segs[i + 1].first <= oldest + 1; i++) {
         char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/%s", j->dir, segs[i].name);
+        segment_path(j, segs[i].name, path);
         if (unlink(path) && errno != ENOENT)
-            rc = io_fail("cannot delete", j->dir, segs[i].name);
+            rc = io_fail("cannot delete", path);
     }
     if (oldest)
         free(segs);

@@ -13,6 +13,7 @@
 
 #include "util/buf.h"
 #include "util/err.h"
+#include "util/files.h"
 #include "util/paths.h"
 
 struct output {
@@ -154,16 +155,11 @@ int output_end(struct output *o, uint64_t at)
     uint64_t have = o->length - at; /* of this step's bytes, already in the file */
     const uint8_t *p = o->lines.data + (have < o->lines.len ? have : o->lines.len);
     size_t left = have < o->lines.len ? o->lines.len - (size_t)have : 0;
-    while (left) {
-        ssize_t n = write(o->fd, p, left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return err_set(-EIO, "view %s: writing %s: %s", o->v->name, o->path, strerror(errno));
-        p += n;
-        left -= (size_t)n;
-        o->length += (uint64_t)n;
-    }
+    size_t done;
+    int rc = write_full(o->fd, p, left, -1, &done, o->path);
+    o->length += done;
+    if (rc)
+        return err_wrap(rc, "view %s", o->v->name);
     buf_reset(&o->lines);
     return 0;
 }
