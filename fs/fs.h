@@ -74,18 +74,18 @@ struct fs {
     struct publisher *pub;
     struct fuse_session *se; /* for notifications to the kernel */
     enum sync_mode sync;
-    const char *publish_on; /* a glob matched against names, or NULL */
-    int codec_keyed;        /* chunks are encrypted */
-    int read_only;          /* changes refused (fs_read_only); a --read-only mount never
-                               writes to the bucket */
-    int following;          /* --follow, until promoted (fs_following) */
-    int half_switched;      /* a follower's switch failed between its tables: no opens
-                               (guarded by freeze) */
-    struct follow *follow;  /* the follower's thread, or NULL */
-    struct writer *writer;  /* a writable or promoted mount's running parts, or NULL */
-    struct bootstrap *boot; /* how it started: what a promotion continues from */
-    struct snapview *views; /* MOUNTPOINT/.snapshots */
-    int pinned;             /* read-only at the snapshot below, not the newest */
+    char *const *publish_on; /* globs matched against names, NULL-terminated, or NULL */
+    int codec_keyed;         /* chunks are encrypted */
+    int read_only;           /* changes refused (fs_read_only); a --read-only mount never
+                                writes to the bucket */
+    int following;           /* --follow, until promoted (fs_following) */
+    int half_switched;       /* a follower's switch failed between its tables: no opens
+                                (guarded by freeze) */
+    struct follow *follow;   /* the follower's thread, or NULL */
+    struct writer *writer;   /* a writable or promoted mount's running parts, or NULL */
+    struct bootstrap *boot;  /* how it started: what a promotion continues from */
+    struct snapview *views;  /* MOUNTPOINT/.snapshots */
+    int pinned;              /* read-only at the snapshot below, not the newest */
     struct snapshot_id snapshot;
     unsigned caps; /* STORE_CAP_* of the server */
 

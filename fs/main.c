@@ -95,7 +95,8 @@ struct cli {
     unsigned follow_ms;          /* --follow's poll interval, 0 without it */
     struct snapshot_id snapshot; /* its ID */
     enum sync_mode sync;
-    char *publish_on; /* globs, '|' between them */
+    char **publish_on; /* --publish-on's globs, NULL-terminated (NULL: none) */
+    size_t npublish;
     unsigned interval_s;
     int level;
     const char *key_file;
@@ -150,6 +151,23 @@ static int parse_size(const char *what, const char *v, uint64_t *out)
 
 /* One ckptfs option by name, as --name VALUE or -o name=VALUE. Returns 1 if
  * taken, 0 if not ours, -EINVAL if its value is wrong. */
+/* --publish-on's value: one glob, or several joined by '|'. */
+static int add_globs(struct cli *c, const char *v)
+{
+    for (const char *g = v; g;) {
+        const char *bar = strchr(g, '|');
+        char **more = realloc(c->publish_on, (c->npublish + 2) * sizeof *more);
+        if (!more)
+            return -ENOMEM;
+        c->publish_on = more;
+        if (!(more[c->npublish] = strndup(g, bar ? (size_t)(bar - g) : strlen(g))))
+            return -ENOMEM;
+        more[++c->npublish] = NULL;
+        g = bar ? bar + 1 : NULL;
+    }
+    return 0;
+}
+
 static int set_option(struct cli *c, const char *name, const char *v)
 {
     unsigned n = 0;
@@ -162,12 +180,8 @@ static int set_option(struct cli *c, const char *name, const char *v)
             return err_set(-EINVAL, "--sync: '%s' is neither local nor remote", v);
         c->sync = v[0] == 'r' ? SYNC_REMOTE : SYNC_LOCAL;
     } else if (!strcmp(name, "publish-on") || !strcmp(name, "publish_on")) {
-        char *all = NULL;
-        if (asprintf(&all, "%s%s%s", c->publish_on ? c->publish_on : "", c->publish_on ? "|" : "",
-                     v) < 0)
-            return -ENOMEM;
-        free(c->publish_on);
-        c->publish_on = all;
+        if ((rc = add_globs(c, v)) != 0)
+            return rc;
     } else if (!strcmp(name, "snapshot-interval") || !strcmp(name, "snapshot_interval")) {
         /* At most a quarter of gc's least grace (cache/remote.h): a chunk uploaded ahead
          * is named by a snapshot long before gc may take it for garbage. */
@@ -583,6 +597,8 @@ int main(int argc, char **argv)
         return fail("out of memory");
     rc = run(&c);
     free(c.cache_dir);
+    for (size_t i = 0; i < c.npublish; i++)
+        free(c.publish_on[i]);
     free(c.publish_on);
     free(c.o_copy);
     return rc;

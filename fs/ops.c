@@ -112,21 +112,11 @@ static int64_t nsec(struct timespec ts)
 
 /* ---- publishing on demand ---- */
 
-/* --publish-on's globs are joined by '|' (given several times, or so). */
 static int publish_wanted(struct fs *fs, const char *name)
 {
-    char glob[PATH_MAX];
-    for (const char *g = fs->publish_on; g && name;) {
-        const char *bar = strchr(g, '|');
-        size_t n = bar ? (size_t)(bar - g) : strlen(g);
-        if (n < sizeof glob) {
-            memcpy(glob, g, n);
-            glob[n] = '\0';
-            if (fnmatch(glob, name, 0) == 0)
-                return 1;
-        }
-        g = bar ? bar + 1 : NULL;
-    }
+    for (char *const *g = fs->publish_on; g && *g && name; g++)
+        if (fnmatch(*g, name, 0) == 0)
+            return 1;
     return 0;
 }
 
