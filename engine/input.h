@@ -76,6 +76,10 @@ struct input_span {
  * step's. input_commit_step: the span is accounted for (by the journal, or
  * by a checkpoint of the position). */
 void input_begin_step(struct input *in);
+
+/* Spans carry the hash of their bytes from now on (exactly_once's journal
+ * checks replays with it); without, the hash is 0 and costs nothing. */
+void input_hash_spans(struct input *in);
 void input_commit_step(struct input *in);
 void input_get_span(const struct input *in, struct input_span *s);
 

@@ -85,6 +85,9 @@ static int open_connectors(struct pipeline *p)
     for (size_t i = 0; rc == 0 && i < g->ntables; i++)
         if (option_get(g->tables[i]->opts, g->tables[i]->nopts, "connector"))
             rc = input_open(g->tables[i], &p->inputs[i]);
+    for (size_t i = 0; rc == 0 && p->ft == FT_EXACTLY_ONCE && i < g->ntables; i++)
+        if (p->inputs[i])
+            input_hash_spans(p->inputs[i]);
     for (size_t i = 0; rc == 0 && i < g->nviews; i++)
         rc = ivm_new(&g->views[i], &p->views[i]);
     return rc;
