@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,8 @@ from fsmount import CkptfsMount, is_mounted  # noqa: E402
 from swift_server import ACCESS_LOG_NAME, SwiftServer  # noqa: E402
 
 from mount_bench import (MIB, WORK, ckptfs_mount, commit_file, cpu_of, dd_write,  # noqa: E402
-                         peak_rss_mib, rclone_config, s3fs_mount, timed, write_checkpoint)
+                         peak_rss_mib, rclone_config, s3fs_mount, stop_process, timed,
+                         write_checkpoint)
 
 GIB = 1 << 30
 DOCS = os.path.join(REPO, "docs")
@@ -121,12 +121,7 @@ def peer_daemon(proc, mnt):
         yield mnt
     finally:
         subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
 

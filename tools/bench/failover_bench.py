@@ -8,7 +8,6 @@ at_least_once on ckptfs (no journal) and exactly_once on the local disk."""
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import urllib.request
 from cache_bench import buckets, ckptfs_at
 from ckpt import ckptctl, program
 from engine_bench import write_clicks
-from mount_bench import WORK
+from mount_bench import WORK, stop_process
 
 GROUPS = 100_000       # the state: one group per user
 RATE = 20_000          # records per second fed while the primary runs
@@ -74,13 +73,7 @@ def engine(cwd, *args):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 class Feeder(threading.Thread):

@@ -21,6 +21,18 @@ MIB = 1 << 20
 WORK = "/var/tmp"  # the machine's disk (/tmp may be anything); caches and local copies go here
 
 
+def stop_process(proc, timeout=60):
+    """SIGTERM, and SIGKILL if proc has not exited within timeout seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def timed(fn):
     t0 = time.monotonic()
     fn()
@@ -257,8 +269,7 @@ def bench_smallfiles(args, server):
                 rows["s3fs (Swift)"].append(small_files(f"{d}/s3fs/t", n_s3fs))
             finally:
                 subprocess.run(["fusermount3", "-u", f"{d}/s3fs"], capture_output=True)
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(30)
+                stop_process(proc, 30)
         print(f"smallfiles: run {run + 1}/{args.runs}", file=sys.stderr)
     med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
            for k, v in rows.items()}
