@@ -30,8 +30,8 @@
  *      bytes under a CLEAN row. A write to a DIRTY block touches no row.
  *   2. A write to a REMOTE block that does not cover all of its old bytes
  *      first fetches the chunk into the data file; then as 1.
- *   3. A read of a REMOTE block fetches the chunk, verified against its
- *      name, into the data file: REMOTE -> CLEAN.
+ *   3. A read of a REMOTE block fetches the chunk, checked (codec.h), into
+ *      the data file: REMOTE -> CLEAN.
  *   4. Truncation removes the blocks past the new end; a block cut in two
  *      is written (as 1 or 2).
  *   5. Publishing a snapshot turns DIRTY blocks CLEAN (below).

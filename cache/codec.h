@@ -5,13 +5,18 @@
  * A chunk is named by a 32-byte digest of its plaintext: SHA-256, or, when
  * encrypting, HMAC-SHA-256 under a key derived from the encryption key (a
  * plain hash of the plaintext would let anyone holding the bucket confirm a
- * guess of a chunk's content). Decoding checks the name: a chunk whose
- * content does not match its name is an error, never data.
+ * guess of a chunk's content). Decoding checks that a chunk is the one its
+ * name says: by its GCM tag when encrypted, else by a checksum bound to the
+ * name (the rules are at the top of codec.c); a chunk that fails is an error,
+ * never data. Decoding does not recompute the name, which costs a SHA-256
+ * pass: callers that must know the name is right (ckptctl verify) call
+ * codec_name on the plaintext.
  *
  * A codec is thread-safe: any number of threads may encode and decode at once.
  *
  * Errors (negative errno, with the thread's message set, util/err.h):
- *   -EBADMSG          damaged: bad magic, truncated, bad tag, or content not matching its name
+ *   -EBADMSG          damaged: bad magic, truncated, bad tag, or content not matching its
+ *                     checksum (or, in a version 1 chunk, its name)
  *   -EPROTONOSUPPORT  a format version this build does not know
  *   -ENOKEY           the chunk is encrypted and the codec has no key
  *   -EINVAL           bad argument (level out of range, chunk too large)
@@ -49,7 +54,7 @@ int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t na
                  struct buf *out);
 
 /* Appends the plaintext of an encoded chunk to out, after checking that it is
- * whole, authentic (when encrypted) and named name. On error out is unchanged. */
+ * whole and the chunk named name (see above). On error out is unchanged. */
 int codec_decode(struct codec *c, const void *enc, size_t len, const uint8_t name[CODEC_NAME_LEN],
                  struct buf *out);
 

@@ -52,7 +52,7 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
  * without putting it again (REMOTE_DEDUP_SECS). */
 int remote_fresh(struct remote *r, const uint8_t name[CODEC_NAME_LEN]);
 
-/* Appends the plaintext of chunk name to out, verified against its name. */
+/* Appends the plaintext of chunk name to out, checked as codec.h says. */
 int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out);
 
 /* The same into chunk (its buffer is used as is when big enough), without

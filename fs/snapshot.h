@@ -72,7 +72,7 @@ int snapshot_encode(sqlite3 *reader, struct blocks *b, struct snapshot_id id, st
 int snapshot_publish(struct store *s, struct codec *c, struct snapshot_id id,
                      const struct buf *plain, int if_absent);
 
-/* Fetches and decodes snapshot id into plain (checked against its name). */
+/* Fetches and decodes snapshot id into plain (checked as cache/codec.h says). */
 int snapshot_fetch(struct store *s, struct codec *c, struct snapshot_id id, struct buf *plain);
 
 /* What a loaded snapshot said about itself. */

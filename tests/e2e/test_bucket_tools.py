@@ -11,6 +11,7 @@ import struct
 import subprocess
 
 import pytest
+import xxhash
 
 from ckpt import ckptctl, one_line_error
 from fsmount import CkptfsMount, mount_factory
@@ -159,6 +160,31 @@ def test_verify_finds_missing_and_damaged_chunks(mounts):
     assert "damaged" in err and chunks[1].name in err
     assert "PROBLEMS FOUND" in p.stdout.decode()
     assert "0 damaged snapshots, 2 missing or damaged chunks" in err
+
+
+def test_verify_recomputes_names(mounts):
+    """A chunk whose checksum holds but whose content is not what its name says, as a writer
+    that named it wrong would leave: a mount's fetch checks the checksum only; verify finds it."""
+    publish(mounts, make_tree)
+    raw = [p for p in chunk_files(mounts.bucket) if p.stat().st_size > 4096
+           and p.read_bytes()[4:6] == bytes([2, 0])]  # version 2, neither compressed nor encrypted
+    assert raw, "make_tree's random bytes should give raw chunks"
+    chunk = bytearray(raw[0].read_bytes())
+    name = bytes.fromhex(raw[0].name)
+
+    def checksum(plain):  # the layout drawn in cache/codec.c
+        h = xxhash.xxh3_128_intdigest(bytes(plain), seed=xxhash.xxh3_64_intdigest(name))
+        return struct.pack("<QQ", h & (2**64 - 1), h >> 64)
+    assert checksum(chunk[32:]) == chunk[16:32]
+    assert hashlib.sha256(chunk[32:]).digest() == name
+    chunk[32] ^= 1
+    chunk[16:32] = checksum(chunk[32:])
+    raw[0].write_bytes(bytes(chunk))
+    p = ckptctl("verify", mounts.url)
+    err = p.stderr.decode()
+    assert p.returncode == 1, err
+    assert "content does not match its name" in err and raw[0].name in err
+    assert "0 damaged snapshots, 1 missing or damaged chunks" in err
 
 
 def test_tools_on_swift(mounts, bucket, s3env, tmp_path):

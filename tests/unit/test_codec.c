@@ -24,6 +24,7 @@
 #include <openssl/hmac.h>
 #include <openssl/kdf.h>
 #include <openssl/sha.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #include "check.h"
@@ -52,7 +53,8 @@ static const char *describe(const char *fmt, ...)
     return s;
 }
 
-#define HDR_PLAIN 16
+#define HDR_PLAIN 32 /* version 2, not encrypted: with the checksum */
+#define HDR_V1    16 /* version 1, not encrypted */
 #define HDR_ENC   28
 #define TAG_LEN   16
 #define MiB       (1u << 20)
@@ -134,14 +136,43 @@ static uint64_t le64(const uint8_t *p)
     return v;
 }
 
-/* Returns the plaintext (malloc'ed, *len set) or NULL. */
-static uint8_t *ref_decode(const uint8_t *key, const uint8_t *enc, size_t n, const uint8_t name[32],
-                           size_t *len)
+static void le64_store(uint8_t *p, uint64_t v)
 {
-    if (n < HDR_PLAIN || memcmp(enc, "CKCH", 4) != 0 || enc[4] != 1)
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+/* A version 2 chunk's checksum, from the layout's words. */
+static void ref_checksum(const void *data, size_t len, const uint8_t name[32], uint8_t sum[16])
+{
+    XXH128_hash_t x = XXH3_128bits_withSeed(data, len, XXH3_64bits(name, 32));
+    le64_store(sum, x.low64);
+    le64_store(sum + 8, x.high64);
+}
+
+/* Checks what the layout says a plaintext is checked by: the checksum in a
+ * version 2 chunk not encrypted, the name in version 1 (the tag was checked). */
+static int ref_check(const uint8_t *key, const uint8_t *enc, const uint8_t name[32],
+                     const uint8_t *plain, size_t len)
+{
+    uint8_t want[32];
+    if (enc[4] == 1) {
+        ref_name(key, plain, len, want);
+        return memcmp(want, name, 32) == 0;
+    }
+    if (key)
+        return 1;
+    ref_checksum(plain, len, name, want);
+    return memcmp(want, enc + 16, 16) == 0;
+}
+
+/* The payload, decrypted if it is encrypted (NULL if the tag fails). */
+static uint8_t *ref_payload(const uint8_t *key, const uint8_t *enc, size_t n,
+                            const uint8_t name[32], size_t hlen, size_t *plen_out)
+{
+    int encrypted = enc[5] & 2;
+    if (n < hlen + (encrypted ? TAG_LEN : 0))
         return NULL;
-    int compressed = enc[5] & 1, encrypted = enc[5] & 2;
-    size_t plain = (size_t)le64(enc + 8), hlen = encrypted ? HDR_ENC : HDR_PLAIN;
     size_t plen = n - hlen - (encrypted ? TAG_LEN : 0);
     uint8_t *payload = malloc(plen + 1);
     memcpy(payload, enc + hlen, plen);
@@ -162,18 +193,35 @@ static uint8_t *ref_decode(const uint8_t *key, const uint8_t *enc, size_t n, con
             return NULL;
         }
     }
-    if (!compressed) {
-        *len = plen;
-        return plen == plain ? payload : (free(payload), NULL);
+    *plen_out = plen;
+    return payload;
+}
+
+/* Returns the plaintext (malloc'ed, *len set) or NULL. */
+static uint8_t *ref_decode(const uint8_t *key, const uint8_t *enc, size_t n, const uint8_t name[32],
+                           size_t *len)
+{
+    if (n < HDR_V1 || memcmp(enc, "CKCH", 4) != 0 || (enc[4] != 1 && enc[4] != 2))
+        return NULL;
+    int compressed = enc[5] & 1;
+    size_t plain = (size_t)le64(enc + 8);
+    size_t hlen = enc[5] & 2 ? HDR_ENC : enc[4] == 1 ? HDR_V1 : HDR_PLAIN, plen = 0;
+    uint8_t *payload = ref_payload(key, enc, n, name, hlen, &plen);
+    if (!payload)
+        return NULL;
+    uint8_t *out = payload;
+    size_t got = plen;
+    if (compressed) {
+        out = malloc(plain + 1);
+        size_t r = ZSTD_decompress(out, plain, payload, plen);
+        free(payload);
+        got = ZSTD_isError(r) ? plain + 1 : r;
     }
-    uint8_t *out = malloc(plain + 1);
-    size_t r = ZSTD_decompress(out, plain, payload, plen);
-    free(payload);
-    if (ZSTD_isError(r) || r != plain) {
+    if (got != plain || !ref_check(key, enc, name, out, got)) {
         free(out);
         return NULL;
     }
-    *len = r;
+    *len = got;
     return out;
 }
 
@@ -234,7 +282,7 @@ static void round_trip(struct codec *c, int level, const uint8_t *key, const uin
 
     size_t hlen = key ? HDR_ENC : HDR_PLAIN, tlen = key ? TAG_LEN : 0;
     CHECK(elen >= hlen + tlen, "%s: encoded only %zu bytes", ctx, elen);
-    CHECK(memcmp(e, "CKCH", 4) == 0 && e[4] == 1, "%s: magic/version", ctx);
+    CHECK(memcmp(e, "CKCH", 4) == 0 && e[4] == 2, "%s: magic/version", ctx);
     CHECK(e[6] == 0 && e[7] == 0, "%s: reserved bytes", ctx);
     CHECK(le64(e + 8) == size, "%s: header length %llu", ctx, (unsigned long long)le64(e + 8));
     int compressed = e[5] & 1;
@@ -431,7 +479,7 @@ static void test_truncated(struct sample *s)
 
 static void test_version(struct sample *s)
 {
-    const uint8_t versions[] = { 0, 2, 255 };
+    const uint8_t versions[] = { 0, 3, 255 };
     struct buf out = prefilled(), before = prefilled();
     for (int i = 0; i < 3; i++) {
         uint8_t *e = malloc(s->enc.len);
@@ -462,7 +510,7 @@ static void test_wrong_name(struct sample *s)
     rc = decode_copy(s->c, s->enc.data, s->enc.len, other, &out);
     CHECK_ERR(rc, -EBADMSG, &out, &before, "%s: another chunk's name", d);
     if (!s->key)
-        CHECK(strstr(err_msg(rc), "content does not match its name"), "%s: message: %s", d,
+        CHECK(strstr(err_msg(rc), "content does not match its checksum"), "%s: message: %s", d,
               err_msg(rc));
     buf_free(&out);
     buf_free(&before);
@@ -561,8 +609,8 @@ static void test_forged(void)
     CHECK(strstr(err_msg(-EBADMSG), "over the limit"), "2^63: %s", err_msg(-EBADMSG));
     FORGE("length one more than the frame", e[8] = (uint8_t)(e[8] + 1));
     FORGE("length one less than the frame", e[8] = (uint8_t)(e[8] - 1));
-    FORGE("compressed flag on a raw length", e[8] = (uint8_t)(n - 16),
-          e[9] = (uint8_t)((n - 16) >> 8), e[10] = 0);
+    FORGE("compressed flag on a raw length", e[8] = (uint8_t)(n - HDR_PLAIN),
+          e[9] = (uint8_t)((n - HDR_PLAIN) >> 8), e[10] = 0);
     /* A header claiming the largest chunk allowed, on a small frame: refused
      * before anything is reserved on the header's word. */
     FORGE("length CODEC_MAX_CHUNK", e[8] = 0, e[9] = 0, e[10] = 0, e[11] = 0x40);
@@ -778,39 +826,62 @@ static void test_load_key(void)
 
 /* ---- golden chunks ----------------------------------------------------- */
 
-/* Encoded once by version 1 of the codec: later builds must still read them. */
+#define GOLDEN_V1 "ckptfs golden chunk, version 1\n"
+#define GOLDEN_V2 "ckptfs golden chunk, version 2\n"
+#define HELLO     "hello, chunk"
+
+/* Encoded by the codec of each version (the version 1 raw one by hand, to
+ * its layout): later builds must still read them all. */
 static const struct {
     const char *what;
     int keyed;
+    const char *text;
     const char *name;
     const char *enc;
 } golden[] = {
-    { "encrypted, compressed", 1,
+    { "v1 encrypted, compressed", 1, GOLDEN_V1 GOLDEN_V1 GOLDEN_V1 GOLDEN_V1,
       "289393e09041b9cca570598275fccf8c548c1d33c7773f527c5263a2741fdbf7",
       "434b4348010300007c0000000000000008c477c6c893b01bd494f9af45284b2325a18f1a5518f7717ddd665e65ac"
       "50856330b3d793f47cf0555d59539b7d3b9696c01190670509bb7734a0bb395a5fa88be9dc5ccb895555cff1e"
       "8" },
-    { "compressed", 0, "841f0f2c36623d104d3d1e0d64579cbcd5c5e5aed661ea600d3aead328d005ec",
+    { "v1 compressed", 0, GOLDEN_V1 GOLDEN_V1 GOLDEN_V1 GOLDEN_V1,
+      "841f0f2c36623d104d3d1e0d64579cbcd5c5e5aed661ea600d3aead328d005ec",
       "434b4348010100007c0000000000000028b52ffd207c350100f8636b7074667320676f6c64656e206368756e6b"
       "2c2076657273696f6e20310a0100ab989413" },
-    { "encrypted, raw", 1, "78edc17f198095fc7d272fe678b575eb3afe2a6a07ab2e8f007c2dca673bbed5",
+    { "v1 encrypted, raw", 1, HELLO,
+      "78edc17f198095fc7d272fe678b575eb3afe2a6a07ab2e8f007c2dca673bbed5",
       "434b4348010200000c000000000000002c4ee28ea95274342810e64c7d2bca09d0d8b2e095a9b81d167f2314668e"
       "18da40b97ed76e67498d" },
+    { "v1 raw", 0, HELLO, "73ba66513fb2ccbd41856d729b68aa6edc1b70afa23f136c04c9478f63706adc",
+      "434b4348010000000c0000000000000068656c6c6f2c206368756e6b" },
+    { "v2 compressed", 0, GOLDEN_V2 GOLDEN_V2 GOLDEN_V2 GOLDEN_V2,
+      "18de6400d820f0731512d7b3cbc064469e0a618e32a1dd4c62788ae961250201",
+      "434b4348020100007c000000000000009f5b332597b30d6fe0d58f646cb51b4728b52ffd207c350100f8636b70"
+      "74667320676f6c64656e206368756e6b2c2076657273696f6e20320a0100ab989413" },
+    { "v2 raw", 0, HELLO, "73ba66513fb2ccbd41856d729b68aa6edc1b70afa23f136c04c9478f63706adc",
+      "434b4348020000000c000000000000003bb55cc90791ff26761084cedf12747768656c6c6f2c206368756e6b" },
+    { "v2 encrypted, raw", 1, HELLO,
+      "78edc17f198095fc7d272fe678b575eb3afe2a6a07ab2e8f007c2dca673bbed5",
+      "434b4348020200000c00000000000000c09164538933d2833ab9e7112c8e0e893a3f99456041dbd7ba74b9c56f"
+      "c60ac87efff33a6050a4b3" },
 };
+
+static size_t golden_bytes(size_t i, uint8_t *enc)
+{
+    size_t n = strlen(golden[i].enc) / 2;
+    for (size_t k = 0; k < n; k++)
+        sscanf(golden[i].enc + 2 * k, "%2hhx", &enc[k]);
+    return n;
+}
 
 static void test_golden(void)
 {
-    char text[200] = "";
-    for (int i = 0; i < 4; i++)
-        strcat(text, "ckptfs golden chunk, version 1\n");
     struct codec *keyed = new_codec(1, key1), *plain = new_codec(1, NULL);
     for (size_t i = 0; i < sizeof golden / sizeof *golden; i++) {
-        const char *want = i == 2 ? "hello, chunk" : text;
+        const char *want = golden[i].text;
         struct codec *c = golden[i].keyed ? keyed : plain;
-        uint8_t name[32], enc[128], computed[32];
-        size_t n = strlen(golden[i].enc) / 2;
-        for (size_t k = 0; k < n; k++)
-            sscanf(golden[i].enc + 2 * k, "%2hhx", &enc[k]);
+        uint8_t name[32], enc[160], computed[32];
+        size_t n = golden_bytes(i, enc);
         int rc = codec_name_parse(golden[i].name, name);
         CHECK(rc == 0, "%s: name: %s", golden[i].what, err_msg(rc));
         CHECK(codec_name(c, want, strlen(want), computed) == 0);
@@ -820,6 +891,14 @@ static void test_golden(void)
         CHECK(rc == 0, "%s: %s", golden[i].what, err_msg(rc));
         CHECK(out.len == strlen(want) && memcmp(out.data, want, out.len) == 0,
               "%s: wrong plaintext", golden[i].what);
+        /* One payload byte changed: each version's check catches it. */
+        enc[n - 1 - 16 * golden[i].keyed] ^= 0x20;
+        rc = codec_decode(c, enc, n, name, &out);
+        CHECK(rc == -EBADMSG, "%s, last byte changed: %s", golden[i].what, err_msg(rc));
+        if (!golden[i].keyed && enc[5] == 0)
+            CHECK(strstr(err_msg(rc),
+                         enc[4] == 1 ? "does not match its name" : "does not match its checksum"),
+                  "%s: message: %s", golden[i].what, err_msg(rc));
         buf_free(&out);
     }
     codec_free(keyed);

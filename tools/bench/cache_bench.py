@@ -260,16 +260,33 @@ def parallel_get(server, bucket, prefix, jobs=8):
     on a CPU (low: the server is the limit)."""
     client = server.client(max_pool_connections=jobs)
     objects = listing(client, bucket, prefix)
+    rate, busy = get_all(client, bucket, [(key, None) for key in objects], jobs)
+    return rate, len(objects), busy
 
-    def get(key):
-        body = client.get_object(Bucket=bucket, Key=key)["Body"]
-        while body.read(MIB):
-            pass
+
+def ranged_get(server, bucket, key, part=4 * MIB, jobs=8):
+    """As parallel_get, of one object in ranges of part bytes. Returns MB/s."""
+    client = server.client(max_pool_connections=jobs)
+    size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    ranges = [(key, f"bytes={at}-{min(at + part, size) - 1}") for at in range(0, size, part)]
+    return get_all(client, bucket, ranges, jobs)[0]
+
+
+def get_all(client, bucket, gets, jobs):
+    """Runs the (key, range or None) GETs, jobs in flight: (MB/s, share of a CPU busy)."""
+    got = [0] * len(gets)
+
+    def get(i):
+        key, byte_range = gets[i]
+        body = client.get_object(Bucket=bucket, Key=key,
+                                 **({"Range": byte_range} if byte_range else {}))["Body"]
+        while data := body.read(MIB):
+            got[i] += len(data)
     drop_caches()
     cpu = time.process_time()
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        secs = timed(lambda: list(pool.map(get, objects)))
-    return sum(objects.values()) / 1e6 / secs, len(objects), (time.process_time() - cpu) / secs
+        secs = timed(lambda: list(pool.map(get, range(len(gets)))))
+    return sum(got) / 1e6 / secs, (time.process_time() - cpu) / secs
 
 
 def random_reads(path, count=RAND_READS, limit=RAND_SECONDS, seed=1):
@@ -330,6 +347,7 @@ def mib(values):
 # ---- coldread -------------------------------------------------------------------------
 
 RAW = "raw GET, 8 in flight"
+RANGED = "raw ranged GET, 8 in flight"
 
 
 @contextlib.contextmanager
@@ -353,7 +371,7 @@ def cores_apart():
 def coldread_runs(args, server, setting):
     """Medians of each reader's cold sequential read on server; with the bytes fetched, the
     ckptfs daemon's figures, boto3's share of a core and ckptfs's chunk count."""
-    tally, daemon, client_cpu, chunks = Tally(server, PEERS + (RAW,)), Daemon(), [], 0
+    tally, daemon, client_cpu, chunks = Tally(server, PEERS + (RAW, RANGED)), Daemon(), [], 0
 
     def get_chunks():
         nonlocal chunks
@@ -371,6 +389,7 @@ def coldread_runs(args, server, setting):
                 tally.add("rclone mount", lambda: dd_read(f"{mnt}/{NAME}"))
             tally.add("local disk", lambda: dd_read(local))
             tally.add(RAW, get_chunks)
+            tally.add(RANGED, lambda: ranged_get(server, b, NAME))
             tally.progress(f"coldread ({setting})", run, args.runs)
     return tally, daemon, statistics.median(client_cpu), chunks
 
@@ -401,7 +420,11 @@ def bench_coldread(args, server):
         "cache, page caches dropped first. ckptfs reads it from the bucket its mount wrote it "
         f"to ({chunks} chunk objects); s3fs and rclone from one plain object of the same bytes "
         "in another bucket of the same Swift server; *raw GET* is boto3 fetching ckptfs's chunk "
-        "objects, 8 in flight, bytes discarded: what the server gives. *Fetched* is what the "
+        "objects, 8 in flight, bytes discarded: what the server gives. *Raw ranged GET* is "
+        "boto3 fetching the plain object in 4 MiB ranges, 8 in flight: Swift's object server "
+        "computes an MD5 of every GET that starts at byte 0 (to catch its own disk's rot) and "
+        "of no other, so ranges past the first cost the server less than whole objects do; "
+        "s3fs reads the plain object in ranges too. *Fetched* is what the "
         "Swift proxy sent (its access log). Median of "
         f"{args.runs} runs, interleaved. MB/s = 10^6 bytes per second.", "",
         "Two settings. *Shared*: server and clients share this machine's two cores, and Swift's "
