@@ -8,6 +8,8 @@
 #include <time.h>
 #include <xxhash.h>
 
+#include "dtoa.h"
+
 const char *type_name(enum type t)
 {
     static const char *const names[] = { "NULL",    "BIGINT",  "DOUBLE",
@@ -108,6 +110,12 @@ static int string_json(const char *s, size_t len, struct buf *out)
     return rc ? rc : buf_append(out, "\"", 1);
 }
 
+static int double_json(double d, struct buf *out)
+{
+    char text[DTOA_MAX];
+    return buf_append(out, text, dtoa_17g(d, text));
+}
+
 int value_int_text(int64_t v, struct buf *out)
 {
     char tmp[24], *p = tmp + sizeof tmp;
@@ -128,7 +136,7 @@ int value_json(const struct value *v, struct buf *out)
     case T_BIGINT:
         return value_int_text(v->i, out);
     case T_DOUBLE:
-        return isfinite(v->d) ? buf_printf(out, "%.17g", v->d) : buf_printf(out, "null");
+        return isfinite(v->d) ? double_json(v->d, out) : buf_append(out, "null", 4);
     case T_VARCHAR:
         return string_json(v->str.s, v->str.len, out);
     case T_BOOLEAN:

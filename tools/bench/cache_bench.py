@@ -424,7 +424,9 @@ def bench_coldread(args, server):
         "boto3 fetching the plain object in 4 MiB ranges, 8 in flight: Swift's object server "
         "computes an MD5 of every GET that starts at byte 0 (to catch its own disk's rot) and "
         "of no other, so ranges past the first cost the server less than whole objects do; "
-        "s3fs reads the plain object in ranges too. *Fetched* is what the "
+        "s3fs (10 MiB ranges) and rclone (its chunked reading) read the plain object in "
+        "ranges too. ckptfs also writes what it fetches into its disk cache, on the disk the "
+        "server reads from, so that the next mount reads it warm. *Fetched* is what the "
         "Swift proxy sent (its access log). Median of "
         f"{args.runs} runs, interleaved. MB/s = 10^6 bytes per second.", "",
         "Two settings. *Shared*: server and clients share this machine's two cores, and Swift's "
