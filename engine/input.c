@@ -36,6 +36,11 @@ struct input {
     struct value *row;
     uint64_t skipped;
     int at_end;
+    /* A line longer than MAX_LINE being skipped: its bytes read so far, gone
+     * from pending into skip_hash. pos stays at the line's start until its
+     * end comes, so a step or a checkpoint never ends inside it. */
+    uint64_t skip_len;
+    XXH3_state_t *skip_hash;
 };
 
 int input_open(const struct table *t, struct input **out)
@@ -94,6 +99,7 @@ void input_close(struct input *in)
         close(in->fd);
     buf_free(&in->pending);
     buf_free(&in->unquoted);
+    XXH3_freeState(in->skip_hash);
     free(in->row);
     free(in);
 }
@@ -271,11 +277,9 @@ static int read_more(struct input *in)
         in->pending.len -= in->done;
         in->done = 0;
     }
-    if (in->pending.len - in->done > MAX_LINE)
-        return bad(in, "a line longer than %zu bytes", MAX_LINE);
     if (buf_reserve(&in->pending, READ_SIZE))
         return -ENOMEM;
-    uint64_t at = in->pos + (in->pending.len - in->done);
+    uint64_t at = in->pos + in->skip_len + (in->pending.len - in->done);
     if (at >= in->limit)
         return 0;
     size_t want = in->limit - at < READ_SIZE ? (size_t)(in->limit - at) : READ_SIZE;
@@ -286,6 +290,44 @@ static int read_more(struct input *in)
     return n > 0;
 }
 
+/* The start of a line longer than MAX_LINE, or more of it: malformed, so
+ * the input fails, or, skipping errors, its bytes leave pending (the rest
+ * of it follows them until its newline comes: end_overlong). */
+static int overlong(struct input *in, const char *s, size_t n)
+{
+    if (!in->skip_len) {
+        in->line++; /* the line's number, as one_line would give it */
+        int rc = in->skip_errors ? 0 : bad(in, "a line longer than %zu bytes", MAX_LINE);
+        in->line--;
+        if (rc)
+            return rc;
+        if (!in->skip_hash && !(in->skip_hash = XXH3_createState()))
+            return -ENOMEM;
+        XXH3_64bits_reset(in->skip_hash);
+    }
+    XXH3_64bits_update(in->skip_hash, s, n);
+    in->skip_len += n;
+    in->done += n;
+    return 0;
+}
+
+/* The rest of a skipped line, n bytes up to its newline included. Its span
+ * hash is over its digest: the same however the reads cut it. */
+static void end_overlong(struct input *in, const char *s, size_t n)
+{
+    XXH3_64bits_update(in->skip_hash, s, n);
+    uint64_t digest = XXH3_64bits_digest(in->skip_hash);
+    if (in->hash_spans)
+        in->step.hash = XXH3_64bits_withSeed(&digest, sizeof digest, in->step.hash);
+    in->line++;
+    log_warn("%s:%llu: a line longer than %zu bytes (skipped)", in->path,
+             (unsigned long long)in->line, MAX_LINE);
+    in->skipped++;
+    in->done += n;
+    in->pos += in->skip_len + n;
+    in->skip_len = 0;
+}
+
 ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
 {
     size_t got = 0;
@@ -294,8 +336,14 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
         char *s = (char *)in->pending.data + in->done;
         size_t avail = in->pending.len - in->done;
         char *nl = avail ? memchr(s, '\n', avail) : NULL;
+        if (nl && in->skip_len) {
+            end_overlong(in, s, (size_t)(nl - s) + 1);
+            continue;
+        }
         if (!nl) {
-            int rc = read_more(in);
+            int rc = avail > MAX_LINE || in->skip_len ? overlong(in, s, avail) : 0;
+            if (rc == 0)
+                rc = read_more(in);
             if (rc < 0)
                 return rc;
             if (rc == 0) {
@@ -414,10 +462,13 @@ void input_seek(struct input *in, uint64_t offset, uint64_t line)
     in->done = 0;
     in->pending.len = 0;
     in->at_end = 0;
+    in->skip_len = 0;
 }
 
 void input_get_stats(const struct input *in, struct input_stats *st)
 {
-    *st = (struct input_stats){ in->pos,    in->line,  in->skipped,
-                                in->at_end, in->taken, in->pos + (in->pending.len - in->done) };
+    *st =
+        (struct input_stats){ in->pos,     in->line,
+                              in->skipped, in->at_end,
+                              in->taken,   in->pos + in->skip_len + (in->pending.len - in->done) };
 }

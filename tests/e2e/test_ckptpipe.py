@@ -5,6 +5,7 @@ same SELECT over the same input. Growing files are followed; bad input is named,
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -173,6 +174,39 @@ def test_bad_records_are_named_and_fail_or_skip(pipe):
         assert what in err, err
     same(rebuild(changes(pipe.dir / "out/bytes_per_user.jsonl")),
          sqlite_view([(1, "/a", 10), (5, "/e", 7)]))
+
+
+def test_a_line_over_16_mib_fails_or_is_skipped_without_being_held(pipe):
+    """A line too long to hold is malformed like any other: it fails the pipeline, naming it;
+    skipping errors, it goes as it comes, and the lines after it keep their numbers. A stop
+    while its end has not come yet resumes at its start, never inside it."""
+    src, out = pipe.dir / "in/clicks.csv", pipe.dir / "out/bytes_per_user.jsonl"
+    head, tail = "7,/" + "x" * (9 << 20), "y" * (9 << 20) + ",1\n"
+    src.write_text("1,/a,10\n2,/b,20\n" + head + tail + "3,/c,30\n4,/d,many\n")
+    p = pipe(program_text(), "--exit-when-done")
+    assert p.returncode == 1
+    assert b"in/clicks.csv:3: a line longer than 16777216 bytes" in p.stderr, p.stderr
+    out.unlink()
+    skip = program_text(extra=", 'on_error' = 'skip'")
+    p = pipe(skip, "--exit-when-done", "--ft", "exactly_once")
+    assert p.returncode == 0, p.stderr.decode()
+    err = p.stderr.decode()
+    assert "clicks.csv:3: a line longer than 16777216 bytes (skipped)" in err, err
+    assert "clicks.csv:5: bytes: 'many' is not a BIGINT" in err, err
+    want = sqlite_view([(1, "/a", 10), (2, "/b", 20), (3, "/c", 30)])
+    same(rebuild(changes(out)), want)
+
+    out.unlink()
+    shutil.rmtree(pipe.dir / "state")
+    src.write_text("1,/a,10\n2,/b,20\n" + head + tail[:len(tail) // 2])
+    p = pipe(skip, "--exit-when-done", "--ft", "checkpoint")
+    assert p.returncode == 0, p.stderr.decode()
+    with open(src, "a") as f:
+        f.write(tail[len(tail) // 2:] + "3,/c,30\n")
+    p = pipe(skip, "--exit-when-done", "--ft", "checkpoint")
+    assert p.returncode == 0, p.stderr.decode()
+    assert "clicks.csv:3: a line longer than 16777216 bytes (skipped)" in p.stderr.decode()
+    same(rebuild(changes(out)), want)
 
 
 def test_program_errors_name_line_and_column(pipe):
