@@ -10,13 +10,27 @@
  * Invariants:
  *   1. A group with rows == 0 does not exist (unless the view has no GROUP
  *      BY: the one group always exists).
- *   2. A group touched in the current step is on the touched list once,
+ *   2. A group touched in the current step is on the touched array once,
  *      with `before`, its output row as of the step's start (NULL if it did
- *      not exist then).
+ *      not exist then). A step's changes come out in the reverse order of
+ *      the touches: outputs must stay byte for byte what earlier versions
+ *      wrote, since an exactly_once replay compares them.
  *   3. Outside a step (after ivm_flush), no group is touched.
  *   4. A group changed since the last ivm_save is on the dirty list once
  *      (dirty_at is its place + 1); a group that was in a saved batch and
  *      is gone since has its key on the tombstone list.
+ *   5. Inserts wait in a short queue (struct queued) and are applied in the
+ *      order they came, QUEUE inserts later; meanwhile the memory they will
+ *      touch is fetched ahead (below). Outside ivm_change the queue is
+ *      empty: every other entry point drains it first, and so does a
+ *      delete before it is checked.
+ *
+ * Why the queue: with a hundred thousand groups, an insert's slot and its
+ * group's block are each a cache miss, and those misses were most of a
+ * step's time. An insert's slot is prefetched when it is queued; QUEUE/2
+ * inserts later the slot tells where its group is (if its first probe
+ * finds it), and the group's block is prefetched; QUEUE/2 later still it
+ * is applied, its memory at hand.
  *
  * Batch files (ivm_save, ivm_load): a view's groups, all of them (a base)
  * or those changed since the last batch (a delta, applied over the batches
@@ -62,7 +76,6 @@ struct aggst {
 };
 
 struct group {
-    struct group *next_touched;
     uint64_t hash;
     struct row *key; /* in the group's own block, right after the group */
     int64_t rows;
@@ -81,14 +94,28 @@ struct slot {
     struct group *g; /* NULL: empty */
 };
 
+#define QUEUE 16 /* a power of two */
+
+/* A queued insert (invariant 5): what it needs of its row, evaluated. */
+struct queued {
+    uint64_t hash;
+    struct value *key;  /* the GROUP BY values; VARCHARs copied into the step arena */
+    struct value *args; /* per item, an aggregate's argument (unused for others) */
+};
+
 struct ivm {
     const struct view *v;
     struct slot *slots;
     size_t nslots;
     uint64_t ngroups;
-    struct group *touched;
-    struct value *scratch; /* an output row being built */
-    struct group **dirty;  /* invariant 4 */
+    size_t block_bytes;     /* of a group's block, its key's strings aside: what is prefetched */
+    struct group **touched; /* invariant 2 */
+    size_t ntouched, touched_cap;
+    struct queued queue[QUEUE]; /* invariant 5 */
+    uint64_t queued, applied;   /* inserts ever queued and applied: queue[n % QUEUE] */
+    struct value *values;       /* the queue's keys and args, then a delete's */
+    struct value *scratch;      /* an output row being built */
+    struct group **dirty;       /* invariant 4 */
     size_t ndirty, dirty_cap;
     struct row **tombs;
     size_t ntombs, tombs_cap;
@@ -367,38 +394,36 @@ static int touch(struct ivm *m, struct group *g)
             return -ENOMEM;
         g->before = row_init(r, m->scratch, m->v->nitems);
     }
+    if (array_grow((void **)&m->touched, &m->touched_cap, m->ntouched, sizeof *m->touched))
+        return -ENOMEM;
+    m->touched[m->ntouched++] = g;
     g->touched = 1;
-    g->next_touched = m->touched;
-    m->touched = g;
     return 0;
 }
 
 /* ---- changes ---- */
 
-static int update(struct ivm *m, struct aggst *a, const struct item *it, const struct value *row,
+/* x: the item's argument, evaluated (key_and_args). */
+static int update(struct ivm *m, struct aggst *a, const struct item *it, const struct value *x,
                   int weight)
 {
-    struct value x;
-    if (it->agg == A_COUNT_STAR)
-        return 0;
-    expr_eval(it->arg, row, &x);
-    if (x.t == T_NULL)
+    if (it->agg == A_COUNT_STAR || x->t == T_NULL)
         return 0;
     a->n += weight;
     switch (it->agg) {
     case A_SUM:
     case A_AVG:
-        if (x.t == T_DOUBLE)
-            a->dsum += weight * x.d;
+        if (x->t == T_DOUBLE)
+            a->dsum += weight * x->d;
         else
-            a->isum += (__int128)weight * x.i;
+            a->isum += (__int128)weight * x->i;
         if (a->n == 0) /* no rounding left behind by values that came and went */
             a->dsum = 0;
         return 0;
     case A_MIN:
     case A_MAX:
-        return m->extremes_only ? bag_keep_extreme(&a->bag, &x, it->agg == A_MAX)
-                                : bag_add(&a->bag, &x, weight);
+        return m->extremes_only ? bag_keep_extreme(&a->bag, x, it->agg == A_MAX)
+                                : bag_add(&a->bag, x, weight);
     default:
         return 0;
     }
@@ -406,41 +431,27 @@ static int update(struct ivm *m, struct aggst *a, const struct item *it, const s
 
 /* A deletion must find what it deletes: the group's rows, and each MIN and
  * MAX argument in its bag. Checked before anything changes. */
-static int can_delete(const struct ivm *m, const struct group *g, const struct value *row)
+static int can_delete(const struct ivm *m, const struct group *g, const struct value *args)
 {
     const struct view *v = m->v;
     int ok = g && g->rows > 0;
     for (size_t i = 0; ok && i < v->nitems; i++) {
         const struct item *it = &v->items[i];
-        struct value x;
         int found = 1;
-        if (it->is_agg && (it->agg == A_MIN || it->agg == A_MAX)) {
-            expr_eval(it->arg, row, &x);
-            if (x.t != T_NULL)
-                bag_find(&g->agg[i].bag, &x, &found);
-        }
+        if (it->is_agg && (it->agg == A_MIN || it->agg == A_MAX) && args[i].t != T_NULL)
+            bag_find(&g->agg[i].bag, &args[i], &found);
         ok = found;
     }
     return ok ? 0 : err_set(-EINVAL, "view %s: a deleted row was never inserted", v->name);
 }
 
-int ivm_change(struct ivm *m, const struct value *row, int weight)
+/* A change to the group of key (hash h), its arguments evaluated. */
+static int apply(struct ivm *m, const struct value *key, uint64_t h, const struct value *args,
+                 int weight)
 {
     const struct view *v = m->v;
-    struct value keep, key[64];
-    if (weight < 0 && m->extremes_only)
-        return err_set(-EINVAL, "view %s: table %s is append-only: no deletes", v->name,
-                       v->from->name);
-    if (v->where) {
-        expr_eval(v->where, row, &keep);
-        if (keep.t != T_BOOLEAN || !keep.b)
-            return 0;
-    }
-    for (size_t i = 0; i < v->ngroup; i++)
-        key[i] = row[v->group[i]];
-    uint64_t h = row_hash(key, v->ngroup);
     struct group *g = find(m, key, h);
-    int rc = weight < 0 ? can_delete(m, g, row) : 0;
+    int rc = weight < 0 ? can_delete(m, g, args) : 0;
     if (rc)
         return rc;
     if (!g && !(g = add_group(m, key, h)))
@@ -450,8 +461,103 @@ int ivm_change(struct ivm *m, const struct value *row, int weight)
         rc = mark_dirty(m, g);
     for (size_t i = 0; rc == 0 && i < v->nitems; i++)
         if (v->items[i].is_agg)
-            rc = update(m, &g->agg[i], &v->items[i], row, weight);
+            rc = update(m, &g->agg[i], &v->items[i], &args[i], weight);
     g->rows += weight;
+    return rc;
+}
+
+/* The key and the aggregates' arguments of a row; returns the key's hash. */
+static uint64_t key_and_args(const struct ivm *m, const struct value *row, struct value *key,
+                             struct value *args)
+{
+    const struct view *v = m->v;
+    for (size_t i = 0; i < v->ngroup; i++)
+        key[i] = row[v->group[i]];
+    for (size_t i = 0; i < v->nitems; i++)
+        if (v->items[i].is_agg && v->items[i].arg)
+            expr_eval(v->items[i].arg, row, &args[i]);
+    return row_hash(key, v->ngroup);
+}
+
+/* A queued value outlives the row it came from: its string goes to the step arena. */
+static int keep_strings(struct ivm *m, struct value *vals, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (vals[i].t != T_VARCHAR)
+            continue;
+        char *s = arena_alloc(&m->step, vals[i].str.len + 1);
+        if (!s)
+            return -ENOMEM;
+        memcpy(s, vals[i].str.s, vals[i].str.len);
+        vals[i].str.s = s;
+    }
+    return 0;
+}
+
+static void prefetch_lines(const void *p, size_t n)
+{
+    for (size_t off = 0; off < n; off += 64)
+        __builtin_prefetch((const char *)p + off);
+}
+
+/* Invariant 5: the group of the insert queued QUEUE/2 ago. */
+static void prefetch_group(const struct ivm *m)
+{
+    if (m->queued - m->applied <= QUEUE / 2)
+        return;
+    const struct queued *q = &m->queue[(m->queued - 1 - QUEUE / 2) % QUEUE];
+    const struct slot *s = &m->slots[q->hash & (m->nslots - 1)];
+    if (s->g && s->hash == q->hash)
+        prefetch_lines(s->g, m->block_bytes);
+}
+
+static int apply_queued(struct ivm *m)
+{
+    const struct queued *q = &m->queue[m->applied++ % QUEUE];
+    return apply(m, q->key, q->hash, q->args, 1);
+}
+
+static int drain(struct ivm *m)
+{
+    int rc = 0;
+    while (rc == 0 && m->applied < m->queued)
+        rc = apply_queued(m);
+    m->applied = m->queued; /* after an error the rest goes: the pipeline fails */
+    return rc;
+}
+
+static int enqueue(struct ivm *m, const struct value *row)
+{
+    struct queued *q = &m->queue[m->queued % QUEUE];
+    q->hash = key_and_args(m, row, q->key, q->args);
+    int rc = keep_strings(m, q->key, m->v->ngroup);
+    if (rc == 0)
+        rc = keep_strings(m, q->args, m->v->nitems);
+    if (rc)
+        return rc;
+    __builtin_prefetch(&m->slots[q->hash & (m->nslots - 1)]);
+    m->queued++;
+    prefetch_group(m);
+    return m->queued - m->applied == QUEUE ? apply_queued(m) : 0;
+}
+
+int ivm_change(struct ivm *m, const struct value *row, int weight)
+{
+    const struct view *v = m->v;
+    struct value keep;
+    if (weight < 0 && m->extremes_only)
+        return err_set(-EINVAL, "view %s: table %s is append-only: no deletes", v->name,
+                       v->from->name);
+    if (v->where) {
+        expr_eval(v->where, row, &keep);
+        if (keep.t != T_BOOLEAN || !keep.b)
+            return 0;
+    }
+    int rc = weight > 0 ? enqueue(m, row) : drain(m);
+    if (rc == 0 && weight < 0) {
+        struct value *key = m->values + QUEUE * (v->ngroup + v->nitems), *args = key + v->ngroup;
+        rc = apply(m, key, key_and_args(m, row, key, args), args, weight);
+    }
     return rc ? err_wrap(rc, "view %s", v->name) : 0;
 }
 
@@ -475,22 +581,26 @@ static int flush_group(struct ivm *m, struct group *g, ivm_emit_fn emit, void *a
     return rc;
 }
 
+/* Groups this many places ahead in the touched array are prefetched. */
+#define FLUSH_AHEAD 8
+
 int ivm_flush(struct ivm *m, ivm_emit_fn emit, void *arg)
 {
-    int rc = 0;
-    while (m->touched) {
-        struct group *g = m->touched;
-        m->touched = g->next_touched;
-        int one = flush_group(m, g, emit, arg);
+    int rc = drain(m);
+    for (size_t i = m->ntouched; i-- > 0;) { /* invariant 2: the last touched first */
+        if (i >= FLUSH_AHEAD)
+            prefetch_lines(m->touched[i - FLUSH_AHEAD], m->block_bytes);
+        int one = flush_group(m, m->touched[i], emit, arg);
         rc = rc ? rc : one;
     }
+    m->ntouched = 0;
     arena_reset(&m->step);
     return rc;
 }
 
 int ivm_scan(struct ivm *m, ivm_emit_fn fn, void *arg)
 {
-    int rc = 0;
+    int rc = drain(m);
     for (size_t i = 0; rc == 0 && i < m->nslots; i++)
         if (m->slots[i].g && exists(m, m->slots[i].g)) {
             output(m, m->slots[i].g);
@@ -504,6 +614,22 @@ uint64_t ivm_groups(const struct ivm *m)
     return m->ngroups;
 }
 
+/* The queue's value arrays, one more for a delete; and what a group's
+ * block takes, a key without strings: what is prefetched of it. */
+static int queue_init(struct ivm *m)
+{
+    size_t per = m->v->ngroup + m->v->nitems;
+    if (!(m->values = calloc((QUEUE + 1) * per + 1, sizeof *m->values)))
+        return -ENOMEM;
+    for (size_t i = 0; i < QUEUE; i++) {
+        m->queue[i].key = m->values + i * per;
+        m->queue[i].args = m->queue[i].key + m->v->ngroup;
+    }
+    m->block_bytes = sizeof(struct group) + sizeof(struct row) +
+                     m->v->ngroup * sizeof(struct value) + aggs_of(m->v) * sizeof(struct aggst);
+    return 0;
+}
+
 int ivm_new(const struct view *v, struct ivm **out)
 {
     struct ivm *m = calloc(1, sizeof *m);
@@ -513,7 +639,8 @@ int ivm_new(const struct view *v, struct ivm **out)
     m->extremes_only = table_append_only(v->from);
     int rc =
         v->ngroup <= 64 ? 0 : err_set(-EINVAL, "view %s: more than 64 GROUP BY columns", v->name);
-    if (rc == 0 && (!(m->scratch = calloc(v->nitems + 1, sizeof *m->scratch)) || grow_slots(m)))
+    if (rc == 0 && (!(m->scratch = calloc(v->nitems + 1, sizeof *m->scratch)) || grow_slots(m) ||
+                    queue_init(m)))
         rc = -ENOMEM;
     struct group *all = NULL;
     if (rc == 0 && v->ngroup == 0) { /* the one group: its first row comes out at once */
@@ -543,6 +670,8 @@ void ivm_free(struct ivm *m)
         row_free(m->tombs[i]);
     free(m->tombs);
     free(m->dirty);
+    free(m->touched);
+    free(m->values);
     free(m->slots);
     free(m->scratch);
     arena_free(&m->step);
@@ -633,8 +762,10 @@ static int put_group(struct buf *b, const struct ivm *m, struct group *g)
 
 int ivm_save(struct ivm *m, int base, struct buf *out)
 {
+    int rc = drain(m);
     uint64_t records = base ? m->ngroups : m->ntombs + m->ndirty;
-    int rc = buf_append(out, BATCH_MAGIC, 4);
+    if (rc == 0)
+        rc = buf_append(out, BATCH_MAGIC, 4);
     if (rc == 0)
         rc = le_put(out,
                     BATCH_VERSION | (uint64_t)(base ? 1 : 2) << 8 |
@@ -749,11 +880,11 @@ static int get_record(struct ivm *m, struct le_reader *r)
 /* What is loaded is the state as saved: nothing to emit (invariant 3). */
 static void untouch_all(struct ivm *m)
 {
-    for (struct group *g = m->touched; g; g = g->next_touched) {
-        g->touched = 0;
-        g->before = NULL;
+    for (size_t i = 0; i < m->ntouched; i++) {
+        m->touched[i]->touched = 0;
+        m->touched[i]->before = NULL;
     }
-    m->touched = NULL;
+    m->ntouched = 0;
     arena_reset(&m->step);
 }
 
@@ -775,7 +906,7 @@ int ivm_load(struct ivm *m, const void *data, size_t len)
                        "extreme alone); now that it takes deletes the view must be built "
                        "afresh: start with a new storage directory",
                        m->v->name, m->v->from->name);
-    int rc = 0;
+    int rc = drain(m);
     untouch_all(m);
     for (uint64_t i = 0; rc == 0 && i < records; i++)
         rc = get_record(m, &r);

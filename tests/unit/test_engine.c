@@ -13,6 +13,7 @@
 #include "check.h"
 #include "engine/ivm.h"
 #include "engine/sql.h"
+#include "engine/value.h"
 #include "util/err.h"
 #include "util/hmap.h"
 
@@ -481,8 +482,66 @@ static void test_hostile_batch(void)
     program_free(p);
 }
 
+/* ---- BIGINT text: what strtoll took, no more and no less ---- */
+
+static void same_as_strtoll(const char *text)
+{
+    char tmp[64], *end;
+    struct value v;
+    snprintf(tmp, sizeof tmp, "%s", text);
+    errno = 0;
+    long long want = strtoll(tmp, &end, 10);
+    int want_ok = *text && !*end && !errno;
+    int rc = value_parse(T_BIGINT, text, strlen(text), &v);
+    CHECK((rc == 0) == want_ok, "'%s': rc %d, strtoll %s", text, rc, want_ok ? "took it" : "not");
+    CHECK(rc || v.i == want, "'%s': %lld, strtoll %lld", text, (long long)v.i, want);
+}
+
+static void test_bigint_text(void)
+{
+    static const char *const texts[] = {
+        "0",
+        "-0",
+        "+0",
+        "7",
+        "-7",
+        "+7",
+        " 12",
+        "\t-3",
+        "12 ",
+        "1a",
+        "a1",
+        "-",
+        "+",
+        " ",
+        "--1",
+        "+-1",
+        "0x10",
+        "1e3",
+        "1.0",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999999999999999",
+        "000000000000000000000042",
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
+        same_as_strtoll(texts[i]);
+    char text[32];
+    for (unsigned i = 0; i < 100000; i++) {
+        long long x =
+            (long long)((uint64_t)rand() << 33 ^ (uint64_t)rand() << 11 ^ (uint64_t)rand());
+        snprintf(text, sizeof text, "%lld", i & 1 ? -x : x);
+        same_as_strtoll(text);
+    }
+}
+
 int main(void)
 {
+    test_bigint_text();
     test_hostile_batch();
     test_errors();
     test_parse();
