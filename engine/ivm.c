@@ -28,9 +28,9 @@
  * Why the queue: with a hundred thousand groups, an insert's slot and its
  * group's block are each a cache miss, and those misses were most of a
  * step's time. An insert's slot is prefetched when it is queued; QUEUE/2
- * inserts later the slot tells where its group is (if its first probe
- * finds it), and the group's block is prefetched; QUEUE/2 later still it
- * is applied, its memory at hand.
+ * inserts later a probe over slots now at hand finds its group (if it
+ * exists), whose block is prefetched; QUEUE/2 later still the insert is
+ * applied, its memory at hand.
  *
  * Batch files (ivm_save, ivm_load): a view's groups, all of them (a base)
  * or those changed since the last batch (a delta, applied over the batches
@@ -506,9 +506,12 @@ static void prefetch_group(const struct ivm *m)
     if (m->queued - m->applied <= QUEUE / 2)
         return;
     const struct queued *q = &m->queue[(m->queued - 1 - QUEUE / 2) % QUEUE];
-    const struct slot *s = &m->slots[q->hash & (m->nslots - 1)];
-    if (s->g && s->hash == q->hash)
-        prefetch_lines(s->g, m->block_bytes);
+    size_t mask = m->nslots - 1;
+    for (size_t i = q->hash & mask; m->slots[i].g; i = (i + 1) & mask)
+        if (m->slots[i].hash == q->hash) {
+            prefetch_lines(m->slots[i].g, m->block_bytes);
+            break;
+        }
 }
 
 static int apply_queued(struct ivm *m)
