@@ -63,9 +63,13 @@ struct entry { /* a bag's value and its multiplicity */
     int64_t count;
 };
 
+/* Most bags hold one value (an append-only table's MIN and MAX hold no
+ * more): it lives in `one`, inside the group's block, where a lookup has
+ * brought it already; a second one moves them all to the heap. */
 struct bag {
-    struct entry *v; /* sorted by value_cmp */
+    struct entry *v; /* sorted by value_cmp; &one, or from malloc */
     size_t n, cap;
+    struct entry one;
 };
 
 struct aggst {
@@ -115,7 +119,9 @@ struct ivm {
     uint64_t queued, applied;   /* inserts ever queued and applied: queue[n % QUEUE] */
     struct value *values;       /* the queue's keys and args, then a delete's */
     struct value *scratch;      /* an output row being built */
-    struct group **dirty;       /* invariant 4 */
+    size_t *state_of;           /* item -> its place in a group's states + 1, or 0 (agg()) */
+    size_t nstates;
+    struct group **dirty; /* invariant 4 */
     size_t ndirty, dirty_cap;
     struct row **tombs;
     size_t ntombs, tombs_cap;
@@ -157,11 +163,16 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
         }
         return 0;
     }
-    if (b->n == b->cap) { /* most groups hold few values: start small */
-        size_t cap = b->cap ? 2 * b->cap : 2;
-        struct entry *v = realloc(b->v, cap * sizeof *v);
+    if (!b->cap) {
+        b->v = &b->one;
+        b->cap = 1;
+    } else if (b->n == b->cap) {
+        size_t cap = 2 * b->cap;
+        struct entry *v = realloc(b->v == &b->one ? NULL : b->v, cap * sizeof *v);
         if (!v)
             return -ENOMEM;
+        if (b->v == &b->one)
+            v[0] = b->one;
         b->v = v, b->cap = cap;
     }
     struct entry e = { *x, weight };
@@ -208,19 +219,31 @@ static void bag_free(struct bag *b)
     for (size_t i = 0; i < b->n; i++)
         if (b->v[i].v.t == T_VARCHAR)
             free((char *)b->v[i].v.str.s);
-    free(b->v);
+    if (b->v != &b->one)
+        free(b->v);
 }
 
 /* ---- groups ---- */
 
-static size_t aggs_of(const struct view *v)
+/* What an item keeps in its group (the batch format's words, at the top):
+ * 0 nothing (GROUP BY columns, COUNT(*)), 1 a count, 2 sums, 3 a bag. */
+static int kept(const struct item *it)
 {
-    return v->nitems;
+    if (!it->is_agg || it->agg == A_COUNT_STAR)
+        return 0;
+    return it->agg == A_COUNT ? 1 : it->agg == A_SUM || it->agg == A_AVG ? 2 : 3;
+}
+
+/* A group's state for item i: only the items that keep something have one
+ * (state_of), so a group's block is as small as its view allows. */
+static struct aggst *agg(const struct ivm *m, const struct group *g, size_t i)
+{
+    return m->state_of[i] ? &g->agg[m->state_of[i] - 1] : NULL;
 }
 
 static void group_free(const struct ivm *m, struct group *g)
 {
-    for (size_t i = 0; i < aggs_of(m->v); i++)
+    for (size_t i = 0; i < m->nstates; i++)
         bag_free(&g->agg[i].bag);
     free(g);
 }
@@ -266,7 +289,7 @@ static struct group *add_group(struct ivm *m, const struct value *key, uint64_t 
     size_t key_at = (sizeof(struct group) + _Alignof(struct row) - 1) & ~(_Alignof(struct row) - 1);
     size_t agg_at = key_at + row_size(key, m->v->ngroup);
     agg_at = (agg_at + _Alignof(struct aggst) - 1) & ~(_Alignof(struct aggst) - 1);
-    struct group *g = calloc(1, agg_at + aggs_of(m->v) * sizeof(struct aggst));
+    struct group *g = calloc(1, agg_at + m->nstates * sizeof(struct aggst));
     if (!g)
         return NULL;
     g->key = row_init((struct row *)((char *)g + key_at), key, m->v->ngroup);
@@ -371,7 +394,7 @@ static void output(struct ivm *m, const struct group *g)
     for (size_t i = 0; i < v->nitems; i++) {
         const struct item *it = &v->items[i];
         if (it->is_agg)
-            result(it, &g->agg[i], g->rows, &m->scratch[i]);
+            result(it, agg(m, g, i), g->rows, &m->scratch[i]);
         else
             m->scratch[i] = g->key->v[it->group];
     }
@@ -439,7 +462,7 @@ static int can_delete(const struct ivm *m, const struct group *g, const struct v
         const struct item *it = &v->items[i];
         int found = 1;
         if (it->is_agg && (it->agg == A_MIN || it->agg == A_MAX) && args[i].t != T_NULL)
-            bag_find(&g->agg[i].bag, &args[i], &found);
+            bag_find(&agg(m, g, i)->bag, &args[i], &found);
         ok = found;
     }
     return ok ? 0 : err_set(-EINVAL, "view %s: a deleted row was never inserted", v->name);
@@ -461,7 +484,7 @@ static int apply(struct ivm *m, const struct value *key, uint64_t h, const struc
         rc = mark_dirty(m, g);
     for (size_t i = 0; rc == 0 && i < v->nitems; i++)
         if (v->items[i].is_agg)
-            rc = update(m, &g->agg[i], &v->items[i], &args[i], weight);
+            rc = update(m, agg(m, g, i), &v->items[i], &args[i], weight);
     g->rows += weight;
     return rc;
 }
@@ -617,19 +640,23 @@ uint64_t ivm_groups(const struct ivm *m)
     return m->ngroups;
 }
 
-/* The queue's value arrays, one more for a delete; and what a group's
- * block takes, a key without strings: what is prefetched of it. */
-static int queue_init(struct ivm *m)
+/* The queue's value arrays, one more for a delete; the items that keep
+ * state; and what a group's block takes, a key without strings: what is
+ * prefetched of it. */
+static int layout_init(struct ivm *m)
 {
     size_t per = m->v->ngroup + m->v->nitems;
-    if (!(m->values = calloc((QUEUE + 1) * per + 1, sizeof *m->values)))
+    if (!(m->values = calloc((QUEUE + 1) * per + 1, sizeof *m->values)) ||
+        !(m->state_of = calloc(m->v->nitems + 1, sizeof *m->state_of)))
         return -ENOMEM;
     for (size_t i = 0; i < QUEUE; i++) {
         m->queue[i].key = m->values + i * per;
         m->queue[i].args = m->queue[i].key + m->v->ngroup;
     }
+    for (size_t i = 0; i < m->v->nitems; i++)
+        m->state_of[i] = kept(&m->v->items[i]) ? ++m->nstates : 0;
     m->block_bytes = sizeof(struct group) + sizeof(struct row) +
-                     m->v->ngroup * sizeof(struct value) + aggs_of(m->v) * sizeof(struct aggst);
+                     m->v->ngroup * sizeof(struct value) + m->nstates * sizeof(struct aggst);
     return 0;
 }
 
@@ -643,7 +670,7 @@ int ivm_new(const struct view *v, struct ivm **out)
     int rc =
         v->ngroup <= 64 ? 0 : err_set(-EINVAL, "view %s: more than 64 GROUP BY columns", v->name);
     if (rc == 0 && (!(m->scratch = calloc(v->nitems + 1, sizeof *m->scratch)) || grow_slots(m) ||
-                    queue_init(m)))
+                    layout_init(m)))
         rc = -ENOMEM;
     struct group *all = NULL;
     if (rc == 0 && v->ngroup == 0) { /* the one group: its first row comes out at once */
@@ -675,6 +702,7 @@ void ivm_free(struct ivm *m)
     free(m->dirty);
     free(m->touched);
     free(m->values);
+    free(m->state_of);
     free(m->slots);
     free(m->scratch);
     arena_free(&m->step);
@@ -721,12 +749,6 @@ static int put_key(struct buf *b, const struct ivm *m, const struct row *key, in
 }
 
 /* What an item keeps of a group beyond its rows: 0 nothing, 1 n, 2 sums, 3 a bag. */
-static int kept(const struct item *it)
-{
-    if (!it->is_agg || it->agg == A_COUNT_STAR)
-        return 0;
-    return it->agg == A_COUNT ? 1 : it->agg == A_SUM || it->agg == A_AVG ? 2 : 3;
-}
 
 static int put_agg(struct buf *b, const struct item *it, const struct aggst *a)
 {
@@ -755,9 +777,9 @@ static int put_group(struct buf *b, const struct ivm *m, struct group *g)
     int rc = put_key(b, m, g->key, 1);
     if (rc == 0)
         rc = le_put(b, (uint64_t)g->rows, 8);
-    for (size_t i = 0; rc == 0 && i < aggs_of(m->v); i++)
+    for (size_t i = 0; rc == 0 && i < m->v->nitems; i++)
         if (kept(&m->v->items[i]))
-            rc = put_agg(b, &m->v->items[i], &g->agg[i]);
+            rc = put_agg(b, &m->v->items[i], agg(m, g, i));
     g->saved = 1;
     g->dirty_at = 0;
     return rc;
@@ -831,13 +853,13 @@ static void get_value(struct le_reader *r, struct value *v)
 
 static int get_aggs(struct ivm *m, struct le_reader *r, struct group *g)
 {
-    for (size_t i = 0; !r->bad && i < aggs_of(m->v); i++) {
-        struct aggst *a = &g->agg[i];
+    for (size_t i = 0; !r->bad && i < m->v->nitems; i++) {
         int what = kept(&m->v->items[i]);
-        bag_free(&a->bag);
-        *a = (struct aggst){ 0 };
         if (!what)
             continue;
+        struct aggst *a = agg(m, g, i);
+        bag_free(&a->bag);
+        *a = (struct aggst){ 0 };
         a->n = (int64_t)le_get(r, 8);
         if (what == 2) {
             uint64_t lo = le_get(r, 8), hi = le_get(r, 8);
