@@ -292,7 +292,9 @@ static int read_more(struct input *in)
 
 /* The start of a line longer than MAX_LINE, or more of it: malformed, so
  * the input fails, or, skipping errors, its bytes leave pending (the rest
- * of it follows them until its newline comes: end_overlong). */
+ * of it follows them until its newline comes: end_overlong). Whether a line
+ * is too long depends on its length alone, never on where reads cut the
+ * file: a replay must take the same lines. */
 static int overlong(struct input *in, const char *s, size_t n)
 {
     if (!in->skip_len) {
@@ -353,6 +355,13 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
             continue;
         }
         size_t len = (size_t)(nl - s);
+        if (len > MAX_LINE) { /* its end came in the read that took it past the limit */
+            int rc = overlong(in, s, 0);
+            if (rc < 0)
+                return rc;
+            end_overlong(in, s, len + 1);
+            continue;
+        }
         int rc = one_line(in, s, len, fn, arg);
         if (rc < 0) {
             in->line--; /* the same line again next time, with the same number */

@@ -103,8 +103,9 @@ struct slot {
 /* A queued insert (invariant 5): what it needs of its row, evaluated. */
 struct queued {
     uint64_t hash;
-    struct value *key;  /* the GROUP BY values; VARCHARs copied into the step arena */
+    struct value *key;  /* the GROUP BY values */
     struct value *args; /* per item, an aggregate's argument (unused for others) */
+    struct buf strings; /* the VARCHARs of both: the row's own go with it */
 };
 
 struct ivm {
@@ -502,17 +503,23 @@ static uint64_t key_and_args(const struct ivm *m, const struct value *row, struc
     return row_hash(key, v->ngroup);
 }
 
-/* A queued value outlives the row it came from: its string goes to the step arena. */
-static int keep_strings(struct ivm *m, struct value *vals, size_t n)
+/* A queued insert outlives the row it came from: its strings are copied
+ * into its slot's buffer, reused by the insert queued there next. */
+static int keep_strings(struct queued *q, size_t nkey, size_t nargs)
 {
+    size_t need = 0, n = nkey + nargs; /* args follow key in one array */
+    for (size_t i = 0; i < n; i++)
+        need += q->key[i].t == T_VARCHAR ? q->key[i].str.len : 0;
+    buf_reset(&q->strings);
+    if (need && buf_reserve(&q->strings, need))
+        return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        if (vals[i].t != T_VARCHAR)
+        if (q->key[i].t != T_VARCHAR)
             continue;
-        char *s = arena_alloc(&m->step, vals[i].str.len + 1);
-        if (!s)
-            return -ENOMEM;
-        memcpy(s, vals[i].str.s, vals[i].str.len);
-        vals[i].str.s = s;
+        char *at = (char *)q->strings.data + q->strings.len;
+        memcpy(at, q->key[i].str.s, q->key[i].str.len);
+        q->strings.len += q->key[i].str.len;
+        q->key[i].str.s = at;
     }
     return 0;
 }
@@ -556,9 +563,7 @@ static int enqueue(struct ivm *m, const struct value *row)
 {
     struct queued *q = &m->queue[m->queued % QUEUE];
     q->hash = key_and_args(m, row, q->key, q->args);
-    int rc = keep_strings(m, q->key, m->v->ngroup);
-    if (rc == 0)
-        rc = keep_strings(m, q->args, m->v->nitems);
+    int rc = keep_strings(q, m->v->ngroup, m->v->nitems);
     if (rc)
         return rc;
     __builtin_prefetch(&m->slots[q->hash & (m->nslots - 1)]);
@@ -703,6 +708,8 @@ void ivm_free(struct ivm *m)
     free(m->touched);
     free(m->values);
     free(m->state_of);
+    for (size_t i = 0; i < QUEUE; i++)
+        buf_free(&m->queue[i].strings);
     free(m->slots);
     free(m->scratch);
     arena_free(&m->step);

@@ -39,7 +39,8 @@ int ivm_flush(struct ivm *m, ivm_emit_fn emit, void *arg);
 /* The view's rows as of the last flush, in no particular order. */
 int ivm_scan(struct ivm *m, ivm_emit_fn fn, void *arg);
 
-/* Groups in the view now. */
+/* Groups in the view: between steps, all of them; within one, groups of
+ * inserts still queued (ivm.c, invariant 5) are not counted yet. */
 uint64_t ivm_groups(const struct ivm *m);
 
 /* ---- checkpoints ---- */
