@@ -25,6 +25,7 @@ struct output {
     struct buf lines;
     struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
     struct buf *keys;   /* per column: "name":  (JSON-escaped once) */
+    size_t *rest;       /* per column: what the line may take from it on (reserve_rest) */
 };
 
 /* A line a crash cut short goes: what follows it starts on a line of its own. */
@@ -68,7 +69,8 @@ int output_open(const struct view *v, struct output **out)
         return rc;
     }
     *o = (struct output){ .v = v, .path = path, .fd = fd };
-    if (!(o->keys = calloc(v->nitems, sizeof *o->keys)))
+    if (!(o->keys = calloc(v->nitems, sizeof *o->keys)) ||
+        !(o->rest = calloc(v->nitems + 1, sizeof *o->rest)))
         rc = -ENOMEM;
     for (size_t i = 0; rc == 0 && i < v->nitems; i++) {
         const char *name = v->items[i].name;
@@ -77,6 +79,8 @@ int output_open(const struct view *v, struct output **out)
         rc = rc ? rc : value_json(&key, &o->keys[i]);
         rc = rc ? rc : buf_append(&o->keys[i], ": ", 2);
     }
+    for (size_t i = v->nitems + 1; rc == 0 && i-- > 0;) /* the last: }}\n and buf's NUL */
+        o->rest[i] = i == v->nitems ? 4 : o->rest[i + 1] + o->keys[i].len + VALUE_SHORT_MAX;
     if (rc) {
         output_close(o);
         return rc;
@@ -118,6 +122,7 @@ void output_close(struct output *o)
     for (size_t i = 0; o->keys && i < o->v->nitems; i++)
         buf_free(&o->keys[i]);
     free(o->keys);
+    free(o->rest);
     free(o);
 }
 
@@ -132,17 +137,34 @@ void output_begin(struct output *o, uint64_t step)
     }
 }
 
+/* Room for the rest of a line from column i on, strings aside: reserved at
+ * once, so that most lines are written without a check per piece. */
+static int reserve_rest(struct output *o, size_t i)
+{
+    return buf_reserve(&o->lines, o->rest[i]);
+}
+
 int output_emit(void *arg, const struct value *row, int weight)
 {
     struct output *o = arg;
     const struct buf *head = &o->head[weight > 0];
     int rc = buf_append(&o->lines, head->data, head->len);
+    rc = rc ? rc : reserve_rest(o, 0);
     for (size_t i = 0; rc == 0 && i < o->v->nitems; i++) {
-        rc = buf_append(&o->lines, o->keys[i].data, o->keys[i].len);
-        if (rc == 0)
+        char *p = (char *)o->lines.data + o->lines.len;
+        memcpy(p, o->keys[i].data, o->keys[i].len);
+        size_t n = value_json_short(&row[i], p + o->keys[i].len);
+        o->lines.len += o->keys[i].len + n;
+        if (!n) { /* a string: escaped, checked, then room again */
             rc = value_json(&row[i], &o->lines);
+            rc = rc ? rc : reserve_rest(o, i + 1);
+        }
     }
-    return rc ? rc : buf_append(&o->lines, "}}\n", 3);
+    if (rc)
+        return rc;
+    memcpy(o->lines.data + o->lines.len, "}}\n", 4);
+    o->lines.len += 3;
+    return 0;
 }
 
 int output_end(struct output *o, uint64_t at)

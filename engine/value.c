@@ -111,41 +111,69 @@ static int string_json(const char *s, size_t len, struct buf *out)
     return rc ? rc : buf_append(out, "\"", 1);
 }
 
-static int double_json(double d, struct buf *out)
+/* Decimal digits at p, two at a time; returns their count. */
+static size_t int_text(int64_t v, char *p)
 {
-    char text[DTOA_MAX];
-    return buf_append(out, text, dtoa_17g(d, text));
+    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
+                                "31323334353637383940414243444546474849505152535455565758596061"
+                                "62636465666768697071727374757677787980818283848586878889909192"
+                                "93949596979899";
+    _Static_assert(sizeof pairs == 201, "two digits for each of 0..99");
+    char tmp[24], *q = tmp + sizeof tmp;
+    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+    for (; u >= 100; u /= 100)
+        memcpy(q -= 2, pairs + 2 * (u % 100), 2);
+    if (u >= 10)
+        memcpy(q -= 2, pairs + 2 * u, 2);
+    else
+        *--q = (char)('0' + u);
+    if (v < 0)
+        *--q = '-';
+    size_t n = (size_t)(tmp + sizeof tmp - q);
+    memcpy(p, q, n);
+    return n;
 }
 
 int value_int_text(int64_t v, struct buf *out)
 {
-    char tmp[24], *p = tmp + sizeof tmp;
-    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
-    do
-        *--p = (char)('0' + u % 10);
-    while (u /= 10);
-    if (v < 0)
-        *--p = '-';
-    return buf_append(out, p, (size_t)(tmp + sizeof tmp - p));
+    if (buf_reserve(out, VALUE_SHORT_MAX))
+        return -ENOMEM;
+    out->len += int_text(v, (char *)out->data + out->len);
+    out->data[out->len] = 0;
+    return 0;
+}
+
+_Static_assert(VALUE_SHORT_MAX >= DTOA_MAX, "a double's text fits");
+
+size_t value_json_short(const struct value *v, char *p)
+{
+    switch (v->t) {
+    case T_BIGINT:
+        return int_text(v->i, p);
+    case T_DOUBLE:
+        if (isfinite(v->d))
+            return dtoa_17g(v->d, p);
+        __attribute__((fallthrough)); /* not a JSON number */
+    case T_NULL:
+        return memcpy(p, "null", 4), 4;
+    case T_BOOLEAN:
+        return v->b ? (memcpy(p, "true", 4), 4) : (memcpy(p, "false", 5), 5);
+    default:
+        return 0;
+    }
 }
 
 int value_json(const struct value *v, struct buf *out)
 {
-    switch (v->t) {
-    case T_NULL:
-        return buf_append(out, "null", 4);
-    case T_BIGINT:
-        return value_int_text(v->i, out);
-    case T_DOUBLE:
-        return isfinite(v->d) ? double_json(v->d, out) : buf_append(out, "null", 4);
-    case T_VARCHAR:
+    if (v->t == T_VARCHAR)
         return string_json(v->str.s, v->str.len, out);
-    case T_BOOLEAN:
-        return v->b ? buf_append(out, "true", 4) : buf_append(out, "false", 5);
-    case T_TIMESTAMP:
+    if (v->t == T_TIMESTAMP)
         return timestamp_text(v->i, out);
-    }
-    return -EINVAL;
+    if (buf_reserve(out, VALUE_SHORT_MAX))
+        return -ENOMEM;
+    out->len += value_json_short(v, (char *)out->data + out->len);
+    out->data[out->len] = 0;
+    return 0;
 }
 
 /* "YYYY-MM-DD[ T]HH:MM:SS[.ffffff]", or a date alone. */

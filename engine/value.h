@@ -42,6 +42,12 @@ double value_num(const struct value *v);
 /* Appends v as JSON (TIMESTAMP as "YYYY-MM-DD HH:MM:SS[.ffffff]"). */
 int value_json(const struct value *v, struct buf *out);
 
+/* The same, unchecked, at p, for a value whose JSON is short and needs no
+ * escaping (not a VARCHAR or TIMESTAMP): p has room for VALUE_SHORT_MAX
+ * bytes. Returns the length written, or 0 for a VARCHAR or TIMESTAMP. */
+#define VALUE_SHORT_MAX 32 /* DTOA_MAX, and INT64_MIN's 20 */
+size_t value_json_short(const struct value *v, char *p);
+
 /* Appends v in decimal (without printf: output formatting is hot). */
 int value_int_text(int64_t v, struct buf *out);
 

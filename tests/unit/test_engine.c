@@ -539,9 +539,38 @@ static void test_bigint_text(void)
     }
 }
 
+/* BIGINT out: what printf writes, every digit count, both ends of the range. */
+static void same_as_printf(int64_t x)
+{
+    char want[32];
+    struct buf got = { 0 };
+    struct value v = { .t = T_BIGINT, .i = x };
+    snprintf(want, sizeof want, "%lld", (long long)x);
+    CHECK(value_json(&v, &got) == 0 && got.len == strlen(want) && !strcmp((char *)got.data, want),
+          "%s: got '%s'", want, got.data ? (char *)got.data : "");
+    buf_free(&got);
+}
+
+static void test_bigint_json(void)
+{
+    for (int64_t p = 1, d = 0; d < 19; d++, p = d < 19 ? p * 10 : p)
+        for (int64_t x = p - 2; x <= p + 2; x++) {
+            same_as_printf(x);
+            same_as_printf(-x);
+        }
+    same_as_printf(INT64_MAX);
+    same_as_printf(INT64_MIN);
+    same_as_printf(INT64_MIN + 1);
+    for (unsigned i = 0; i < 100000; i++)
+        same_as_printf(
+            (int64_t)((uint64_t)rand() << 40 ^ (uint64_t)rand() << 20 ^ (uint64_t)rand()) >>
+            (i % 60));
+}
+
 int main(void)
 {
     test_bigint_text();
+    test_bigint_json();
     test_hostile_batch();
     test_errors();
     test_parse();
