@@ -72,11 +72,19 @@ struct bag {
     struct entry one;
 };
 
+/* 8-byte aligned, so that a state is 56 bytes, not 64: a group's block is
+ * what a lookup waits for, line by line. */
+typedef __int128 int128_a8 __attribute__((aligned(8)));
+
 struct aggst {
     int64_t n;
-    __int128 isum;
-    double dsum;
-    struct bag bag;
+    union { /* by the item's kind (kept()): 2 the sums, 3 the bag */
+        struct {
+            int128_a8 isum;
+            double dsum;
+        };
+        struct bag bag;
+    };
 };
 
 struct group {
@@ -244,8 +252,9 @@ static struct aggst *agg(const struct ivm *m, const struct group *g, size_t i)
 
 static void group_free(const struct ivm *m, struct group *g)
 {
-    for (size_t i = 0; i < m->nstates; i++)
-        bag_free(&g->agg[i].bag);
+    for (size_t i = 0; i < m->v->nitems; i++)
+        if (kept(&m->v->items[i]) == 3)
+            bag_free(&agg(m, g, i)->bag);
     free(g);
 }
 
@@ -497,9 +506,13 @@ static uint64_t key_and_args(const struct ivm *m, const struct value *row, struc
     const struct view *v = m->v;
     for (size_t i = 0; i < v->ngroup; i++)
         key[i] = row[v->group[i]];
-    for (size_t i = 0; i < v->nitems; i++)
-        if (v->items[i].is_agg && v->items[i].arg)
-            expr_eval(v->items[i].arg, row, &args[i]);
+    for (size_t i = 0; i < v->nitems; i++) {
+        const struct expr *e = v->items[i].is_agg ? v->items[i].arg : NULL;
+        if (e && e->op == E_COLUMN) /* the usual argument: no call for it */
+            args[i] = row[e->column];
+        else if (e)
+            expr_eval(e, row, &args[i]);
+    }
     return row_hash(key, v->ngroup);
 }
 
@@ -865,7 +878,8 @@ static int get_aggs(struct ivm *m, struct le_reader *r, struct group *g)
         if (!what)
             continue;
         struct aggst *a = agg(m, g, i);
-        bag_free(&a->bag);
+        if (what == 3)
+            bag_free(&a->bag);
         *a = (struct aggst){ 0 };
         a->n = (int64_t)le_get(r, 8);
         if (what == 2) {
