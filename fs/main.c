@@ -149,8 +149,6 @@ static int parse_size(const char *what, const char *v, uint64_t *out)
     return 0;
 }
 
-/* One ckptfs option by name, as --name VALUE or -o name=VALUE. Returns 1 if
- * taken, 0 if not ours, -EINVAL if its value is wrong. */
 /* --publish-on's value: one glob, or several joined by '|'. */
 static int add_globs(struct cli *c, const char *v)
 {
@@ -168,6 +166,8 @@ static int add_globs(struct cli *c, const char *v)
     return 0;
 }
 
+/* One ckptfs option by name, as --name VALUE or -o name=VALUE. Returns 1 if
+ * taken, 0 if not ours, -EINVAL if its value is wrong. */
 static int set_option(struct cli *c, const char *name, const char *v)
 {
     unsigned n = 0;
