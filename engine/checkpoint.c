@@ -65,11 +65,6 @@ struct ckpt {
 
 /* ---- files ---- */
 
-static int io_fail(const char *what, const char *path)
-{
-    return err_set(-errno, "%s %s: %s", what, path, strerror(errno));
-}
-
 /* path.mut written, fsynced, renamed to path (the directory's sync is the caller's). */
 static int write_file(const char *path, const void *data, size_t len)
 {
@@ -78,13 +73,13 @@ static int write_file(const char *path, const void *data, size_t len)
         return err_set(-ENAMETOOLONG, "%s: the path is too long", path);
     int fd = open(mut, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
-        return io_fail("cannot create", mut);
+        return io_error("cannot create", mut);
     int rc = write_full(fd, data, len, -1, NULL, mut);
     if (rc == 0 && fsync(fd))
-        rc = io_fail("cannot sync", mut);
+        rc = io_error("cannot sync", mut);
     close(fd);
     if (rc == 0 && rename(mut, path))
-        rc = io_fail("cannot rename", mut);
+        rc = io_error("cannot rename", mut);
     if (rc)
         unlink(mut);
     return rc;
@@ -95,7 +90,7 @@ static int read_file(const char *path, struct buf *out)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? err_set(-ENOENT, "%s is missing", path)
-                               : io_fail("cannot open", path);
+                               : io_error("cannot open", path);
     int rc = read_full(fd, out, path);
     close(fd);
     return rc;
@@ -293,7 +288,7 @@ static int probe_writable(struct ckpt *c)
     path_of(c, path, "%s", "writable.mut");
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0)
-        return io_fail("cannot create", path);
+        return io_error("cannot create", path);
     close(fd);
     unlink(path);
     return 0;

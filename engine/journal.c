@@ -66,11 +66,6 @@ struct segment {
     char name[NAME_LEN];
 };
 
-static int io_fail(const char *what, const char *path)
-{
-    return err_set(-errno, "%s %s: %s", what, path, strerror(errno));
-}
-
 static void segment_path(const struct journal *j, const char *name, char out[PATH_MAX])
 {
     snprintf(out, PATH_MAX, "%s/%s", j->dir, name);
@@ -123,7 +118,7 @@ static int list_segments(const struct journal *j, struct segment **v, size_t *n)
     *n = 0;
     DIR *d = opendir(j->dir);
     if (!d)
-        return errno == ENOENT ? 0 : io_fail("cannot list", j->dir);
+        return errno == ENOENT ? 0 : io_error("cannot list", j->dir);
     struct dirent *e;
     int rc = 0;
     while (rc == 0 && (e = readdir(d))) {
@@ -341,7 +336,7 @@ static int torn(struct replaying *r, const struct segment *s, int fd, size_t goo
     if (r->j->read_only)
         return 0;
     if (ftruncate(fd, (off_t)good) || fdatasync(fd))
-        return io_fail("cannot cut the torn end of", path);
+        return io_error("cannot cut the torn end of", path);
     return 0;
 }
 
@@ -351,7 +346,7 @@ static int replay_segment(struct replaying *r, const struct segment *s, int last
     segment_path(r->j, s->name, path);
     int fd = open(path, (r->j->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (fd < 0)
-        return io_fail("cannot open", path);
+        return io_error("cannot open", path);
     size_t good = 0;
     buf_reset(&r->j->scratch);
     int rc = read_full(fd, &r->j->scratch, path);
@@ -391,7 +386,7 @@ static int start_segment(struct journal *j, uint64_t step)
     segment_path(j, name, j->path);
     j->fd = open(j->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (j->fd < 0)
-        return io_fail("cannot create", j->path);
+        return io_error("cannot create", j->path);
     int rc = write_full(j->fd, head, HEAD_LEN, 0, NULL, j->path);
     if (rc) {
         close(j->fd);
@@ -417,7 +412,7 @@ int journal_append(struct journal *j, const struct journal_entry *e)
     rc = rc ? rc
             : write_full(j->fd, j->scratch.data, j->scratch.len, (int64_t)j->len, NULL, j->path);
     if (rc == 0 && fdatasync(j->fd))
-        rc = io_fail("cannot sync", j->path);
+        rc = io_error("cannot sync", j->path);
     if (rc == 0 && fresh)
         rc = sync_dir(j->dir);
     if (rc) { /* no torn entry stays where a later one could follow it */
@@ -444,7 +439,7 @@ int journal_checkpointed(struct journal *j, uint64_t oldest)
         char path[PATH_MAX];
         segment_path(j, segs[i].name, path);
         if (unlink(path) && errno != ENOENT)
-            rc = io_fail("cannot delete", path);
+            rc = io_error("cannot delete", path);
     }
     if (oldest)
         free(segs);

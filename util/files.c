@@ -8,9 +8,9 @@
 
 #include "util/err.h"
 
-static int failed(const char *verb, const char *path)
+int io_error(const char *what, const char *path)
 {
-    return err_set(-errno, "cannot %s %s: %s", verb, path, strerror(errno));
+    return err_set(-errno, "%s %s: %s", what, path, strerror(errno));
 }
 
 int write_full(int fd, const void *p, size_t n, int64_t at, size_t *done, const char *path)
@@ -23,7 +23,7 @@ int write_full(int fd, const void *p, size_t n, int64_t at, size_t *done, const 
         if (w == 0)
             errno = EIO; /* no progress: never loop on it */
         if (w == 0 || (w < 0 && errno != EINTR))
-            rc = failed("write", path);
+            rc = io_error("cannot write", path);
         put += w > 0 ? (size_t)w : 0;
     }
     if (done)
@@ -40,7 +40,7 @@ int read_full(int fd, struct buf *out, const char *path)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
-            return failed("read", path);
+            return io_error("cannot read", path);
         if (n == 0)
             return 0;
         out->len += (size_t)n;
@@ -51,7 +51,7 @@ int read_full(int fd, struct buf *out, const char *path)
 int sync_dir(const char *path)
 {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd < 0 || fsync(fd) ? failed("sync", path) : 0;
+    int rc = fd < 0 || fsync(fd) ? io_error("cannot sync", path) : 0;
     if (fd >= 0)
         close(fd);
     return rc;

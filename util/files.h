@@ -3,7 +3,7 @@
  * keeps its own files durable (ckptpipe's checkpoints, journal and outputs).
  *
  * Errors: -errno of the failing call, with the message "cannot VERB PATH:
- * reason" (-ENOMEM without one).
+ * reason" (io_error; -ENOMEM without one).
  */
 #ifndef CKPT_UTIL_FILES_H
 #define CKPT_UTIL_FILES_H
@@ -20,6 +20,10 @@ int write_full(int fd, const void *p, size_t n, int64_t at, size_t *done, const 
 
 /* The file's bytes from offset 0 to its end, appended to out. */
 int read_full(int fd, struct buf *out, const char *path);
+
+/* The error of a call that just failed on path: -errno, and the message
+ * "WHAT PATH: reason" (what: "cannot create" ...). */
+int io_error(const char *what, const char *path);
 
 /* The directory's entries made durable (after a create, rename or unlink). */
 int sync_dir(const char *path);
