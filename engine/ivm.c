@@ -108,12 +108,13 @@ struct slot {
 
 #define QUEUE 16 /* a power of two */
 
-/* A queued insert (invariant 5): what it needs of its row, evaluated. */
+/* A queued insert (invariant 5): what it needs of its row, evaluated, in a
+ * row of its own (row_init: the strings copied too, since the input's go
+ * with the input's row): the GROUP BY values, then per item an aggregate's
+ * argument (NULL for others). The buffer is reused by the next insert. */
 struct queued {
     uint64_t hash;
-    struct value *key;  /* the GROUP BY values */
-    struct value *args; /* per item, an aggregate's argument (unused for others) */
-    struct buf strings; /* the VARCHARs of both: the row's own go with it */
+    struct buf row;
 };
 
 struct ivm {
@@ -126,7 +127,7 @@ struct ivm {
     size_t ntouched, touched_cap;
     struct queued queue[QUEUE]; /* invariant 5 */
     uint64_t queued, applied;   /* inserts ever queued and applied: queue[n % QUEUE] */
-    struct value *values;       /* the queue's keys and args, then a delete's */
+    struct value *values;       /* a row's key and args, being evaluated (key_and_args) */
     struct value *scratch;      /* an output row being built */
     size_t *state_of;           /* item -> its place in a group's states + 1, or 0 (agg()) */
     size_t nstates;
@@ -516,27 +517,6 @@ static uint64_t key_and_args(const struct ivm *m, const struct value *row, struc
     return row_hash(key, v->ngroup);
 }
 
-/* A queued insert outlives the row it came from: its strings are copied
- * into its slot's buffer, reused by the insert queued there next. */
-static int keep_strings(struct queued *q, size_t nkey, size_t nargs)
-{
-    size_t need = 0, n = nkey + nargs; /* args follow key in one array */
-    for (size_t i = 0; i < n; i++)
-        need += q->key[i].t == T_VARCHAR ? q->key[i].str.len : 0;
-    buf_reset(&q->strings);
-    if (need && buf_reserve(&q->strings, need))
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++) {
-        if (q->key[i].t != T_VARCHAR)
-            continue;
-        char *at = (char *)q->strings.data + q->strings.len;
-        memcpy(at, q->key[i].str.s, q->key[i].str.len);
-        q->strings.len += q->key[i].str.len;
-        q->key[i].str.s = at;
-    }
-    return 0;
-}
-
 static void prefetch_lines(const void *p, size_t n)
 {
     for (size_t off = 0; off < n; off += 64)
@@ -560,7 +540,8 @@ static void prefetch_group(const struct ivm *m)
 static int apply_queued(struct ivm *m)
 {
     const struct queued *q = &m->queue[m->applied++ % QUEUE];
-    return apply(m, q->key, q->hash, q->args, 1);
+    const struct row *r = (const struct row *)q->row.data;
+    return apply(m, r->v, q->hash, r->v + m->v->ngroup, 1);
 }
 
 static int drain(struct ivm *m)
@@ -575,10 +556,12 @@ static int drain(struct ivm *m)
 static int enqueue(struct ivm *m, const struct value *row)
 {
     struct queued *q = &m->queue[m->queued % QUEUE];
-    q->hash = key_and_args(m, row, q->key, q->args);
-    int rc = keep_strings(q, m->v->ngroup, m->v->nitems);
-    if (rc)
-        return rc;
+    size_t n = m->v->ngroup + m->v->nitems;
+    q->hash = key_and_args(m, row, m->values, m->values + m->v->ngroup);
+    buf_reset(&q->row);
+    if (buf_reserve(&q->row, row_size(m->values, n)))
+        return -ENOMEM;
+    row_init((struct row *)q->row.data, m->values, n);
     __builtin_prefetch(&m->slots[q->hash & (m->nslots - 1)]);
     m->queued++;
     prefetch_group(m);
@@ -599,7 +582,7 @@ int ivm_change(struct ivm *m, const struct value *row, int weight)
     }
     int rc = weight > 0 ? enqueue(m, row) : drain(m);
     if (rc == 0 && weight < 0) {
-        struct value *key = m->values + QUEUE * (v->ngroup + v->nitems), *args = key + v->ngroup;
+        struct value *key = m->values, *args = key + v->ngroup;
         rc = apply(m, key, key_and_args(m, row, key, args), args, weight);
     }
     return rc ? err_wrap(rc, "view %s", v->name) : 0;
@@ -658,19 +641,14 @@ uint64_t ivm_groups(const struct ivm *m)
     return m->ngroups;
 }
 
-/* The queue's value arrays, one more for a delete; the items that keep
+/* The array a row's key and args are evaluated into; the items that keep
  * state; and what a group's block takes, a key without strings: what is
  * prefetched of it. */
 static int layout_init(struct ivm *m)
 {
-    size_t per = m->v->ngroup + m->v->nitems;
-    if (!(m->values = calloc((QUEUE + 1) * per + 1, sizeof *m->values)) ||
+    if (!(m->values = calloc(m->v->ngroup + m->v->nitems + 1, sizeof *m->values)) ||
         !(m->state_of = calloc(m->v->nitems + 1, sizeof *m->state_of)))
         return -ENOMEM;
-    for (size_t i = 0; i < QUEUE; i++) {
-        m->queue[i].key = m->values + i * per;
-        m->queue[i].args = m->queue[i].key + m->v->ngroup;
-    }
     for (size_t i = 0; i < m->v->nitems; i++)
         m->state_of[i] = kept(&m->v->items[i]) ? ++m->nstates : 0;
     m->block_bytes = sizeof(struct group) + sizeof(struct row) +
@@ -722,7 +700,7 @@ void ivm_free(struct ivm *m)
     free(m->values);
     free(m->state_of);
     for (size_t i = 0; i < QUEUE; i++)
-        buf_free(&m->queue[i].strings);
+        buf_free(&m->queue[i].row);
     free(m->slots);
     free(m->scratch);
     arena_free(&m->step);
@@ -767,8 +745,6 @@ static int put_key(struct buf *b, const struct ivm *m, const struct row *key, in
         rc = put_value(b, &key->v[i]);
     return rc;
 }
-
-/* What an item keeps of a group beyond its rows: 0 nothing, 1 n, 2 sums, 3 a bag. */
 
 static int put_agg(struct buf *b, const struct item *it, const struct aggst *a)
 {
