@@ -134,15 +134,6 @@ static size_t int_text(int64_t v, char *p)
     return n;
 }
 
-int value_int_text(int64_t v, struct buf *out)
-{
-    if (buf_reserve(out, VALUE_SHORT_MAX))
-        return -ENOMEM;
-    out->len += int_text(v, (char *)out->data + out->len);
-    out->data[out->len] = 0;
-    return 0;
-}
-
 _Static_assert(VALUE_SHORT_MAX >= DTOA_MAX, "a double's text fits");
 
 size_t value_json_short(const struct value *v, char *p)

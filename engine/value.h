@@ -48,9 +48,6 @@ int value_json(const struct value *v, struct buf *out);
 #define VALUE_SHORT_MAX 32 /* DTOA_MAX, and INT64_MIN's 20 */
 size_t value_json_short(const struct value *v, char *p);
 
-/* Appends v in decimal (without printf: output formatting is hot). */
-int value_int_text(int64_t v, struct buf *out);
-
 /* Parses text as a value of type t (a CSV field, a SQL literal's text):
  * -EINVAL if it is not one. VARCHAR points into text. */
 int value_parse(enum type t, const char *text, size_t len, struct value *out);
