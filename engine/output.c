@@ -25,7 +25,7 @@ struct output {
     struct buf lines;
     struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
     struct buf *keys;   /* per column: "name":  (JSON-escaped once) */
-    size_t *rest;       /* per column: what the line may take from it on (reserve_rest) */
+    size_t room;        /* a line's bytes, strings aside (output_emit) */
 };
 
 /* A line a crash cut short goes: what follows it starts on a line of its own. */
@@ -69,8 +69,7 @@ int output_open(const struct view *v, struct output **out)
         return rc;
     }
     *o = (struct output){ .v = v, .path = path, .fd = fd };
-    if (!(o->keys = calloc(v->nitems, sizeof *o->keys)) ||
-        !(o->rest = calloc(v->nitems + 1, sizeof *o->rest)))
+    if (!(o->keys = calloc(v->nitems, sizeof *o->keys)))
         rc = -ENOMEM;
     for (size_t i = 0; rc == 0 && i < v->nitems; i++) {
         const char *name = v->items[i].name;
@@ -79,8 +78,9 @@ int output_open(const struct view *v, struct output **out)
         rc = rc ? rc : value_json(&key, &o->keys[i]);
         rc = rc ? rc : buf_append(&o->keys[i], ": ", 2);
     }
-    for (size_t i = v->nitems + 1; rc == 0 && i-- > 0;) /* the last: }}\n and buf's NUL */
-        o->rest[i] = i == v->nitems ? 4 : o->rest[i + 1] + o->keys[i].len + VALUE_SHORT_MAX;
+    o->room = 4; /* }}\n and buf's NUL */
+    for (size_t i = 0; rc == 0 && i < v->nitems; i++)
+        o->room += o->keys[i].len + VALUE_SHORT_MAX;
     if (rc) {
         output_close(o);
         return rc;
@@ -122,7 +122,6 @@ void output_close(struct output *o)
     for (size_t i = 0; o->keys && i < o->v->nitems; i++)
         buf_free(&o->keys[i]);
     free(o->keys);
-    free(o->rest);
     free(o);
 }
 
@@ -137,19 +136,14 @@ void output_begin(struct output *o, uint64_t step)
     }
 }
 
-/* Room for the rest of a line from column i on, strings aside: reserved at
- * once, so that most lines are written without a check per piece. */
-static int reserve_rest(struct output *o, size_t i)
-{
-    return buf_reserve(&o->lines, o->rest[i]);
-}
-
 int output_emit(void *arg, const struct value *row, int weight)
 {
     struct output *o = arg;
     const struct buf *head = &o->head[weight > 0];
+    /* Room for the line is reserved at once (again after a string), so that
+     * most lines are written without a check per piece. */
     int rc = buf_append(&o->lines, head->data, head->len);
-    rc = rc ? rc : reserve_rest(o, 0);
+    rc = rc ? rc : buf_reserve(&o->lines, o->room);
     for (size_t i = 0; rc == 0 && i < o->v->nitems; i++) {
         char *p = (char *)o->lines.data + o->lines.len;
         memcpy(p, o->keys[i].data, o->keys[i].len);
@@ -157,7 +151,7 @@ int output_emit(void *arg, const struct value *row, int weight)
         o->lines.len += o->keys[i].len + n;
         if (!n) { /* a string: escaped, checked, then room again */
             rc = value_json(&row[i], &o->lines);
-            rc = rc ? rc : reserve_rest(o, i + 1);
+            rc = rc ? rc : buf_reserve(&o->lines, o->room);
         }
     }
     if (rc)
