@@ -235,6 +235,18 @@ int codec_name(const struct codec *c, const void *data, size_t len, uint8_t name
     return name_of(c, data, len, name);
 }
 
+int codec_check_name(const struct codec *c, const void *data, size_t len,
+                     const uint8_t name[CODEC_NAME_LEN])
+{
+    uint8_t got[CODEC_NAME_LEN];
+    char hex[2 * CODEC_NAME_LEN + 1];
+    int rc = name_of(c, data, len, got);
+    if (rc || CRYPTO_memcmp(got, name, CODEC_NAME_LEN) == 0)
+        return rc;
+    codec_name_hex(name, hex);
+    return err_set(-EBADMSG, "chunk %s: content does not match its name", hex);
+}
+
 /* The checksum of a plaintext that is not encrypted (rule 2 at the top). */
 static void checksum(const void *data, size_t len, const uint8_t name[CODEC_NAME_LEN],
                      uint8_t sum[SUM_LEN])
@@ -545,13 +557,8 @@ static int unpack_raw(const struct codec *c, struct ws *w, const struct hdr *h,
 static int check_plain(const struct codec *c, const struct hdr *h,
                        const uint8_t name[CODEC_NAME_LEN], const uint8_t *plain, const char *hex)
 {
-    if (h->version == VERSION_1) {
-        uint8_t got[CODEC_NAME_LEN];
-        int rc = name_of(c, plain, h->plain_len, got);
-        if (rc == 0 && CRYPTO_memcmp(got, name, CODEC_NAME_LEN) != 0)
-            rc = err_set(-EBADMSG, "chunk %s: content does not match its name", hex);
-        return rc;
-    }
+    if (h->version == VERSION_1)
+        return codec_check_name(c, plain, h->plain_len, name);
     if (h->flags & F_ENCRYPTED)
         return 0;
     uint8_t sum[SUM_LEN];

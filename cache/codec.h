@@ -49,6 +49,12 @@ void codec_free(struct codec *c);
  * could not allocate (the only way hashing fails). */
 int codec_name(const struct codec *c, const void *data, size_t len, uint8_t name[CODEC_NAME_LEN]);
 
+/* 0 if plaintext data is named name, else -EBADMSG ("chunk HEX: content
+ * does not match its name"), or -ENOMEM. A SHA-256 (or HMAC) pass: what
+ * version 1 chunks are checked by, and what ckptctl verify adds. */
+int codec_check_name(const struct codec *c, const void *data, size_t len,
+                     const uint8_t name[CODEC_NAME_LEN]);
+
 /* Appends the encoded form of data, whose name is name, to out. */
 int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t name[CODEC_NAME_LEN],
                  struct buf *out);

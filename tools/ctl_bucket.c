@@ -381,16 +381,8 @@ struct checking {
 static int fetch_named_right(struct bucket *b, const uint8_t name[CODEC_NAME_LEN],
                              struct buf *plain)
 {
-    uint8_t got[CODEC_NAME_LEN];
     int rc = fetch_chunk(b, name, plain);
-    if (rc == 0)
-        rc = codec_name(b->codec, plain->data, plain->len, got);
-    if (rc == 0 && memcmp(got, name, CODEC_NAME_LEN) != 0) {
-        char key[82];
-        remote_chunk_key(name, key);
-        rc = err_set(-EBADMSG, "%s: content does not match its name", key);
-    }
-    return rc;
+    return rc ? rc : codec_check_name(b->codec, plain->data, plain->len, name);
 }
 
 static int check_one(void *arg, size_t i)
