@@ -82,12 +82,13 @@ static int open_connectors(struct pipeline *p)
     if (!p->inputs || !p->views || !p->outputs || !p->expect)
         return -ENOMEM;
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < g->ntables; i++)
-        if (option_get(g->tables[i]->opts, g->tables[i]->nopts, "connector"))
-            rc = input_open(g->tables[i], &p->inputs[i]);
-    for (size_t i = 0; rc == 0 && p->ft == FT_EXACTLY_ONCE && i < g->ntables; i++)
-        if (p->inputs[i])
+    for (size_t i = 0; rc == 0 && i < g->ntables; i++) {
+        if (!option_get(g->tables[i]->opts, g->tables[i]->nopts, "connector"))
+            continue;
+        rc = input_open(g->tables[i], &p->inputs[i]);
+        if (rc == 0 && p->ft == FT_EXACTLY_ONCE)
             input_hash_spans(p->inputs[i]);
+    }
     for (size_t i = 0; rc == 0 && i < g->nviews; i++)
         rc = ivm_new(&g->views[i], &p->views[i]);
     return rc;
