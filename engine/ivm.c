@@ -4,9 +4,12 @@
  * A group is the rows of the table (passing WHERE) with one value of the
  * GROUP BY columns. Its state:
  *   rows         the number of such rows (weights summed): COUNT(*)
- *   per aggregate n (non-NULL arguments), isum/dsum (SUM, AVG), and for MIN
- *                and MAX a bag: the distinct non-NULL arguments, sorted,
- *                each with its multiplicity.
+ *   per argument n (non-NULL values), isum/dsum (SUM, AVG), and for MIN
+ *                and MAX a bag: the distinct non-NULL values, sorted, each
+ *                with its multiplicity (an append-only table's: its
+ *                smallest and largest alone).
+ * Aggregates of one argument and kind share a state (struct state): SUM and
+ * AVG of a column keep one pair of sums, its MIN and MAX one bag.
  * Invariants:
  *   1. A group with rows == 0 does not exist (unless the view has no GROUP
  *      BY: the one group always exists).
@@ -37,12 +40,14 @@
  * before it). Little-endian:
  *
  *   "CKIV" u8 version (1) u8 kind (1 base, 2 delta) u16 flags u32 items u64 records
- *   flags: 1 = MIN and MAX keep their extreme alone (an append-only table's)
+ *   flags: 1 = a MIN's or MAX's bag keeps extremes alone (an append-only
+ *           table's): its smallest, its largest, or both
  *   record: u8 tag (1 group, 2 tombstone), the key (the GROUP BY values),
  *           and for a group: i64 rows, then per aggregate item what it
  *           keeps: COUNT(e) i64 n; SUM and AVG i64 n, i128 isum (u64 low,
  *           u64 high), f64 dsum; MIN and MAX i64 n, u64 bag entries, each a
- *           value and an i64 count (COUNT(*) and GROUP BY columns: nothing)
+ *           value and an i64 count (COUNT(*) and GROUP BY columns: nothing;
+ *           a shared state comes once per item that reads it)
  *   value:  u8 type, then BIGINT and TIMESTAMP i64, DOUBLE f64, BOOLEAN u8,
  *           VARCHAR u32 length and the bytes, NULL nothing
  *   u64 XXH3 of everything before it
@@ -63,39 +68,51 @@ struct entry { /* a bag's value and its multiplicity */
     int64_t count;
 };
 
-/* Most bags hold one value (an append-only table's MIN and MAX hold no
- * more): it lives in `one`, inside the group's block, where a lookup has
- * brought it already; a second one moves them all to the heap. */
+/* Most bags hold one or two values (an append-only table's hold no more):
+ * they live in `inl`, inside the group's block, where a lookup has brought
+ * them already; a third moves them all to the heap. */
 struct bag {
-    struct entry *v; /* sorted by value_cmp; &one, or from malloc */
-    size_t n, cap;
-    struct entry one;
+    struct entry *v; /* sorted by value_cmp; inl, or from malloc */
+    uint32_t n, cap;
+    struct entry inl[2];
 };
 
-/* 8-byte aligned, so that a state is 56 bytes, not 64: a group's block is
+/* 8-byte aligned, so that sums take 32 bytes, not 48: a group's block is
  * what a lookup waits for, line by line. */
 typedef __int128 int128_a8 __attribute__((aligned(8)));
 
-struct aggst {
+/* What a state keeps (the batch format's words, at the top); each begins
+ * with n, and takes only its own bytes of a group's block. */
+enum kind { K_NONE, K_COUNT, K_SUMS, K_BAG };
+
+struct sums {
     int64_t n;
-    union { /* by the item's kind (kept()): 2 the sums, 3 the bag */
-        struct {
-            int128_a8 isum;
-            double dsum;
-        };
-        struct bag bag;
-    };
+    int128_a8 isum;
+    double dsum;
 };
 
+struct bagst {
+    int64_t n;
+    struct bag bag;
+};
+
+/* A state of the view's groups: its kind, the first item that reads it
+ * (whose argument it takes), and its offset in a group's block. */
+struct state {
+    enum kind kind;
+    size_t item;
+    size_t at;
+};
+
+/* A group's block: this header, its states, then its key (a row, strings
+ * and all), so that every offset but the key's end is the view's. */
 struct group {
     uint64_t hash;
-    struct row *key; /* in the group's own block, right after the group */
     int64_t rows;
-    int touched;
     struct row *before;
-    size_t dirty_at;   /* invariant 4 */
-    int saved;         /* in the batches saved so far */
-    struct aggst *agg; /* in the block too, after the key */
+    size_t dirty_at; /* invariant 4 */
+    uint32_t touched;
+    uint32_t saved; /* in the batches saved so far */
 };
 
 /* The groups' table: open addressing, linear probing, at most half full.
@@ -110,8 +127,8 @@ struct slot {
 
 /* A queued insert (invariant 5): what it needs of its row, evaluated, in a
  * row of its own (row_init: the strings copied too, since the input's go
- * with the input's row): the GROUP BY values, then per item an aggregate's
- * argument (NULL for others). The buffer is reused by the next insert. */
+ * with the input's row): the GROUP BY values, then per state its argument.
+ * The buffer is reused by the next insert. */
 struct queued {
     uint64_t hash;
     struct buf row;
@@ -122,6 +139,10 @@ struct ivm {
     struct slot *slots;
     size_t nslots;
     uint64_t ngroups;
+    struct state *states;
+    size_t nstates;
+    size_t *state_of;       /* item -> its state's index + 1, or 0 (state_at()) */
+    size_t key_at;          /* in a group's block */
     size_t block_bytes;     /* of a group's block, its key's strings aside: what is prefetched */
     struct group **touched; /* invariant 2 */
     size_t ntouched, touched_cap;
@@ -129,14 +150,13 @@ struct ivm {
     uint64_t queued, applied;   /* inserts ever queued and applied: queue[n % QUEUE] */
     struct value *values;       /* a row's key and args, being evaluated (key_and_args) */
     struct value *scratch;      /* an output row being built */
-    size_t *state_of;           /* item -> its place in a group's states + 1, or 0 (agg()) */
-    size_t nstates;
-    struct group **dirty; /* invariant 4 */
+    unsigned char *loaded;      /* per state: read already from the record being loaded */
+    struct group **dirty;       /* invariant 4 */
     size_t ndirty, dirty_cap;
     struct row **tombs;
     size_t ntombs, tombs_cap;
     struct arena step; /* the touched groups' `before` rows, until the flush */
-    int extremes_only; /* the table is append-only: MIN and MAX keep one value */
+    int extremes_only; /* the table is append-only: bags keep their extremes */
 };
 
 /* ---- bags ---- */
@@ -174,15 +194,16 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
         return 0;
     }
     if (!b->cap) {
-        b->v = &b->one;
-        b->cap = 1;
+        b->v = b->inl;
+        b->cap = 2;
     } else if (b->n == b->cap) {
-        size_t cap = 2 * b->cap;
-        struct entry *v = realloc(b->v == &b->one ? NULL : b->v, cap * sizeof *v);
+        uint32_t cap = 2 * b->cap;
+        struct entry *v =
+            cap > b->cap ? realloc(b->v == b->inl ? NULL : b->v, cap * sizeof *v) : NULL;
         if (!v)
             return -ENOMEM;
-        if (b->v == &b->one)
-            v[0] = b->one;
+        if (b->v == b->inl)
+            memcpy(v, b->inl, sizeof b->inl);
         b->v = v, b->cap = cap;
     }
     struct entry e = { *x, weight };
@@ -194,33 +215,26 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
     return 0;
 }
 
-/* An append-only table's MIN or MAX: only the extreme is kept, since none
- * of its values can be deleted. A bag loaded with more (the table was not
- * append-only when it was saved) keeps its extreme alone from then on. */
-static int bag_keep_extreme(struct bag *b, const struct value *x, int max)
+/* An append-only table's bag: its smallest and largest values alone, each
+ * counted once, since none of its values can be deleted. */
+static int bag_keep_extremes(struct bag *b, const struct value *x)
 {
-    if (!b->n)
-        return bag_add(b, x, 1);
-    size_t at = max ? b->n - 1 : 0;
-    int c = value_cmp(x, &b->v[at].v);
-    if (b->n > 1) { /* loaded with more: the extreme alone stays */
-        struct entry e = b->v[at];
-        b->v[at].v.t = T_NULL; /* kept, not freed below */
-        for (size_t i = 0; i < b->n; i++)
-            if (b->v[i].v.t == T_VARCHAR)
-                free((char *)b->v[i].v.str.s);
-        b->v[0] = e;
-        b->n = 1;
+    if (b->n < 2) {
+        int found;
+        bag_find(b, x, &found);
+        return found ? 0 : bag_add(b, x, 1);
     }
-    b->v[0].count = 1;
-    if (max ? c <= 0 : c >= 0)
+    struct entry *e = value_cmp(x, &b->v[0].v) < 0          ? &b->v[0]
+                      : value_cmp(x, &b->v[b->n - 1].v) > 0 ? &b->v[b->n - 1]
+                                                            : NULL;
+    if (!e)
         return 0;
     struct value copy = *x;
     if (x->t == T_VARCHAR && !(copy.str.s = strndup(x->str.s, x->str.len)))
         return -ENOMEM;
-    if (b->v[0].v.t == T_VARCHAR)
-        free((char *)b->v[0].v.str.s);
-    b->v[0].v = copy;
+    if (e->v.t == T_VARCHAR)
+        free((char *)e->v.str.s);
+    e->v = copy;
     return 0;
 }
 
@@ -229,33 +243,52 @@ static void bag_free(struct bag *b)
     for (size_t i = 0; i < b->n; i++)
         if (b->v[i].v.t == T_VARCHAR)
             free((char *)b->v[i].v.str.s);
-    if (b->v != &b->one)
+    if (b->v != b->inl)
         free(b->v);
 }
 
 /* ---- groups ---- */
 
-/* What an item keeps in its group (the batch format's words, at the top):
- * 0 nothing (GROUP BY columns, COUNT(*)), 1 a count, 2 sums, 3 a bag. */
-static int kept(const struct item *it)
+static enum kind kind_of(const struct item *it)
 {
     if (!it->is_agg || it->agg == A_COUNT_STAR)
-        return 0;
-    return it->agg == A_COUNT ? 1 : it->agg == A_SUM || it->agg == A_AVG ? 2 : 3;
+        return K_NONE;
+    return it->agg == A_COUNT ? K_COUNT : it->agg == A_SUM || it->agg == A_AVG ? K_SUMS : K_BAG;
 }
 
-/* A group's state for item i: only the items that keep something have one
- * (state_of), so a group's block is as small as its view allows. */
-static struct aggst *agg(const struct ivm *m, const struct group *g, size_t i)
+static size_t state_bytes(enum kind k)
 {
-    return m->state_of[i] ? &g->agg[m->state_of[i] - 1] : NULL;
+    return k == K_COUNT  ? sizeof(int64_t)
+           : k == K_SUMS ? sizeof(struct sums)
+                         : sizeof(struct bagst);
+}
+
+static void *state_at(const struct ivm *m, const struct group *g, size_t s)
+{
+    return (char *)g + m->states[s].at;
+}
+
+static struct bag *bag_of(const struct ivm *m, const struct group *g, size_t s)
+{
+    return &((struct bagst *)state_at(m, g, s))->bag;
+}
+
+/* Item i's state, or NULL if it keeps none. */
+static const void *item_state(const struct ivm *m, const struct group *g, size_t i)
+{
+    return m->state_of[i] ? state_at(m, g, m->state_of[i] - 1) : NULL;
+}
+
+static struct row *key_of(const struct ivm *m, const struct group *g)
+{
+    return (struct row *)((char *)g + m->key_at);
 }
 
 static void group_free(const struct ivm *m, struct group *g)
 {
-    for (size_t i = 0; i < m->v->nitems; i++)
-        if (kept(&m->v->items[i]) == 3)
-            bag_free(&agg(m, g, i)->bag);
+    for (size_t s = 0; s < m->nstates; s++)
+        if (m->states[s].kind == K_BAG)
+            bag_free(bag_of(m, g, s));
     free(g);
 }
 
@@ -286,7 +319,7 @@ static struct group *find(struct ivm *m, const struct value *key, uint64_t h)
 {
     size_t mask = m->nslots - 1;
     for (size_t i = h & mask; m->slots[i].g; i = (i + 1) & mask)
-        if (m->slots[i].hash == h && row_eq(m->slots[i].g->key->v, key, m->v->ngroup))
+        if (m->slots[i].hash == h && row_eq(key_of(m, m->slots[i].g)->v, key, m->v->ngroup))
             return m->slots[i].g;
     return NULL;
 }
@@ -295,16 +328,10 @@ static struct group *add_group(struct ivm *m, const struct value *key, uint64_t 
 {
     if (2 * (m->ngroups + 1) > m->nslots && grow_slots(m))
         return NULL;
-    /* One block: the group, its key (a lookup's key check touches the
-     * block's first bytes alone), then its aggregates. */
-    size_t key_at = (sizeof(struct group) + _Alignof(struct row) - 1) & ~(_Alignof(struct row) - 1);
-    size_t agg_at = key_at + row_size(key, m->v->ngroup);
-    agg_at = (agg_at + _Alignof(struct aggst) - 1) & ~(_Alignof(struct aggst) - 1);
-    struct group *g = calloc(1, agg_at + m->nstates * sizeof(struct aggst));
+    struct group *g = calloc(1, m->key_at + row_size(key, m->v->ngroup));
     if (!g)
         return NULL;
-    g->key = row_init((struct row *)((char *)g + key_at), key, m->v->ngroup);
-    g->agg = (struct aggst *)((char *)g + agg_at);
+    row_init(key_of(m, g), key, m->v->ngroup);
     g->hash = h;
     place(m->slots, m->nslots, h, g);
     m->ngroups++;
@@ -356,7 +383,7 @@ static int forget_group(struct ivm *m, struct group *g)
     if (g->saved) {
         if (array_grow((void **)&m->tombs, &m->tombs_cap, m->ntombs, sizeof *m->tombs))
             rc = -ENOMEM;
-        else if (!(m->tombs[m->ntombs] = row_new(g->key->v, g->key->n)))
+        else if (!(m->tombs[m->ntombs] = row_new(key_of(m, g)->v, m->v->ngroup)))
             rc = -ENOMEM;
         else
             m->ntombs++;
@@ -368,32 +395,37 @@ static int forget_group(struct ivm *m, struct group *g)
 
 /* ---- output rows ---- */
 
-static void result(const struct item *it, const struct aggst *a, int64_t rows, struct value *out)
+/* Item it's value, from its state st. */
+static void result(const struct item *it, const void *st, int64_t rows, struct value *out)
 {
+    const struct sums *sums = st;
+    const struct bag *b;
     out->t = T_NULL;
     switch (it->agg) {
     case A_COUNT_STAR:
         *out = (struct value){ .t = T_BIGINT, .i = rows };
         return;
     case A_COUNT:
-        *out = (struct value){ .t = T_BIGINT, .i = a->n };
+        *out = (struct value){ .t = T_BIGINT, .i = *(const int64_t *)st };
         return;
     case A_SUM:
-        if (a->n && it->type == T_DOUBLE)
-            *out = (struct value){ .t = T_DOUBLE, .d = a->dsum };
-        else if (a->n && a->isum >= INT64_MIN && a->isum <= INT64_MAX)
-            *out = (struct value){ .t = T_BIGINT, .i = (int64_t)a->isum };
+        if (sums->n && it->type == T_DOUBLE)
+            *out = (struct value){ .t = T_DOUBLE, .d = sums->dsum };
+        else if (sums->n && sums->isum >= INT64_MIN && sums->isum <= INT64_MAX)
+            *out = (struct value){ .t = T_BIGINT, .i = (int64_t)sums->isum };
         return;
     case A_AVG:
-        if (a->n)
-            *out = (struct value){ .t = T_DOUBLE,
-                                   .d = (it->arg->type == T_DOUBLE ? a->dsum : (double)a->isum) /
-                                        (double)a->n };
+        if (sums->n)
+            *out =
+                (struct value){ .t = T_DOUBLE,
+                                .d = (it->arg->type == T_DOUBLE ? sums->dsum : (double)sums->isum) /
+                                     (double)sums->n };
         return;
     case A_MIN:
     case A_MAX:
-        if (a->bag.n)
-            *out = a->bag.v[it->agg == A_MIN ? 0 : a->bag.n - 1].v;
+        b = &((const struct bagst *)st)->bag;
+        if (b->n)
+            *out = b->v[it->agg == A_MIN ? 0 : b->n - 1].v;
         return;
     }
 }
@@ -405,9 +437,9 @@ static void output(struct ivm *m, const struct group *g)
     for (size_t i = 0; i < v->nitems; i++) {
         const struct item *it = &v->items[i];
         if (it->is_agg)
-            result(it, agg(m, g, i), g->rows, &m->scratch[i]);
+            result(it, item_state(m, g, i), g->rows, &m->scratch[i]);
         else
-            m->scratch[i] = g->key->v[it->group];
+            m->scratch[i] = key_of(m, g)->v[it->group];
     }
 }
 
@@ -437,53 +469,42 @@ static int touch(struct ivm *m, struct group *g)
 
 /* ---- changes ---- */
 
-/* x: the item's argument, evaluated (key_and_args). */
-static int update(struct ivm *m, struct aggst *a, const struct item *it, const struct value *x,
-                  int weight)
+/* x: the state's argument, evaluated (key_and_args). */
+static int update(const struct ivm *m, void *st, enum kind kind, const struct value *x, int weight)
 {
-    if (it->agg == A_COUNT_STAR || x->t == T_NULL)
+    if (x->t == T_NULL)
         return 0;
-    a->n += weight;
-    switch (it->agg) {
-    case A_SUM:
-    case A_AVG:
+    *(int64_t *)st += weight; /* every state's n */
+    if (kind == K_SUMS) {
+        struct sums *s = st;
         if (x->t == T_DOUBLE)
-            a->dsum += weight * x->d;
+            s->dsum += weight * x->d;
         else
-            a->isum += (__int128)weight * x->i;
-        if (a->n == 0) /* no rounding left behind by values that came and went */
-            a->dsum = 0;
-        return 0;
-    case A_MIN:
-    case A_MAX:
-        return m->extremes_only ? bag_keep_extreme(&a->bag, x, it->agg == A_MAX)
-                                : bag_add(&a->bag, x, weight);
-    default:
-        return 0;
+            s->isum += (__int128)weight * x->i;
+        if (s->n == 0) /* no rounding left behind by values that came and went */
+            s->dsum = 0;
+    } else if (kind == K_BAG) {
+        struct bag *b = &((struct bagst *)st)->bag;
+        return m->extremes_only ? bag_keep_extremes(b, x) : bag_add(b, x, weight);
     }
+    return 0;
 }
 
 /* A deletion must find what it deletes: the group's rows, and each MIN and
  * MAX argument in its bag. Checked before anything changes. */
 static int can_delete(const struct ivm *m, const struct group *g, const struct value *args)
 {
-    const struct view *v = m->v;
     int ok = g && g->rows > 0;
-    for (size_t i = 0; ok && i < v->nitems; i++) {
-        const struct item *it = &v->items[i];
-        int found = 1;
-        if (it->is_agg && (it->agg == A_MIN || it->agg == A_MAX) && args[i].t != T_NULL)
-            bag_find(&agg(m, g, i)->bag, &args[i], &found);
-        ok = found;
-    }
-    return ok ? 0 : err_set(-EINVAL, "view %s: a deleted row was never inserted", v->name);
+    for (size_t s = 0; ok && s < m->nstates; s++)
+        if (m->states[s].kind == K_BAG && args[s].t != T_NULL)
+            bag_find(bag_of(m, g, s), &args[s], &ok);
+    return ok ? 0 : err_set(-EINVAL, "view %s: a deleted row was never inserted", m->v->name);
 }
 
-/* A change to the group of key (hash h), its arguments evaluated. */
+/* A change to the group of key (hash h), its states' arguments evaluated. */
 static int apply(struct ivm *m, const struct value *key, uint64_t h, const struct value *args,
                  int weight)
 {
-    const struct view *v = m->v;
     struct group *g = find(m, key, h);
     int rc = weight < 0 ? can_delete(m, g, args) : 0;
     if (rc)
@@ -493,26 +514,25 @@ static int apply(struct ivm *m, const struct value *key, uint64_t h, const struc
     rc = touch(m, g);
     if (rc == 0)
         rc = mark_dirty(m, g);
-    for (size_t i = 0; rc == 0 && i < v->nitems; i++)
-        if (v->items[i].is_agg)
-            rc = update(m, agg(m, g, i), &v->items[i], &args[i], weight);
+    for (size_t s = 0; rc == 0 && s < m->nstates; s++)
+        rc = update(m, state_at(m, g, s), m->states[s].kind, &args[s], weight);
     g->rows += weight;
     return rc;
 }
 
-/* The key and the aggregates' arguments of a row; returns the key's hash. */
+/* The key and the states' arguments of a row; returns the key's hash. */
 static uint64_t key_and_args(const struct ivm *m, const struct value *row, struct value *key,
                              struct value *args)
 {
     const struct view *v = m->v;
     for (size_t i = 0; i < v->ngroup; i++)
         key[i] = row[v->group[i]];
-    for (size_t i = 0; i < v->nitems; i++) {
-        const struct expr *e = v->items[i].is_agg ? v->items[i].arg : NULL;
-        if (e && e->op == E_COLUMN) /* the usual argument: no call for it */
-            args[i] = row[e->column];
-        else if (e)
-            expr_eval(e, row, &args[i]);
+    for (size_t s = 0; s < m->nstates; s++) {
+        const struct expr *e = v->items[m->states[s].item].arg;
+        if (e->op == E_COLUMN) /* the usual argument: no call for it */
+            args[s] = row[e->column];
+        else
+            expr_eval(e, row, &args[s]);
     }
     return row_hash(key, v->ngroup);
 }
@@ -556,7 +576,7 @@ static int drain(struct ivm *m)
 static int enqueue(struct ivm *m, const struct value *row)
 {
     struct queued *q = &m->queue[m->queued % QUEUE];
-    size_t n = m->v->ngroup + m->v->nitems;
+    size_t n = m->v->ngroup + m->nstates;
     q->hash = key_and_args(m, row, m->values, m->values + m->v->ngroup);
     buf_reset(&q->row);
     if (buf_reserve(&q->row, row_size(m->values, n)))
@@ -641,20 +661,45 @@ uint64_t ivm_groups(const struct ivm *m)
     return m->ngroups;
 }
 
-/* The array a row's key and args are evaluated into; the items that keep
- * state; and what a group's block takes, a key without strings: what is
- * prefetched of it. */
+static int same_arg(const struct expr *a, const struct expr *b)
+{
+    return a == b || (a->op == E_COLUMN && b->op == E_COLUMN && a->column == b->column);
+}
+
+/* The states (one per kind and argument), where they lie in a group's
+ * block, and what of the block is prefetched: all but the key's strings. */
 static int layout_init(struct ivm *m)
 {
-    if (!(m->values = calloc(m->v->ngroup + m->v->nitems + 1, sizeof *m->values)) ||
-        !(m->state_of = calloc(m->v->nitems + 1, sizeof *m->state_of)))
+    const struct view *v = m->v;
+    if (!(m->values = calloc(v->ngroup + v->nitems + 1, sizeof *m->values)) ||
+        !(m->state_of = calloc(v->nitems + 1, sizeof *m->state_of)) ||
+        !(m->states = calloc(v->nitems + 1, sizeof *m->states)) ||
+        !(m->loaded = calloc(v->nitems + 1, 1)))
         return -ENOMEM;
-    for (size_t i = 0; i < m->v->nitems; i++)
-        m->state_of[i] = kept(&m->v->items[i]) ? ++m->nstates : 0;
-    m->block_bytes = sizeof(struct group) + sizeof(struct row) +
-                     m->v->ngroup * sizeof(struct value) + m->nstates * sizeof(struct aggst);
+    size_t at = sizeof(struct group);
+    for (size_t i = 0; i < v->nitems; i++) {
+        enum kind k = kind_of(&v->items[i]);
+        size_t s = 0;
+        if (k == K_NONE)
+            continue;
+        while (s < m->nstates && !(m->states[s].kind == k &&
+                                   same_arg(v->items[m->states[s].item].arg, v->items[i].arg)))
+            s++;
+        if (s == m->nstates) {
+            m->states[m->nstates++] = (struct state){ k, i, at };
+            at += state_bytes(k);
+        }
+        m->state_of[i] = s + 1;
+    }
+    m->key_at = at;
+    m->block_bytes = at + sizeof(struct row) + v->ngroup * sizeof(struct value);
     return 0;
 }
+
+/* Every offset in a group's block stays aligned for what lies there. */
+_Static_assert(sizeof(struct group) % 8 == 0 && sizeof(struct sums) % 8 == 0 &&
+                   sizeof(struct bagst) % 8 == 0 && _Alignof(struct row) <= 8,
+               "a group's block keeps 8-byte offsets");
 
 int ivm_new(const struct view *v, struct ivm **out)
 {
@@ -699,6 +744,8 @@ void ivm_free(struct ivm *m)
     free(m->touched);
     free(m->values);
     free(m->state_of);
+    free(m->states);
+    free(m->loaded);
     for (size_t i = 0; i < QUEUE; i++)
         buf_free(&m->queue[i].row);
     free(m->slots);
@@ -746,23 +793,25 @@ static int put_key(struct buf *b, const struct ivm *m, const struct row *key, in
     return rc;
 }
 
-static int put_agg(struct buf *b, const struct item *it, const struct aggst *a)
+static int put_state(struct buf *b, enum kind kind, const void *st)
 {
-    unsigned __int128 s = (unsigned __int128)a->isum;
-    int rc = le_put(b, (uint64_t)a->n, 8);
-    if (rc == 0 && kept(it) == 2) {
-        rc = le_put(b, (uint64_t)s, 8);
+    int rc = le_put(b, (uint64_t) * (const int64_t *)st, 8);
+    if (rc == 0 && kind == K_SUMS) {
+        const struct sums *sums = st;
+        unsigned __int128 u = (unsigned __int128)sums->isum;
+        rc = le_put(b, (uint64_t)u, 8);
         if (rc == 0)
-            rc = le_put(b, (uint64_t)(s >> 64), 8);
+            rc = le_put(b, (uint64_t)(u >> 64), 8);
         if (rc == 0)
-            rc = put_f64(b, a->dsum);
+            rc = put_f64(b, sums->dsum);
     }
-    if (rc == 0 && kept(it) == 3) {
-        rc = le_put(b, a->bag.n, 8);
-        for (size_t e = 0; rc == 0 && e < a->bag.n; e++) {
-            rc = put_value(b, &a->bag.v[e].v);
+    if (rc == 0 && kind == K_BAG) {
+        const struct bag *bag = &((const struct bagst *)st)->bag;
+        rc = le_put(b, bag->n, 8);
+        for (size_t e = 0; rc == 0 && e < bag->n; e++) {
+            rc = put_value(b, &bag->v[e].v);
             if (rc == 0)
-                rc = le_put(b, (uint64_t)a->bag.v[e].count, 8);
+                rc = le_put(b, (uint64_t)bag->v[e].count, 8);
         }
     }
     return rc;
@@ -770,12 +819,12 @@ static int put_agg(struct buf *b, const struct item *it, const struct aggst *a)
 
 static int put_group(struct buf *b, const struct ivm *m, struct group *g)
 {
-    int rc = put_key(b, m, g->key, 1);
+    int rc = put_key(b, m, key_of(m, g), 1);
     if (rc == 0)
         rc = le_put(b, (uint64_t)g->rows, 8);
     for (size_t i = 0; rc == 0 && i < m->v->nitems; i++)
-        if (kept(&m->v->items[i]))
-            rc = put_agg(b, &m->v->items[i], agg(m, g, i));
+        if (m->state_of[i])
+            rc = put_state(b, m->states[m->state_of[i] - 1].kind, item_state(m, g, i));
     g->saved = 1;
     g->dirty_at = 0;
     return rc;
@@ -847,31 +896,48 @@ static void get_value(struct le_reader *r, struct value *v)
     }
 }
 
-static int get_aggs(struct ivm *m, struct le_reader *r, struct group *g)
+/* One item's copy of state s. A shared state's second copy adds only what
+ * an append-only table's bags keep, for batches written before states were
+ * shared held each item's own extreme. */
+static void get_state(struct ivm *m, struct le_reader *r, struct group *g, size_t s)
 {
-    for (size_t i = 0; !r->bad && i < m->v->nitems; i++) {
-        int what = kept(&m->v->items[i]);
-        if (!what)
-            continue;
-        struct aggst *a = agg(m, g, i);
-        if (what == 3)
-            bag_free(&a->bag);
-        *a = (struct aggst){ 0 };
-        a->n = (int64_t)le_get(r, 8);
-        if (what == 2) {
-            uint64_t lo = le_get(r, 8), hi = le_get(r, 8);
-            a->isum = (__int128)(((unsigned __int128)hi << 64) | lo);
-            a->dsum = get_f64(r);
-        }
-        uint64_t n = what == 3 ? le_get(r, 8) : 0;
-        for (uint64_t e = 0; !r->bad && e < n; e++) {
-            struct value v;
-            get_value(r, &v);
-            int64_t count = (int64_t)le_get(r, 8);
-            if (!r->bad && (count <= 0 || bag_add(&a->bag, &v, count)))
-                r->bad = 1;
-        }
+    enum kind kind = m->states[s].kind;
+    void *st = state_at(m, g, s);
+    int again = m->loaded[s];
+    int64_t n = (int64_t)le_get(r, 8);
+    if (!again) {
+        if (kind == K_BAG)
+            bag_free(bag_of(m, g, s));
+        memset(st, 0, state_bytes(kind));
+        *(int64_t *)st = n;
+        m->loaded[s] = 1;
     }
+    if (kind == K_SUMS) {
+        uint64_t lo = le_get(r, 8), hi = le_get(r, 8);
+        double dsum = get_f64(r);
+        struct sums *sums = st;
+        if (!again)
+            sums->isum = (__int128)(((unsigned __int128)hi << 64) | lo), sums->dsum = dsum;
+    }
+    uint64_t entries = kind == K_BAG ? le_get(r, 8) : 0;
+    for (uint64_t e = 0; !r->bad && e < entries; e++) {
+        struct value v;
+        get_value(r, &v);
+        int64_t count = (int64_t)le_get(r, 8);
+        if (r->bad || count <= 0)
+            r->bad = 1;
+        else if (m->extremes_only ? bag_keep_extremes(bag_of(m, g, s), &v)
+                                  : !again && bag_add(bag_of(m, g, s), &v, count))
+            r->bad = 1;
+    }
+}
+
+static int get_states(struct ivm *m, struct le_reader *r, struct group *g)
+{
+    memset(m->loaded, 0, m->nstates);
+    for (size_t i = 0; !r->bad && i < m->v->nitems; i++)
+        if (m->state_of[i])
+            get_state(m, r, g, m->state_of[i] - 1);
     return r->bad ? -EBADMSG : 0;
 }
 
@@ -896,7 +962,7 @@ static int get_record(struct ivm *m, struct le_reader *r)
         return -ENOMEM;
     g->rows = (int64_t)le_get(r, 8);
     g->saved = 1;
-    return get_aggs(m, r, g);
+    return get_states(m, r, g);
 }
 
 /* What is loaded is the state as saved: nothing to emit (invariant 3). */
