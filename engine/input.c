@@ -10,11 +10,15 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "engine/ahead.h"
 #include "util/buf.h"
 #include "util/err.h"
 #include "util/log.h"
 
 #define READ_SIZE ((size_t)1 << 20)
+/* The parse-ahead thread is offered lines each time this many bytes have
+ * been consumed: often enough for it never to run dry. */
+#define FEED_EVERY ((uint64_t)64 << 10)
 /* A longer line is malformed, not a reason to use all memory. */
 #define MAX_LINE ((size_t)16 << 20)
 
@@ -41,7 +45,12 @@ struct input {
      * end comes, so a step or a checkpoint never ends inside it. */
     uint64_t skip_len;
     XXH3_state_t *skip_hash;
+    struct ahead *ahead; /* a CSV file's lines parsed by a thread, or NULL */
+    int ahead_at_end;    /* feeding it read the end: no more until a poll's own read */
+    uint64_t feed_at;    /* pos from which on it is fed again */
 };
+
+static int parse_plain(const void *ctx, const char *line, size_t len, struct value *row);
 
 int input_open(const struct table *t, struct input **out)
 {
@@ -87,6 +96,11 @@ int input_open(const struct table *t, struct input **out)
                           .skip_errors = on_error && !strcmp(on_error, "skip"),
                           .append_only = table_append_only(t),
                           .header = header && !strcmp(header, "true") };
+    int rc = http || in->json ? 0 : ahead_new(t->ncols, parse_plain, t, &in->ahead);
+    if (rc == -ENOMEM) {
+        input_close(in);
+        return rc;
+    }
     *out = in;
     return 0;
 }
@@ -95,6 +109,7 @@ void input_close(struct input *in)
 {
     if (!in)
         return;
+    ahead_free(in->ahead);
     if (in->fd >= 0)
         close(in->fd);
     buf_free(&in->pending);
@@ -132,29 +147,32 @@ static int field(struct input *in, size_t c, const char *s, size_t len, int quot
                type_name(col->type));
 }
 
-/* A line without quotes: the common one, split in one pass; 1 if the
- * line has a quote after all (csv_line takes it then). */
-static int csv_plain(struct input *in, const char *s, size_t len, int *rc)
+/* A line without quotes, split in one pass: 0, or -1 if it has a quote or
+ * is malformed (csv_line's careful pass then takes it, and says what is
+ * wrong). Pure: the parse-ahead thread calls it too. */
+static int csv_plain(const struct table *t, const char *s, size_t len, struct value *row)
 {
     const char *end = s + len;
-    size_t c = 0, ncols = in->t->ncols;
-    for (;;) {
+    for (size_t c = 0;; c++) {
         const char *start = s;
         while (s < end && *s != ',' && *s != '"')
             s++;
-        if (s < end && *s == '"')
-            return 1;
-        if (c >= ncols) {
-            *rc = bad(in, "more than the %zu fields of table %s", ncols, in->t->name);
-            return 0;
-        }
-        if ((*rc = field(in, c++, start, (size_t)(s - start), 0)))
-            return 0;
+        if (c >= t->ncols || (s < end && *s == '"'))
+            return -1;
+        if (s == start) /* an empty unquoted field */
+            row[c].t = T_NULL;
+        else if (value_parse(t->cols[c].type, start, (size_t)(s - start), &row[c]))
+            return -1;
         if (s++ >= end)
-            break;
+            return c + 1 == t->ncols ? 0 : -1;
     }
-    *rc = c == ncols ? 0 : bad(in, "%zu fields, table %s has %zu", c, in->t->name, ncols);
-    return 0;
+}
+
+static int parse_plain(const void *ctx, const char *line, size_t len, struct value *row)
+{
+    if (len && line[len - 1] == '\r')
+        len--;
+    return csv_plain(ctx, line, len, row);
 }
 
 /* One CSV line. A quoted field is unescaped in a copy of the line: the
@@ -162,11 +180,10 @@ static int csv_plain(struct input *in, const char *s, size_t len, int *rc)
 static int csv_line(struct input *in, const char *line, size_t len)
 {
     size_t c = 0, ncols = in->t->ncols;
-    int rc = 0;
     if (len && line[len - 1] == '\r')
         len--;
-    if (!csv_plain(in, line, len, &rc))
-        return rc;
+    if (csv_plain(in->t, line, len, in->row) == 0)
+        return 0;
     buf_reset(&in->unquoted);
     if (buf_append(&in->unquoted, line, len))
         return -ENOMEM;
@@ -193,7 +210,7 @@ static int csv_line(struct input *in, const char *line, size_t len)
         }
         if (c >= ncols)
             return bad(in, "more than the %zu fields of table %s", ncols, in->t->name);
-        rc = field(in, c++, start, (size_t)(w - start), quoted);
+        int rc = field(in, c++, start, (size_t)(w - start), quoted);
         if (rc)
             return rc;
         if (s >= end)
@@ -275,9 +292,13 @@ static int one_line(struct input *in, char *s, size_t len, input_fn fn, void *ar
         return 0;
     if (len == 0 || (len == 1 && s[0] == '\r'))
         return 0;
-    rc = in->json ? json_line(in, s, len, &keep, &weight) : csv_line(in, s, len);
+    const struct value *row = in->ahead ? ahead_take(in->ahead, in->pos, len) : NULL;
+    if (row)
+        rc = 0;
+    else
+        rc = in->json ? json_line(in, s, len, &keep, &weight) : csv_line(in, s, len);
     if (rc == 0)
-        rc = fn(arg, in->row, weight);
+        rc = fn(arg, row ? row : in->row, weight);
     json_decref(keep);
     if (rc == -EBADMSG && in->skip_errors) {
         log_warn("%s (skipped)", err_msg(rc));
@@ -296,7 +317,9 @@ static int read_more(struct input *in)
         return 0;
     if (in->fd < 0 && (in->fd = open(in->path, O_RDONLY | O_CLOEXEC)) < 0)
         return errno == ENOENT ? 0 : err_set(-EIO, "%s: %s", in->path, strerror(errno));
-    if (in->done > in->pending.len / 2) { /* keep the unconsumed bytes at the front */
+    /* The unconsumed bytes move to the front once most of what is
+     * read is consumed, and a few reads' worth: parsing ahead reads far. */
+    if (in->done > in->pending.len / 2 && in->done >= 4 * READ_SIZE) {
         memmove(in->pending.data, in->pending.data + in->done, in->pending.len - in->done);
         in->pending.len -= in->done;
         in->done = 0;
@@ -312,6 +335,32 @@ static int read_more(struct input *in)
         return err_set(-EIO, "%s: %s", in->path, strerror(errno));
     in->pending.len += (size_t)n;
     return n > 0;
+}
+
+/* Keeps the parse-ahead thread busy: the whole lines read past those it
+ * has, reading on if none are. Not while a line too long is skipped, since
+ * pending's first byte is then not at pos. */
+static int feed_ahead(struct input *in)
+{
+    in->feed_at = in->pos + FEED_EVERY;
+    while (ahead_wants(in->ahead) && !in->skip_len && !in->ahead_at_end) {
+        uint64_t from = ahead_end(in->ahead) > in->pos ? ahead_end(in->ahead) : in->pos;
+        size_t at = in->done + (size_t)(from - in->pos);
+        ssize_t fed = 0;
+        if (at < in->pending.len &&
+            (fed = ahead_feed(in->ahead, from, (const char *)in->pending.data + at,
+                              in->pending.len - at)) < 0)
+            return (int)fed;
+        if (fed > 0)
+            continue;
+        if (in->pending.len - at >= READ_SIZE) /* a line longer than a block: taken here */
+            return 0;
+        int rc = read_more(in);
+        in->ahead_at_end = rc == 0;
+        if (rc <= 0)
+            return rc;
+    }
+    return 0;
 }
 
 /* The start of a line longer than MAX_LINE, or more of it: malformed, so
@@ -359,6 +408,9 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
     size_t got = 0;
     in->at_end = 0;
     while (got < max) {
+        int fed = in->ahead && in->pos >= in->feed_at ? feed_ahead(in) : 0;
+        if (fed < 0)
+            return fed;
         char *s = (char *)in->pending.data + in->done;
         size_t avail = in->pending.len - in->done;
         char *nl = avail ? memchr(s, '\n', avail) : NULL;
@@ -370,6 +422,7 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
             int rc = avail > MAX_LINE || in->skip_len ? overlong(in, s, avail) : 0;
             if (rc == 0)
                 rc = read_more(in);
+            in->ahead_at_end = 0;
             if (rc < 0)
                 return rc;
             if (rc == 0) {
@@ -496,6 +549,10 @@ void input_seek(struct input *in, uint64_t offset, uint64_t line)
     in->pending.len = 0;
     in->at_end = 0;
     in->skip_len = 0;
+    in->ahead_at_end = 0;
+    in->feed_at = 0;
+    if (in->ahead)
+        ahead_reset(in->ahead);
 }
 
 void input_get_stats(const struct input *in, struct input_stats *st)
