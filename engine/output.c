@@ -25,8 +25,12 @@ struct output {
     struct buf lines;
     struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
     struct buf *keys;   /* per column: "name":  (JSON-escaped once) */
-    size_t room;        /* a line's bytes, strings aside (output_emit) */
+    size_t room;        /* a line's bytes, strings aside, and KEY_COPY of slack (output_emit) */
 };
+
+/* A column's key of at most this many bytes (most are) is copied with a
+ * copy of this fixed size: a few moves, not a call to memcpy. */
+#define KEY_COPY 32
 
 /* A line a crash cut short goes: what follows it starts on a line of its own. */
 static int cut_torn_line(struct output *o)
@@ -77,8 +81,9 @@ int output_open(const struct view *v, struct output **out)
         rc = i ? buf_append(&o->keys[i], ", ", 2) : 0;
         rc = rc ? rc : value_json(&key, &o->keys[i]);
         rc = rc ? rc : buf_append(&o->keys[i], ": ", 2);
+        rc = rc ? rc : buf_reserve(&o->keys[i], KEY_COPY); /* what a fixed copy reads */
     }
-    o->room = 4; /* }}\n and buf's NUL */
+    o->room = 4 + KEY_COPY; /* }}\n and buf's NUL, and a fixed copy's overreach */
     for (size_t i = 0; rc == 0 && i < v->nitems; i++)
         o->room += o->keys[i].len + VALUE_SHORT_MAX;
     if (rc) {
@@ -146,7 +151,10 @@ int output_emit(void *arg, const struct value *row, int weight)
     rc = rc ? rc : buf_reserve(&o->lines, o->room);
     for (size_t i = 0; rc == 0 && i < o->v->nitems; i++) {
         char *p = (char *)o->lines.data + o->lines.len;
-        memcpy(p, o->keys[i].data, o->keys[i].len);
+        if (o->keys[i].len <= KEY_COPY)
+            memcpy(p, o->keys[i].data, KEY_COPY);
+        else
+            memcpy(p, o->keys[i].data, o->keys[i].len);
         size_t n = value_json_short(&row[i], p + o->keys[i].len);
         o->lines.len += o->keys[i].len + n;
         if (!n) { /* a string: escaped, checked, then room again */

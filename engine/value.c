@@ -118,7 +118,10 @@ static size_t int_text(int64_t v, char *p)
                                 "62636465666768697071727374757677787980818283848586878889909192"
                                 "93949596979899";
     _Static_assert(sizeof pairs == 201, "two digits for each of 0..99");
-    char tmp[24], *q = tmp + sizeof tmp;
+    /* Written back from the middle; the copy out is of a fixed 24 bytes (p
+     * has VALUE_SHORT_MAX), a few moves instead of a call to memcpy, and
+     * what it takes past the digits is in tmp still. */
+    char tmp[48], *end = tmp + 24, *q = end;
     uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
     for (; u >= 100; u /= 100)
         memcpy(q -= 2, pairs + 2 * (u % 100), 2);
@@ -128,9 +131,8 @@ static size_t int_text(int64_t v, char *p)
         *--q = (char)('0' + u);
     if (v < 0)
         *--q = '-';
-    size_t n = (size_t)(tmp + sizeof tmp - q);
-    memcpy(p, q, n);
-    return n;
+    memcpy(p, q, 24);
+    return (size_t)(end - q);
 }
 
 _Static_assert(VALUE_SHORT_MAX >= DTOA_MAX, "a double's text fits");
