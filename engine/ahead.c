@@ -15,7 +15,6 @@
 #include "ahead.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -104,12 +103,7 @@ int ahead_new(size_t ncols, ahead_parse_fn parse, const void *ctx, struct ahead 
     *a = (struct ahead){ .ncols = ncols ? ncols : 1, .parse = parse, .ctx = ctx };
     for (size_t i = 0; i < NBLOCKS; i++)
         a->blocks[i].a = a;
-    /* Signals are the main thread's to take (ckptpipe's SIGTERM). */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pool_new(1, NBLOCKS, &a->pool);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc) {
         free(a);
         return rc;

@@ -15,6 +15,7 @@
 #include "util/err.h"
 #include "util/files.h"
 #include "util/paths.h"
+#include "util/pool.h"
 
 struct output {
     const struct view *v;
@@ -22,7 +23,13 @@ struct output {
     int fd;
     uint64_t length; /* the file's */
     uint64_t step;
-    struct buf lines;
+    struct buf lines;   /* the step's, being collected */
+    struct buf writing; /* the last step's, [write_from, len) handed to the writer */
+    size_t write_from;
+    size_t written;      /* of those, by the writer */
+    struct pool *writer; /* one thread; NULL: writes are made in output_end */
+    struct batch job;
+    int pending;        /* job is in flight (initialized) */
     struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
     struct buf *keys;   /* per column: "name":  (JSON-escaped once) */
     size_t room;        /* a line's bytes, strings aside, and KEY_COPY of slack (output_emit) */
@@ -73,7 +80,9 @@ int output_open(const struct view *v, struct output **out)
         return rc;
     }
     *o = (struct output){ .v = v, .path = path, .fd = fd };
-    if (!(o->keys = calloc(v->nitems, sizeof *o->keys)))
+    if (pool_new(1, 1, &o->writer) == -ENOMEM)
+        rc = -ENOMEM; /* without a thread (-EAGAIN), output_end writes itself */
+    if (rc == 0 && !(o->keys = calloc(v->nitems, sizeof *o->keys)))
         rc = -ENOMEM;
     for (size_t i = 0; rc == 0 && i < v->nitems; i++) {
         const char *name = v->items[i].name;
@@ -109,8 +118,22 @@ void output_collected(const struct output *o, uint64_t *len, uint64_t *hash)
     *hash = XXH3_64bits(o->lines.data, o->lines.len);
 }
 
+int output_settle(struct output *o)
+{
+    if (!o->pending)
+        return 0;
+    int rc = batch_wait(&o->job);
+    batch_destroy(&o->job);
+    o->pending = 0;
+    o->length -= o->writing.len - o->write_from - o->written; /* what it could not write */
+    return rc;
+}
+
 int output_sync(struct output *o)
 {
+    int rc = output_settle(o);
+    if (rc)
+        return rc;
     if (fdatasync(o->fd))
         return err_set(-EIO, "view %s: cannot sync %s: %s", o->v->name, o->path, strerror(errno));
     return 0;
@@ -120,8 +143,11 @@ void output_close(struct output *o)
 {
     if (!o)
         return;
+    output_settle(o); /* an error here is the caller's to have seen: see pipeline_close */
+    pool_free(o->writer);
     close(o->fd);
     buf_free(&o->lines);
+    buf_free(&o->writing);
     buf_free(&o->head[0]);
     buf_free(&o->head[1]);
     for (size_t i = 0; o->keys && i < o->v->nitems; i++)
@@ -130,8 +156,9 @@ void output_close(struct output *o)
     free(o);
 }
 
-void output_begin(struct output *o, uint64_t step)
+int output_begin(struct output *o, uint64_t step)
 {
+    int rc = output_settle(o);
     o->step = step;
     buf_reset(&o->lines);
     for (int i = 0; i < 2; i++) {
@@ -139,6 +166,7 @@ void output_begin(struct output *o, uint64_t step)
         buf_printf(&o->head[i], "{\"step\": %llu, \"%s\": {", (unsigned long long)step,
                    i ? "insert" : "delete");
     }
+    return rc;
 }
 
 int output_emit(void *arg, const struct value *row, int weight)
@@ -169,21 +197,49 @@ int output_emit(void *arg, const struct value *row, int weight)
     return 0;
 }
 
+static int write_job(void *arg)
+{
+    struct output *o = arg;
+    int rc = write_full(o->fd, o->writing.data + o->write_from, o->writing.len - o->write_from, -1,
+                        &o->written, o->path);
+    return rc ? err_wrap(rc, "view %s", o->v->name) : 0;
+}
+
 int output_end(struct output *o, uint64_t at)
 {
+    int rc = output_settle(o);
+    if (rc)
+        return rc;
     if (o->length < at)
         return err_set(-EIO,
                        "view %s: %s is %llu bytes, but the step's output starts at byte %llu "
                        "(output written before it is lost)",
                        o->v->name, o->path, (unsigned long long)o->length, (unsigned long long)at);
     uint64_t have = o->length - at; /* of this step's bytes, already in the file */
-    const uint8_t *p = o->lines.data + (have < o->lines.len ? have : o->lines.len);
-    size_t left = have < o->lines.len ? o->lines.len - (size_t)have : 0;
-    size_t done;
-    int rc = write_full(o->fd, p, left, -1, &done, o->path);
-    o->length += done;
-    if (rc)
-        return err_wrap(rc, "view %s", o->v->name);
+    size_t from = have < o->lines.len ? (size_t)have : o->lines.len;
+    size_t left = o->lines.len - from;
+    if (left && o->writer) { /* the buffers trade places: the next step collects in the other */
+        struct buf b = o->writing;
+        o->writing = o->lines;
+        o->lines = b;
+        o->write_from = from;
+        o->written = 0;
+        batch_init(&o->job);
+        if ((rc = pool_submit(o->writer, &o->job, write_job, o)) != 0) {
+            batch_destroy(&o->job);
+            o->lines = o->writing; /* as they were */
+            o->writing = b;
+            return rc;
+        }
+        o->pending = 1;
+        o->length += left;
+    } else if (left) {
+        size_t done;
+        rc = write_full(o->fd, o->lines.data + from, left, -1, &done, o->path);
+        o->length += done;
+        if (rc)
+            return err_wrap(rc, "view %s", o->v->name);
+    }
     buf_reset(&o->lines);
     return 0;
 }

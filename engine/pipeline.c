@@ -395,9 +395,9 @@ static int collect(struct pipeline *p)
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < p->prog->nviews; i++) {
         struct output *o = p->outputs[i];
-        if (o)
-            output_begin(o, p->step);
-        rc = ivm_flush(p->views[i], o ? output_emit : discard, o);
+        rc = o ? output_begin(o, p->step) : 0;
+        if (rc == 0)
+            rc = ivm_flush(p->views[i], o ? output_emit : discard, o);
     }
     return rc;
 }
@@ -453,6 +453,17 @@ static int journal_step(struct pipeline *p)
     return rc;
 }
 
+/* The last step's writes, done (output_settle). */
+static int settle_outputs(struct pipeline *p)
+{
+    int rc = 0;
+    for (size_t i = 0; i < p->prog->nviews; i++) {
+        int one = p->outputs[i] ? output_settle(p->outputs[i]) : 0;
+        rc = rc ? rc : one;
+    }
+    return rc;
+}
+
 /* Reads from every input (up to batch changes each); *taken gets how many. */
 static int take_inputs(struct pipeline *p, size_t batch, size_t *taken)
 {
@@ -474,8 +485,8 @@ static int step_once(struct pipeline *p, size_t batch)
 {
     size_t taken;
     int rc = take_inputs(p, batch, &taken);
-    if (rc || (!taken && p->step))
-        return rc;
+    if (rc || (!taken && p->step)) /* idle: what the last step wrote is in the files */
+        return rc ? rc : settle_outputs(p);
     p->step++; /* the first step comes out even without input: views without GROUP BY have a row */
     p->records += taken;
     rc = collect(p);
@@ -486,6 +497,8 @@ static int step_once(struct pipeline *p, size_t batch)
         crash_point(p, "journal");
     }
     rc = rc ? rc : write_outputs(p, NULL);
+    if (rc == 0 && p->crash_at[0]) /* a crash "after the output" comes after its write */
+        rc = settle_outputs(p);
     if (rc == 0)
         crash_point(p, "output");
     return rc ? rc : taken > 0;

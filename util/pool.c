@@ -1,6 +1,7 @@
 #include "pool.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -88,6 +89,8 @@ static void *worker(void *arg)
     return NULL;
 }
 
+static const int faults[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS };
+
 int pool_new(unsigned threads, unsigned max_queued, struct pool **out)
 {
     struct pool *p = calloc(1, sizeof *p);
@@ -105,9 +108,18 @@ int pool_new(unsigned threads, unsigned max_queued, struct pool **out)
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->nonempty, NULL);
     pthread_cond_init(&p->nonfull, NULL);
+    /* Workers take no signals: they are the main thread's to handle (a
+     * daemon's SIGTERM, ckptpipe's), but for faults, which must reach the
+     * thread that made them. Threads start with the creator's mask. */
+    sigset_t mask, old;
+    sigfillset(&mask);
+    for (size_t i = 0; i < sizeof faults / sizeof *faults; i++)
+        sigdelset(&mask, faults[i]);
+    pthread_sigmask(SIG_BLOCK, &mask, &old);
     for (; p->nthreads < threads; p->nthreads++)
         if (pthread_create(&p->threads[p->nthreads], NULL, worker, p))
             break;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!p->nthreads) {
         pool_free(p);
         return err_set(-EAGAIN, "cannot start worker threads");

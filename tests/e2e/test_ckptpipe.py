@@ -108,6 +108,21 @@ def test_csv_view_equals_sqlite(pipe):
     same(rebuild(changes(pipe.dir / "out/bytes_per_user.jsonl")), sqlite_view(records))
 
 
+def test_an_output_that_cannot_be_written_fails_the_run(pipe):
+    """Output is written by a thread while the next step reads: a write that fails (a full
+    disk: /dev/full) still fails the run, naming the view, in every mode."""
+    records = random_records(3000, 11)
+    (pipe.dir / "in/clicks.csv").write_text("".join(csv_line(r) for r in records))
+    (pipe.dir / "out").mkdir()
+    os.symlink("/dev/full", pipe.dir / "out/bytes_per_user.jsonl")
+    for ft in ("none", "checkpoint", "exactly_once"):
+        shutil.rmtree(pipe.dir / "state", ignore_errors=True)
+        p = pipe(program_text(), "--exit-when-done", "--max-batch", "500", "--ft", ft)
+        err = p.stderr.decode()
+        assert p.returncode != 0, (ft, err)
+        assert "view bytes_per_user" in err and "No space left on device" in err, (ft, err)
+
+
 def test_json_inserts_and_deletes_equal_sqlite(pipe):
     rnd = random.Random(11)
     live, lines = [], []
