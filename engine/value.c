@@ -110,7 +110,9 @@ static int string_json(const char *s, size_t len, struct buf *out)
     return rc ? rc : buf_append(out, "\"", 1);
 }
 
-/* Decimal digits at p, two at a time; returns their count. */
+/* Decimal digits at p, two at a time from the last; returns their count.
+ * They are written where they go: a copy from a buffer just written would
+ * wait for the stores to land. */
 static size_t int_text(int64_t v, char *p)
 {
     static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
@@ -118,21 +120,20 @@ static size_t int_text(int64_t v, char *p)
                                 "62636465666768697071727374757677787980818283848586878889909192"
                                 "93949596979899";
     _Static_assert(sizeof pairs == 201, "two digits for each of 0..99");
-    /* Written back from the middle; the copy out is of a fixed 24 bytes (p
-     * has VALUE_SHORT_MAX), a few moves instead of a call to memcpy, and
-     * what it takes past the digits is in tmp still. */
-    char tmp[48], *end = tmp + 24, *q = end;
     uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+    size_t n = 1;
+    for (uint64_t ten = 10; n < 20 && u >= ten; ten *= 10)
+        n++;
+    if (v < 0)
+        *p++ = '-';
+    char *q = p + n;
     for (; u >= 100; u /= 100)
         memcpy(q -= 2, pairs + 2 * (u % 100), 2);
     if (u >= 10)
-        memcpy(q -= 2, pairs + 2 * u, 2);
+        memcpy(q - 2, pairs + 2 * u, 2);
     else
-        *--q = (char)('0' + u);
-    if (v < 0)
-        *--q = '-';
-    memcpy(p, q, 24);
-    return (size_t)(end - q);
+        q[-1] = (char)('0' + u);
+    return n + (v < 0);
 }
 
 _Static_assert(VALUE_SHORT_MAX >= DTOA_MAX, "a double's text fits");
