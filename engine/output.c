@@ -29,7 +29,9 @@ struct output {
     size_t written;      /* of those, by the writer */
     struct pool *writer; /* one thread; NULL: writes are made in output_end */
     struct batch job;
-    int pending;        /* job is in flight (initialized) */
+    int pending; /* job is in flight (initialized) */
+    int failed;  /* a write failed: every later call says so (why: its message) */
+    char why[512];
     struct buf head[2]; /* {"step": N, "delete": {  and  ... "insert": {  for this step */
     struct buf *keys;   /* per column: "name":  (JSON-escaped once) */
     size_t room;        /* a line's bytes, strings aside, and KEY_COPY of slack (output_emit) */
@@ -118,15 +120,21 @@ void output_collected(const struct output *o, uint64_t *len, uint64_t *hash)
     *hash = XXH3_64bits(o->lines.data, o->lines.len);
 }
 
+/* A failed write is said again by every later call: the bytes after it
+ * would not be where the journal and the checkpoints put them. */
 int output_settle(struct output *o)
 {
-    if (!o->pending)
-        return 0;
-    int rc = batch_wait(&o->job);
-    batch_destroy(&o->job);
-    o->pending = 0;
-    o->length -= o->writing.len - o->write_from - o->written; /* what it could not write */
-    return rc;
+    if (o->pending) {
+        int rc = batch_wait(&o->job);
+        batch_destroy(&o->job);
+        o->pending = 0;
+        o->length -= o->writing.len - o->write_from - o->written; /* what it could not write */
+        if (rc) {
+            o->failed = rc;
+            snprintf(o->why, sizeof o->why, "%s", err_msg(rc));
+        }
+    }
+    return o->failed ? err_set(o->failed, "%s", o->why) : 0;
 }
 
 int output_sync(struct output *o)

@@ -26,7 +26,8 @@ int output_open(const struct view *v, struct output **out);
 void output_close(struct output *o);
 
 /* Waits for the last step's write: 0, or its error (-EIO, said), after
- * which output_length is the file's true length again. */
+ * which output_length is the file's true length again. A write that failed
+ * fails every later call too (settle, begin, end, sync). */
 int output_settle(struct output *o);
 
 /* A step begins: output_settle, then collecting. output_emit collects one
