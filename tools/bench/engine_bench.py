@@ -141,8 +141,9 @@ def bench_engine(args, server):
         f"| SQLite, UPSERT per record | {sqlite:,.0f} | 1.0x |",
         "",
         f"ckptpipe: {cpu / (RECORDS / 1e6):.2f} CPU s per million records (in default steps, "
-        "both its threads: the step's, and the one parsing the CSV ahead of it; SQLite uses "
-        f"one), peak RSS {peak:.0f} MiB (of the largest child). Target: at least 10x SQLite: "
+        "all its threads: the step's, the one parsing the CSV ahead of it, and the output's "
+        "writer; SQLite uses one), peak RSS "
+        f"{peak:.0f} MiB (of the largest child). Target: at least 10x SQLite: "
         f"{'met' if ratio >= 10 else 'not met'} in the default steps, "
         f"{'met' if big / sqlite >= 10 else 'not met'} in steps of {BIG_BATCH:,} (a pipeline "
         "behind on its input, as in a backfill, if `--max-batch` lets it take them).",
