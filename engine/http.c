@@ -113,7 +113,8 @@ static int add_row(void *arg, const struct value *row, int weight)
     int rc = r->n++ ? buf_append(r->out, ",{", 2) : buf_append(r->out, "{", 1);
     for (size_t i = 0; rc == 0 && i < r->v->nitems; i++) {
         struct value key = { .t = T_VARCHAR,
-                             .str = { r->v->items[i].name, strlen(r->v->items[i].name) } };
+                             .s = r->v->items[i].name,
+                             .len = (uint32_t)strlen(r->v->items[i].name) };
         rc = i ? buf_append(r->out, ",", 1) : 0;
         rc = rc ? rc : value_json(&key, r->out);
         rc = rc ? rc : buf_append(r->out, ":", 1);

@@ -187,7 +187,7 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
     if (found) {
         if ((b->v[i].count += weight) == 0) {
             if (b->v[i].v.t == T_VARCHAR)
-                free((char *)b->v[i].v.str.s);
+                free((char *)b->v[i].v.s);
             memmove(&b->v[i], &b->v[i + 1], (b->n - i - 1) * sizeof *b->v);
             b->n--;
         }
@@ -207,7 +207,7 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
         b->v = v, b->cap = cap;
     }
     struct entry e = { *x, weight };
-    if (x->t == T_VARCHAR && !(e.v.str.s = strndup(x->str.s, x->str.len)))
+    if (x->t == T_VARCHAR && !(e.v.s = strndup(x->s, x->len)))
         return -ENOMEM;
     memmove(&b->v[i + 1], &b->v[i], (b->n - i) * sizeof *b->v);
     b->v[i] = e;
@@ -230,10 +230,10 @@ static int bag_keep_extremes(struct bag *b, const struct value *x)
     if (!e)
         return 0;
     struct value copy = *x;
-    if (x->t == T_VARCHAR && !(copy.str.s = strndup(x->str.s, x->str.len)))
+    if (x->t == T_VARCHAR && !(copy.s = strndup(x->s, x->len)))
         return -ENOMEM;
     if (e->v.t == T_VARCHAR)
-        free((char *)e->v.str.s);
+        free((char *)e->v.s);
     e->v = copy;
     return 0;
 }
@@ -242,7 +242,7 @@ static void bag_free(struct bag *b)
 {
     for (size_t i = 0; i < b->n; i++)
         if (b->v[i].v.t == T_VARCHAR)
-            free((char *)b->v[i].v.str.s);
+            free((char *)b->v[i].v.s);
     if (b->v != b->inl)
         free(b->v);
 }
@@ -778,8 +778,8 @@ static int put_value(struct buf *b, const struct value *v)
     case T_BOOLEAN:
         return le_put(b, (uint64_t)v->b, 1);
     case T_VARCHAR:
-        rc = le_put(b, v->str.len, 4);
-        return rc ? rc : buf_append(b, v->str.s, v->str.len);
+        rc = le_put(b, v->len, 4);
+        return rc ? rc : buf_append(b, v->s, v->len);
     default:
         return le_put(b, (uint64_t)v->i, 8);
     }
@@ -884,8 +884,8 @@ static void get_value(struct le_reader *r, struct value *v)
         v->b = (int)le_get(r, 1);
         return;
     case T_VARCHAR:
-        v->str.len = (size_t)le_get(r, 4);
-        v->str.s = (const char *)le_take(r, v->str.len);
+        v->len = (size_t)le_get(r, 4);
+        v->s = (const char *)le_take(r, v->len);
         return;
     case T_BIGINT:
     case T_TIMESTAMP:

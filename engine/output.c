@@ -88,7 +88,7 @@ int output_open(const struct view *v, struct output **out)
         rc = -ENOMEM;
     for (size_t i = 0; rc == 0 && i < v->nitems; i++) {
         const char *name = v->items[i].name;
-        struct value key = { .t = T_VARCHAR, .str = { name, strlen(name) } };
+        struct value key = { .t = T_VARCHAR, .s = name, .len = (uint32_t)strlen(name) };
         rc = i ? buf_append(&o->keys[i], ", ", 2) : 0;
         rc = rc ? rc : value_json(&key, &o->keys[i]);
         rc = rc ? rc : buf_append(&o->keys[i], ": ", 2);

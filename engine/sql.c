@@ -212,7 +212,7 @@ static void expr_free(struct expr *e)
     expr_free(e->a);
     expr_free(e->b);
     if (e->k.t == T_VARCHAR) /* a string constant, or a name not resolved yet */
-        free((char *)e->k.str.s);
+        free((char *)e->k.s);
     free(e);
 }
 
@@ -239,7 +239,7 @@ static int literal(const struct token *t, struct expr *e)
         char *s = strdup(t->text);
         if (!s)
             return -ENOMEM;
-        e->k = (struct value){ .t = T_VARCHAR, .str = { s, strlen(s) } };
+        e->k = (struct value){ .t = T_VARCHAR, .s = s, .len = (uint32_t)strlen(s) };
         return 0;
     }
     int dotted = strpbrk(t->text, ".eE") != NULL;
@@ -401,14 +401,14 @@ static int check_expr(struct expr *e, const struct table *t);
 static int resolve(struct expr *e, const struct table *t)
 {
     for (size_t i = 0; i < t->ncols; i++)
-        if (!strcmp(t->cols[i].name, e->k.str.s)) {
-            free((char *)e->k.str.s);
+        if (!strcmp(t->cols[i].name, e->k.s)) {
+            free((char *)e->k.s);
             e->k = (struct value){ .t = T_NULL };
             e->column = i;
             e->type = t->cols[i].type;
             return 0;
         }
-    return fail_at(e->line, e->col, "%s has no column %s", t->name, e->k.str.s);
+    return fail_at(e->line, e->col, "%s has no column %s", t->name, e->k.s);
 }
 
 static int check_binary(struct expr *e)
@@ -605,7 +605,7 @@ static int select_item(struct parser *p, struct view *v, size_t *cap)
             rc = fail_at(it->arg->line, it->arg->col,
                          "a view's column is a GROUP BY column or an aggregate");
         if (rc == 0)
-            it->name = strdup(it->arg->k.str.s);
+            it->name = strdup(it->arg->k.s);
     }
     if (rc < 0)
         return rc;

@@ -43,9 +43,9 @@ int value_cmp(const struct value *a, const struct value *b)
         return (int)a->t - (int)b->t;
     switch (a->t) {
     case T_VARCHAR: {
-        size_t n = a->str.len < b->str.len ? a->str.len : b->str.len;
-        int c = memcmp(a->str.s, b->str.s, n);
-        return c ? (c > 0) - (c < 0) : (a->str.len > b->str.len) - (a->str.len < b->str.len);
+        size_t n = a->len < b->len ? a->len : b->len;
+        int c = memcmp(a->s, b->s, n);
+        return c ? (c > 0) - (c < 0) : (a->len > b->len) - (a->len < b->len);
     }
     case T_BOOLEAN:
         return (a->b > b->b) - (a->b < b->b);
@@ -65,7 +65,7 @@ uint64_t value_hash(const struct value *v, uint64_t seed)
     case T_NULL:
         return XXH3_64bits_withSeed("", 0, seed ^ 0x9e37);
     case T_VARCHAR:
-        return XXH3_64bits_withSeed(v->str.s, v->str.len, seed);
+        return XXH3_64bits_withSeed(v->s, v->len, seed);
     case T_BOOLEAN:
         return XXH3_64bits_withSeed(&v->b, sizeof v->b, seed);
     case T_DOUBLE:
@@ -159,7 +159,7 @@ size_t value_json_short(const struct value *v, char *p)
 int value_json(const struct value *v, struct buf *out)
 {
     if (v->t == T_VARCHAR)
-        return string_json(v->str.s, v->str.len, out);
+        return string_json(v->s, v->len, out);
     if (v->t == T_TIMESTAMP)
         return timestamp_text(v->i, out);
     if (buf_reserve(out, VALUE_SHORT_MAX))
@@ -261,9 +261,9 @@ int value_parse(enum type t, const char *text, size_t len, struct value *out)
 {
     out->t = t;
     if (t == T_VARCHAR) {
-        out->str.s = text;
-        out->str.len = len;
-        return 0;
+        out->s = text;
+        out->len = (uint32_t)len;
+        return len <= VALUE_MAX_STRING ? 0 : -EINVAL;
     }
     if (t == T_BIGINT) /* as long as the others may be: the same texts taken as before */
         return len && len < 64 ? parse_bigint(text, len, &out->i) : -EINVAL;
@@ -274,7 +274,7 @@ size_t row_size(const struct value *v, size_t n)
 {
     size_t bytes = sizeof(struct row) + n * sizeof *v;
     for (size_t i = 0; i < n; i++)
-        bytes += v[i].t == T_VARCHAR ? v[i].str.len + 1 : 0;
+        bytes += v[i].t == T_VARCHAR ? v[i].len + 1 : 0;
     return bytes;
 }
 
@@ -291,10 +291,10 @@ struct row *row_init(struct row *r, const struct value *v, size_t n)
     for (size_t i = 0; i < n; i++) {
         r->v[i] = v[i];
         if (v[i].t == T_VARCHAR) { /* the strings live after the values, in one block */
-            memcpy(s, v[i].str.s, v[i].str.len);
-            s[v[i].str.len] = '\0';
-            r->v[i].str.s = s;
-            s += v[i].str.len + 1;
+            memcpy(s, v[i].s, v[i].len);
+            s[v[i].len] = '\0';
+            r->v[i].s = s;
+            s += v[i].len + 1;
         }
     }
     return r;

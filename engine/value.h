@@ -14,18 +14,21 @@
 
 enum type { T_NULL = 0, T_BIGINT, T_DOUBLE, T_VARCHAR, T_BOOLEAN, T_TIMESTAMP };
 
+/* 16 bytes: rows, keys and a group's bags are arrays of them, and their
+ * size is what a step waits for in memory. */
 struct value {
     enum type t;
+    uint32_t len; /* VARCHAR: the length of s (VALUE_MAX_STRING at most) */
     union {
         int64_t i; /* BIGINT, TIMESTAMP */
         double d;
         int b;
-        struct {
-            const char *s;
-            size_t len;
-        } str;
+        const char *s; /* VARCHAR: len bytes, NUL after them only in a row */
     };
 };
+
+#define VALUE_MAX_STRING UINT32_MAX
+_Static_assert(sizeof(struct value) == 16, "a value is 16 bytes");
 
 /* "BIGINT", "DOUBLE" ... ("NULL" for T_NULL). */
 const char *type_name(enum type t);

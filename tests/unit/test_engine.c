@@ -106,7 +106,7 @@ static void row_text(const struct value *row, size_t n, char *out, size_t cap)
         else if (v->t == T_DOUBLE)
             at += (size_t)snprintf(out + at, cap - at, "%.9g|", v->d);
         else if (v->t == T_VARCHAR)
-            at += (size_t)snprintf(out + at, cap - at, "'%.*s'|", (int)v->str.len, v->str.s);
+            at += (size_t)snprintf(out + at, cap - at, "'%.*s'|", (int)v->len, v->s);
         else
             at += (size_t)snprintf(out + at, cap - at, "%lld|", (long long)v->i);
     }
@@ -175,8 +175,8 @@ static void sqlite_rows(sqlite3 *db, const struct view *v, struct multiset *out)
                 row[i] = (struct value){ .t = T_DOUBLE, .d = sqlite3_column_double(st, (int)i) };
             else if (t == T_VARCHAR)
                 row[i] = (struct value){ .t = T_VARCHAR,
-                                         .str = { (const char *)sqlite3_column_text(st, (int)i),
-                                                  (size_t)sqlite3_column_bytes(st, (int)i) } };
+                                         .s = (const char *)sqlite3_column_text(st, (int)i),
+                                         .len = (uint32_t)sqlite3_column_bytes(st, (int)i) };
             else
                 row[i] = (struct value){ .t = t, .i = sqlite3_column_int64(st, (int)i) };
         }
@@ -215,8 +215,9 @@ struct input {
 static void to_values(const struct input *in, struct value *v)
 {
     v[0] = (struct value){ .t = T_BIGINT, .i = in->user };
-    v[1] = in->url[0] ? (struct value){ .t = T_VARCHAR, .str = { in->url, strlen(in->url) } }
-                      : (struct value){ .t = T_NULL };
+    v[1] = in->url[0]
+               ? (struct value){ .t = T_VARCHAR, .s = in->url, .len = (uint32_t)strlen(in->url) }
+               : (struct value){ .t = T_NULL };
     v[2] = in->bytes < 0 ? (struct value){ .t = T_NULL }
                          : (struct value){ .t = T_BIGINT, .i = in->bytes };
     v[3] = (struct value){ .t = T_DOUBLE, .d = in->ratio };
