@@ -98,8 +98,9 @@ def throughput(args, d):
               f"({big[-1]:.0f}/s in steps of {BIG_BATCH}), SQLite {theirs[-1]:.0f}/s",
               file=sys.stderr)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    ratios = ([o / t for o, t in zip(ours, theirs)], [b / t for b, t in zip(big, theirs)])
     return (statistics.median(ours), statistics.median(big), statistics.median(theirs),
-            statistics.median(cpu), peak, lines)
+            statistics.median(cpu), peak, lines, ratios)
 
 
 def checkpoint_sizes(d):
@@ -122,7 +123,7 @@ def checkpoint_sizes(d):
 def bench_engine(args, server):
     del server
     with tempfile.TemporaryDirectory(dir=WORK) as d:
-        ours, big, sqlite, cpu, peak, lines = throughput(args, d)
+        ours, big, sqlite, cpu, peak, lines, ratios = throughput(args, d)
     with tempfile.TemporaryDirectory(dir=WORK) as d:
         (full_b, full_s), (inc_b, inc_s) = checkpoint_sizes(d)
     ratio = ours / sqlite
@@ -139,6 +140,11 @@ def bench_engine(args, server):
         f"| ckptpipe (steps of 100,000 records, the default) | {ours:,.0f} | **{ratio:.2f}x** |",
         f"| ckptpipe, `--max-batch {BIG_BATCH}` | {big:,.0f} | {big / sqlite:.2f}x |",
         f"| SQLite, UPSERT per record | {sqlite:,.0f} | 1.0x |",
+        "",
+        "Each run's own ratios (ckptpipe and SQLite a few seconds apart), showing how noisy the "
+        "machine was: default steps "
+        + ", ".join(f"{r:.1f}x" for r in ratios[0]) + f"; steps of {BIG_BATCH:,} "
+        + ", ".join(f"{r:.1f}x" for r in ratios[1]) + ".",
         "",
         f"ckptpipe: {cpu / (RECORDS / 1e6):.2f} CPU s per million records (in default steps, "
         "all its threads: the step's, the one parsing the CSV ahead of it, and the output's "
