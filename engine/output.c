@@ -120,20 +120,31 @@ void output_collected(const struct output *o, uint64_t *len, uint64_t *hash)
     *hash = XXH3_64bits(o->lines.data, o->lines.len);
 }
 
-/* A failed write is said again by every later call: the bytes after it
- * would not be where the journal and the checkpoints put them. */
+/* A write failed (rc, its message said): every later call says so, since
+ * the bytes after it would not be where the journal and the checkpoints
+ * put them. */
+static void write_failed(struct output *o, int rc)
+{
+    o->failed = rc;
+    snprintf(o->why, sizeof o->why, "%s", err_msg(rc));
+}
+
+/* The writer's job done, its failure kept, the length the file's again. */
+static void wait_write(struct output *o)
+{
+    if (!o->pending)
+        return;
+    int rc = batch_wait(&o->job);
+    batch_destroy(&o->job);
+    o->pending = 0;
+    o->length -= o->writing.len - o->write_from - o->written; /* what it could not write */
+    if (rc)
+        write_failed(o, rc);
+}
+
 int output_settle(struct output *o)
 {
-    if (o->pending) {
-        int rc = batch_wait(&o->job);
-        batch_destroy(&o->job);
-        o->pending = 0;
-        o->length -= o->writing.len - o->write_from - o->written; /* what it could not write */
-        if (rc) {
-            o->failed = rc;
-            snprintf(o->why, sizeof o->why, "%s", err_msg(rc));
-        }
-    }
+    wait_write(o);
     return o->failed ? err_set(o->failed, "%s", o->why) : 0;
 }
 
@@ -151,7 +162,7 @@ void output_close(struct output *o)
 {
     if (!o)
         return;
-    output_settle(o); /* an error here is the caller's to have seen: see pipeline_close */
+    wait_write(o); /* its error is not said again: the caller's message stays */
     pool_free(o->writer);
     close(o->fd);
     buf_free(&o->lines);
@@ -245,8 +256,11 @@ int output_end(struct output *o, uint64_t at)
         size_t done;
         rc = write_full(o->fd, o->lines.data + from, left, -1, &done, o->path);
         o->length += done;
-        if (rc)
-            return err_wrap(rc, "view %s", o->v->name);
+        if (rc) {
+            rc = err_wrap(rc, "view %s", o->v->name);
+            write_failed(o, rc);
+            return rc;
+        }
     }
     buf_reset(&o->lines);
     return 0;

@@ -236,6 +236,8 @@ static int parse_expr(struct parser *p, struct expr **out);
 static int literal(const struct token *t, struct expr *e)
 {
     if (t->kind == K_STRING || t->kind == K_QUOTED || t->kind == K_NAME) {
+        if (strlen(t->text) > VALUE_MAX_STRING)
+            return fail_at(t->line, t->col, "a string longer than %u bytes", VALUE_MAX_STRING);
         char *s = strdup(t->text);
         if (!s)
             return -ENOMEM;

@@ -274,7 +274,7 @@ size_t row_size(const struct value *v, size_t n)
 {
     size_t bytes = sizeof(struct row) + n * sizeof *v;
     for (size_t i = 0; i < n; i++)
-        bytes += v[i].t == T_VARCHAR ? v[i].len + 1 : 0;
+        bytes += v[i].t == T_VARCHAR ? (size_t)v[i].len + 1 : 0;
     return bytes;
 }
 
@@ -294,7 +294,7 @@ struct row *row_init(struct row *r, const struct value *v, size_t n)
             memcpy(s, v[i].s, v[i].len);
             s[v[i].len] = '\0';
             r->v[i].s = s;
-            s += v[i].len + 1;
+            s += (size_t)v[i].len + 1;
         }
     }
     return r;
