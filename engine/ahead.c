@@ -39,7 +39,7 @@ struct block {
     struct buf bytes;
     struct line *lines;
     struct value *rows; /* ncols per line */
-    size_t nlines, cap;
+    size_t nlines, lines_cap, rows_cap;
     size_t next; /* the input's cursor */
     int ready;   /* invariant 1 */
 };
@@ -54,21 +54,12 @@ struct ahead {
     uint64_t end;
 };
 
-/* Room for one more line in b; 0 or -ENOMEM. */
-static int grow(struct ahead *a, struct block *b)
+/* Room for one more line in b, and its row; 0 or -ENOMEM. */
+static int grow(const struct ahead *a, struct block *b)
 {
-    if (b->nlines < b->cap)
-        return 0;
-    size_t cap = b->cap ? 2 * b->cap : 1024;
-    struct line *lines = realloc(b->lines, cap * sizeof *lines);
-    if (lines)
-        b->lines = lines;
-    struct value *rows = lines ? realloc(b->rows, cap * a->ncols * sizeof *rows) : NULL;
-    if (!rows)
+    if (array_grow((void **)&b->lines, &b->lines_cap, b->nlines, sizeof *b->lines))
         return -ENOMEM;
-    b->rows = rows;
-    b->cap = cap;
-    return 0;
+    return array_grow((void **)&b->rows, &b->rows_cap, b->nlines, a->ncols * sizeof *b->rows);
 }
 
 /* Out of memory, the block's remaining lines are left out: the input
