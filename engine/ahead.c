@@ -22,9 +22,6 @@
 #include "util/pool.h"
 
 #define NBLOCKS 4
-/* Large enough that the thread is handed work once per thousands of lines,
- * small enough that it starts on a block soon after it is read. */
-#define BLOCK_BYTES ((size_t)256 << 10)
 
 struct line {
     uint64_t at;
@@ -129,7 +126,7 @@ int ahead_wants(const struct ahead *a)
 
 ssize_t ahead_feed(struct ahead *a, uint64_t at, const char *bytes, size_t len)
 {
-    size_t take = len < BLOCK_BYTES ? len : BLOCK_BYTES;
+    size_t take = len < AHEAD_BLOCK ? len : AHEAD_BLOCK;
     const char *nl = take ? memrchr(bytes, '\n', take) : NULL;
     if (!nl || a->count == NBLOCKS)
         return 0;

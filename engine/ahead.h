@@ -21,6 +21,11 @@
 
 struct ahead;
 
+/* The most bytes fed at once: large enough that the thread is handed work
+ * once per thousands of lines, small enough that it starts on a block soon
+ * after it is read. A line longer than this is never parsed ahead. */
+#define AHEAD_BLOCK ((size_t)256 << 10)
+
 /* Parses a line (without its newline) into row[0..ncols): 0, or non-zero
  * if it cannot. Called from the thread: it must touch nothing but row and
  * what ctx holds read-only. */
@@ -41,9 +46,9 @@ uint64_t ahead_end(const struct ahead *a);
 int ahead_wants(const struct ahead *a);
 
 /* Hands the thread a copy of the whole lines at the start of bytes, the
- * input's bytes from offset at on (at >= ahead_end), as many as a block
- * takes. Returns the bytes taken: 0 if none (no room: !ahead_wants, or no
- * newline within a block's size), or -ENOMEM. */
+ * input's bytes from offset at on (at >= ahead_end), as many as AHEAD_BLOCK
+ * bytes hold. Returns the bytes taken: 0 if none (no room: !ahead_wants, or
+ * no newline within AHEAD_BLOCK bytes), or -ENOMEM. */
 ssize_t ahead_feed(struct ahead *a, uint64_t at, const char *bytes, size_t len);
 
 /* The row the thread made of the line at byte at, len bytes long (without

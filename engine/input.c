@@ -293,10 +293,7 @@ static int one_line(struct input *in, char *s, size_t len, input_fn fn, void *ar
     if (len == 0 || (len == 1 && s[0] == '\r'))
         return 0;
     const struct value *row = in->ahead ? ahead_take(in->ahead, in->pos, len) : NULL;
-    if (row)
-        rc = 0;
-    else
-        rc = in->json ? json_line(in, s, len, &keep, &weight) : csv_line(in, s, len);
+    rc = row ? 0 : in->json ? json_line(in, s, len, &keep, &weight) : csv_line(in, s, len);
     if (rc == 0)
         rc = fn(arg, row ? row : in->row, weight);
     json_decref(keep);
@@ -353,7 +350,7 @@ static int feed_ahead(struct input *in)
             return (int)fed;
         if (fed > 0)
             continue;
-        if (in->pending.len - at >= READ_SIZE) /* a line longer than a block: taken here */
+        if (in->pending.len - at >= AHEAD_BLOCK) /* a line longer than a block: parsed here */
             return 0;
         int rc = read_more(in);
         in->ahead_at_end = rc == 0;
@@ -408,9 +405,9 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
     size_t got = 0;
     in->at_end = 0;
     while (got < max) {
-        int fed = in->ahead && in->pos >= in->feed_at ? feed_ahead(in) : 0;
-        if (fed < 0)
-            return fed;
+        int rc = in->ahead && in->pos >= in->feed_at ? feed_ahead(in) : 0;
+        if (rc < 0)
+            return rc;
         char *s = (char *)in->pending.data + in->done;
         size_t avail = in->pending.len - in->done;
         char *nl = avail ? memchr(s, '\n', avail) : NULL;
@@ -419,7 +416,7 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
             continue;
         }
         if (!nl) {
-            int rc = avail > MAX_LINE || in->skip_len ? overlong(in, s, avail) : 0;
+            rc = avail > MAX_LINE || in->skip_len ? overlong(in, s, avail) : 0;
             if (rc == 0)
                 rc = read_more(in);
             in->ahead_at_end = 0;
@@ -433,13 +430,13 @@ ssize_t input_poll(struct input *in, size_t max, input_fn fn, void *arg)
         }
         size_t len = (size_t)(nl - s);
         if (len > MAX_LINE) { /* its end came in the read that took it past the limit */
-            int rc = overlong(in, s, 0);
+            rc = overlong(in, s, 0);
             if (rc < 0)
                 return rc;
             end_overlong(in, s, len + 1);
             continue;
         }
-        int rc = one_line(in, s, len, fn, arg);
+        rc = one_line(in, s, len, fn, arg);
         if (rc < 0) {
             in->line--; /* the same line again next time, with the same number */
             return rc;
