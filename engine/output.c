@@ -129,7 +129,16 @@ static void write_failed(struct output *o, int rc)
     snprintf(o->why, sizeof o->why, "%s", err_msg(rc));
 }
 
-/* The writer's job done, its failure kept, the length the file's again. */
+/* A write's end (rc its result): the length the file's again, a failure
+ * kept. */
+static void write_done(struct output *o, int rc)
+{
+    o->length -= o->writing.len - o->write_from - o->written; /* what it could not write */
+    if (rc)
+        write_failed(o, rc);
+}
+
+/* The writer's job done (write_done). */
 static void wait_write(struct output *o)
 {
     if (!o->pending)
@@ -137,9 +146,7 @@ static void wait_write(struct output *o)
     int rc = batch_wait(&o->job);
     batch_destroy(&o->job);
     o->pending = 0;
-    o->length -= o->writing.len - o->write_from - o->written; /* what it could not write */
-    if (rc)
-        write_failed(o, rc);
+    write_done(o, rc);
 }
 
 int output_settle(struct output *o)
@@ -216,12 +223,26 @@ int output_emit(void *arg, const struct value *row, int weight)
     return 0;
 }
 
+/* Writes writing[write_from, len): on the writer thread, or, without one,
+ * in output_end. */
 static int write_job(void *arg)
 {
     struct output *o = arg;
     int rc = write_full(o->fd, o->writing.data + o->write_from, o->writing.len - o->write_from, -1,
                         &o->written, o->path);
     return rc ? err_wrap(rc, "view %s", o->v->name) : 0;
+}
+
+/* 1 if the writer took the job. */
+static int hand_to_writer(struct output *o)
+{
+    if (!o->writer)
+        return 0;
+    batch_init(&o->job);
+    o->pending = pool_submit(o->writer, &o->job, write_job, o) == 0;
+    if (!o->pending)
+        batch_destroy(&o->job);
+    return o->pending;
 }
 
 int output_end(struct output *o, uint64_t at)
@@ -236,32 +257,16 @@ int output_end(struct output *o, uint64_t at)
                        o->v->name, o->path, (unsigned long long)o->length, (unsigned long long)at);
     uint64_t have = o->length - at; /* of this step's bytes, already in the file */
     size_t from = have < o->lines.len ? (size_t)have : o->lines.len;
-    size_t left = o->lines.len - from;
-    if (left && o->writer) { /* the buffers trade places: the next step collects in the other */
-        struct buf b = o->writing;
-        o->writing = o->lines;
-        o->lines = b;
-        o->write_from = from;
-        o->written = 0;
-        batch_init(&o->job);
-        if ((rc = pool_submit(o->writer, &o->job, write_job, o)) != 0) {
-            batch_destroy(&o->job);
-            o->lines = o->writing; /* as they were */
-            o->writing = b;
-            return rc;
-        }
-        o->pending = 1;
-        o->length += left;
-    } else if (left) {
-        size_t done;
-        rc = write_full(o->fd, o->lines.data + from, left, -1, &done, o->path);
-        o->length += done;
-        if (rc) {
-            rc = err_wrap(rc, "view %s", o->v->name);
-            write_failed(o, rc);
-            return rc;
-        }
-    }
+    /* The buffers trade places: the next step collects in the other. */
+    struct buf b = o->writing;
+    o->writing = o->lines;
+    o->lines = b;
     buf_reset(&o->lines);
-    return 0;
+    o->write_from = from;
+    o->written = 0;
+    o->length += o->writing.len - from;
+    if (from == o->writing.len || hand_to_writer(o))
+        return 0;
+    write_done(o, write_job(o)); /* no writer (or no room for the job): here */
+    return output_settle(o);
 }
