@@ -161,6 +161,19 @@ struct ivm {
 
 /* ---- bags ---- */
 
+/* x with its string copied: a bag's values outlive the rows they came from. */
+static int own(const struct value *x, struct value *out)
+{
+    *out = *x;
+    return x->t == T_VARCHAR && !(out->s = strndup(x->s, x->len)) ? -ENOMEM : 0;
+}
+
+static void disown(const struct value *v)
+{
+    if (v->t == T_VARCHAR)
+        free((char *)v->s);
+}
+
 static size_t bag_find(const struct bag *b, const struct value *x, int *found)
 {
     size_t lo = 0, hi = b->n;
@@ -186,8 +199,7 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
     size_t i = bag_find(b, x, &found);
     if (found) {
         if ((b->v[i].count += weight) == 0) {
-            if (b->v[i].v.t == T_VARCHAR)
-                free((char *)b->v[i].v.s);
+            disown(&b->v[i].v);
             memmove(&b->v[i], &b->v[i + 1], (b->n - i - 1) * sizeof *b->v);
             b->n--;
         }
@@ -206,8 +218,8 @@ static int bag_add(struct bag *b, const struct value *x, int64_t weight)
             memcpy(v, b->inl, sizeof b->inl);
         b->v = v, b->cap = cap;
     }
-    struct entry e = { *x, weight };
-    if (x->t == T_VARCHAR && !(e.v.s = strndup(x->s, x->len)))
+    struct entry e = { .count = weight };
+    if (own(x, &e.v))
         return -ENOMEM;
     memmove(&b->v[i + 1], &b->v[i], (b->n - i) * sizeof *b->v);
     b->v[i] = e;
@@ -229,11 +241,10 @@ static int bag_keep_extremes(struct bag *b, const struct value *x)
                                                             : NULL;
     if (!e)
         return 0;
-    struct value copy = *x;
-    if (x->t == T_VARCHAR && !(copy.s = strndup(x->s, x->len)))
+    struct value copy;
+    if (own(x, &copy))
         return -ENOMEM;
-    if (e->v.t == T_VARCHAR)
-        free((char *)e->v.s);
+    disown(&e->v);
     e->v = copy;
     return 0;
 }
@@ -241,8 +252,7 @@ static int bag_keep_extremes(struct bag *b, const struct value *x)
 static void bag_free(struct bag *b)
 {
     for (size_t i = 0; i < b->n; i++)
-        if (b->v[i].v.t == T_VARCHAR)
-            free((char *)b->v[i].v.s);
+        disown(&b->v[i].v);
     if (b->v != b->inl)
         free(b->v);
 }
