@@ -199,8 +199,8 @@ static int parse_timestamp(const char *text, int64_t *us)
 
 /* strtoll's grammar in base 10 (leading white space of the C locale, a
  * sign, digits), over the whole text and without its locale machinery,
- * which made it a twentieth of a pipeline's time. Eighteen digits cannot
- * overflow: only those after them are checked. */
+ * which made it a twentieth of a pipeline's time. Below UINT64_MAX / 10
+ * no digit can overflow: the exact check is made above it alone. */
 static int parse_bigint(const char *s, size_t len, int64_t *out)
 {
     size_t i = 0;
@@ -211,15 +211,9 @@ static int parse_bigint(const char *s, size_t len, int64_t *out)
     if (i == len)
         return -EINVAL;
     uint64_t v = 0;
-    for (size_t safe = len - i > 18 ? i + 18 : len; i < safe; i++) {
-        unsigned d = (unsigned)(unsigned char)s[i] - '0';
-        if (d > 9)
-            return -EINVAL;
-        v = v * 10 + d;
-    }
     for (; i < len; i++) {
         unsigned d = (unsigned)(unsigned char)s[i] - '0';
-        if (d > 9 || v > (UINT64_MAX - d) / 10)
+        if (d > 9 || (v >= UINT64_MAX / 10 && v > (UINT64_MAX - d) / 10))
             return -EINVAL;
         v = v * 10 + d;
     }
@@ -229,12 +223,15 @@ static int parse_bigint(const char *s, size_t len, int64_t *out)
     return 0;
 }
 
+/* A number, boolean or timestamp is shorter than this, or not one. */
+#define SHORT_TEXT 64
+
 /* The types that go through libc, on a NUL-terminated copy: apart, so
  * that BIGINT and VARCHAR, the common ones, need no room for the copy. */
 __attribute__((noinline)) static int parse_with_libc(enum type t, const char *text, size_t len,
                                                      struct value *out)
 {
-    char tmp[64], *end;
+    char tmp[SHORT_TEXT], *end;
     if (len == 0 || len >= sizeof tmp)
         return -EINVAL;
     memcpy(tmp, text, len);
@@ -265,8 +262,8 @@ int value_parse(enum type t, const char *text, size_t len, struct value *out)
         out->len = (uint32_t)len;
         return len <= VALUE_MAX_STRING ? 0 : -EINVAL;
     }
-    if (t == T_BIGINT) /* as long as the others may be: the same texts taken as before */
-        return len && len < 64 ? parse_bigint(text, len, &out->i) : -EINVAL;
+    if (t == T_BIGINT)
+        return len && len < SHORT_TEXT ? parse_bigint(text, len, &out->i) : -EINVAL;
     return parse_with_libc(t, text, len, out);
 }
 
