@@ -6,14 +6,17 @@
  * block_size bytes. Block idx of a file of size S holds bytes
  * [idx*B, min((idx+1)*B, S)). Its state is a row of meta.db:
  *
- *   blocks(ino, idx, state, name, sums)   no row: a hole, all zeros
+ *   blocks(ino, idx, state, name, sums, have)   no row: a hole, all zeros
  *
  *   REMOTE  the bytes are chunk `name` in the bucket, not here: the block's
  *           range of the data file is a hole
  *   CLEAN   the bytes are here, equal to chunk `name`, which is in the bucket;
  *           sums holds an XXH3-64 of each BLOCKS_PIECE of the block (the
  *           zeros past the chunk's end included), checked before bytes are
- *           served: a block that fails is dropped and fetched again
+ *           served: a block that fails is dropped and fetched again. If
+ *           have is not NULL, only the pieces whose bits it sets are here
+ *           (bit i of byte i/8), fetched alone for random reads (rule 12);
+ *           the rest of the range is a hole and its sums are 0
  *   DIRTY   the bytes are here and newer than any chunk (name NULL)
  *
  * A chunk may be shorter than its block (the file grew by truncate since):
@@ -40,6 +43,12 @@
  *  11. Versions are never reused, not even by a block that became clean and
  *      then dirty again: a seal or an upload of the block's earlier bytes
  *      finishing late must not find "its" version and make it clean.
+ *  12. A random read of a REMOTE block, or of a CLEAN one that lacks a
+ *      piece it needs, fetches just the pieces it touches (remote.h): the
+ *      block is CLEAN with those pieces added to have. Any other read, a
+ *      read-ahead or a warm-up of such a block fetches the whole chunk,
+ *      and have becomes NULL; a write that does not cover the whole block
+ *      does the same first (rule 2).
  *
  * Freezing. The in-memory dirty table has an entry per DIRTY block with a
  * version, bumped by every write. blocks_freeze marks all entries frozen:
@@ -166,8 +175,10 @@ struct blocks {
 struct block {
     int state; /* 0: a hole */
     int has_sums;
+    int partial; /* CLEAN, with only the pieces in have here */
     uint8_t name[CODEC_NAME_LEN];
     uint64_t sums[MAX_PIECES];
+    uint8_t have[MAX_PIECES / 8];
 };
 
 static pthread_mutex_t *stripe_of(struct blocks *b, uint64_t ino, uint64_t idx)
@@ -176,6 +187,12 @@ static pthread_mutex_t *stripe_of(struct blocks *b, uint64_t ino, uint64_t idx)
 }
 
 /* ---- rows ---- */
+
+/* Bytes in a have bitmap. */
+static size_t have_len(const struct blocks *b)
+{
+    return (b->npieces + 7) / 8;
+}
 
 static int row_get(struct blocks *b, uint64_t ino, uint64_t idx, struct block *out)
 {
@@ -193,6 +210,10 @@ static int row_get(struct blocks *b, uint64_t ino, uint64_t idx, struct block *o
         out->has_sums = sums && (size_t)sqlite3_column_bytes(b->st_get, 2) == b->npieces * 8;
         if (out->has_sums)
             memcpy(out->sums, sums, b->npieces * 8);
+        const void *have = sqlite3_column_blob(b->st_get, 3);
+        out->partial = have && (size_t)sqlite3_column_bytes(b->st_get, 3) == have_len(b);
+        if (out->partial)
+            memcpy(out->have, have, have_len(b));
     }
     sqlite3_reset(b->st_get);
     db_unlock(b->db);
@@ -200,8 +221,8 @@ static int row_get(struct blocks *b, uint64_t ino, uint64_t idx, struct block *o
 }
 
 /* Caller holds the database lock. */
-static int row_set_locked(struct blocks *b, uint64_t ino, uint64_t idx, int state,
-                          const uint8_t *name, const uint64_t *sums)
+static int row_set_have(struct blocks *b, uint64_t ino, uint64_t idx, int state,
+                        const uint8_t *name, const uint64_t *sums, const uint8_t *have)
 {
     sqlite3_bind_int64(b->st_set, 1, (sqlite3_int64)ino);
     sqlite3_bind_int64(b->st_set, 2, (sqlite3_int64)idx);
@@ -214,7 +235,17 @@ static int row_set_locked(struct blocks *b, uint64_t ino, uint64_t idx, int stat
         sqlite3_bind_blob(b->st_set, 5, sums, (int)(b->npieces * 8), SQLITE_STATIC);
     else
         sqlite3_bind_null(b->st_set, 5);
+    if (have)
+        sqlite3_bind_blob(b->st_set, 6, have, (int)have_len(b), SQLITE_STATIC);
+    else
+        sqlite3_bind_null(b->st_set, 6);
     return db_run(b->st_set);
+}
+
+static int row_set_locked(struct blocks *b, uint64_t ino, uint64_t idx, int state,
+                          const uint8_t *name, const uint64_t *sums)
+{
+    return row_set_have(b, ino, idx, state, name, sums, NULL);
 }
 
 static int row_set(struct blocks *b, uint64_t ino, uint64_t idx, int state, const uint8_t *name,
@@ -397,13 +428,18 @@ static int punch(int fd, uint64_t ino, uint64_t off, size_t len)
 }
 
 /* The checksums of a block whose first len bytes are data, zeros after,
- * from malloc (NULL if out of memory). */
-static uint64_t *sums_of(const struct blocks *b, const uint8_t *data, size_t len)
+ * from malloc (NULL if out of memory). The first nknown of its whole
+ * pieces have theirs in known already: the chunk they came in carried them
+ * (codec.h), checked. */
+static uint64_t *sums_of(const struct blocks *b, const uint8_t *data, size_t len,
+                         const uint64_t *known, size_t nknown)
 {
     uint64_t *sums = malloc(b->npieces * sizeof *sums);
     for (size_t i = 0; sums && i < b->npieces; i++) {
         size_t off = i * BLOCKS_PIECE;
-        if (off + BLOCKS_PIECE <= len) {
+        if (off + BLOCKS_PIECE <= len && i < nknown) {
+            sums[i] = known[i];
+        } else if (off + BLOCKS_PIECE <= len) {
             sums[i] = XXH3_64bits(data + off, BLOCKS_PIECE);
         } else if (off >= len) {
             sums[i] = b->zero_sum;
@@ -436,6 +472,8 @@ static size_t buf_size(const struct blocks *b)
 
 /* A chunk's plaintext: len bytes at data, inside base (a memory tier buffer). */
 struct chunk {
+    uint64_t sums[MAX_PIECES]; /* of its first nsums pieces, if it carried them */
+    size_t nsums;
     uint8_t *base;
     size_t cap; /* base's size */
     const uint8_t *data;
@@ -451,11 +489,12 @@ static int fetch_chunk(struct blocks *b, uint64_t ino, const struct block *blk, 
     uint8_t *other = memcache_buffer(b->mem);
     if (!other)
         return -ENOMEM;
-    size_t skip = BUFPOOL_ALIGN - remote_raw_offset(b->remote) % BUFPOOL_ALIGN;
+    size_t skip = BUFPOOL_ALIGN - remote_raw_offset(b->remote, b->bsize) % BUFPOOL_ALIGN;
     struct buf got = { .data = c->base + skip, .cap = c->cap - skip, .fixed = 1 };
     struct buf spare = { .data = other, .cap = c->cap, .fixed = 1 };
     size_t start = 0;
-    int rc = remote_fetch(b->remote, blk->name, &got, &start, &spare);
+    c->nsums = b->npieces;
+    int rc = remote_fetch(b->remote, blk->name, &got, &start, &spare, c->sums, &c->nsums);
     if (rc == 0 && got.len - start > b->bsize)
         rc = err_set(-EBADMSG, "a chunk of inode %llu holds more than a block",
                      (unsigned long long)ino);
@@ -545,7 +584,7 @@ static int keep_on_disk(struct blocks *b, int fd, uint64_t ino, uint64_t idx,
     int rc = space_reserve(b->space, b->bsize, wait_ms);
     if (rc)
         return rc;
-    uint64_t *sums = sums_of(b, c->data, c->len);
+    uint64_t *sums = sums_of(b, c->data, c->len, c->sums, c->nsums);
     rc = sums ? place(b, fd, ino, idx, c) : -ENOMEM;
     if (rc == 0)
         rc = row_set(b, ino, idx, ST_CLEAN, blk->name, sums);
@@ -613,7 +652,7 @@ static int upload(struct blocks *b, const uint8_t *data, size_t len, uint8_t nam
     int rc = remote_name(b->remote, data, len, name);
     if (rc == 0)
         rc = remote_put(b->remote, name, data, len);
-    if (rc == 0 && (*sums = sums_of(b, data, len)) == NULL)
+    if (rc == 0 && (*sums = sums_of(b, data, len, NULL, 0)) == NULL)
         rc = -ENOMEM;
     return rc;
 }
@@ -895,9 +934,101 @@ static int served(struct blocks *b, uint64_t *tier, uint64_t ino, uint64_t idx)
     return 0;
 }
 
-/* One block's part of a read, tier by tier. Caller holds its stripe lock. */
+/* The pieces of a block that [pos, pos+n) touches: [*first, *last]. */
+static void pieces_touched(const struct blocks *b, uint64_t idx, uint64_t pos, size_t n,
+                           size_t *first, size_t *last)
+{
+    *first = (size_t)(pos - idx * b->bsize) / BLOCKS_PIECE;
+    *last = (size_t)(pos + n - 1 - idx * b->bsize) / BLOCKS_PIECE;
+}
+
+static int has_piece(const struct block *blk, size_t i)
+{
+    return !blk->partial || (blk->have[i / 8] >> (i % 8) & 1);
+}
+
+/* Whether a CLEAN block holds every piece [pos, pos+n) touches. */
+static int holds(const struct blocks *b, const struct block *blk, uint64_t idx, uint64_t pos,
+                 size_t n)
+{
+    size_t first, last;
+    pieces_touched(b, idx, pos, n, &first, &last);
+    for (size_t i = first; i <= last; i++)
+        if (!has_piece(blk, i))
+            return 0;
+    return 1;
+}
+
+/* Whether a block has bytes in the bucket that are not here. */
+static int wants_fetch(const struct block *blk)
+{
+    return blk->state == ST_REMOTE || (blk->state == ST_CLEAN && blk->partial);
+}
+
+/* Rule 12: fetched pieces [first, first+count) of a block, at buf, join
+ * what is on disk of it, if the budget has room for them now. Caller holds
+ * the block's stripe lock. */
+static int keep_pieces(struct blocks *b, int fd, uint64_t ino, uint64_t idx, struct block *blk,
+                       size_t first, size_t count, const uint8_t *buf)
+{
+    size_t bytes = count * BLOCKS_PIECE;
+    int rc = space_reserve(b->space, bytes, 0);
+    if (rc)
+        return rc;
+    if (blk->state != ST_CLEAN) {
+        blk->partial = 1;
+        memset(blk->have, 0, sizeof blk->have);
+        memset(blk->sums, 0, sizeof blk->sums);
+    }
+    for (size_t i = 0; i < count; i++) {
+        blk->sums[first + i] = XXH3_64bits(buf + i * BLOCKS_PIECE, BLOCKS_PIECE);
+        blk->have[(first + i) / 8] |= (uint8_t)(1u << ((first + i) % 8));
+    }
+    size_t all = 0;
+    while (all < b->npieces && has_piece(blk, all))
+        all++;
+    rc = write_local(fd, ino, idx * b->bsize + first * BLOCKS_PIECE, buf, bytes);
+    account(b, ino, fd);
+    if (rc == 0)
+        rc = row_set_have(b, ino, idx, ST_CLEAN, blk->name, blk->sums,
+                          all == b->npieces ? NULL : blk->have);
+    if (rc == 0) {
+        pthread_mutex_lock(&b->lock);
+        policy_add(b->policy, ino, idx);
+        pthread_mutex_unlock(&b->lock);
+    }
+    space_release(b->space, bytes);
+    return rc;
+}
+
+/* Rule 12: [pos, pos+n) of a block by the pieces it touches alone, kept on
+ * disk if fd is not -1 and there is room. -ENOTSUP if the block's chunk has
+ * no pieces. */
+static int read_sparse(struct blocks *b, int fd, uint64_t ino, uint64_t idx, struct block *blk,
+                       uint64_t pos, size_t n, uint8_t *out)
+{
+    size_t first, last, got = 0;
+    pieces_touched(b, idx, pos, n, &first, &last);
+    size_t want = last - first + 1, in = (size_t)(pos - idx * b->bsize) - first * BLOCKS_PIECE;
+    uint8_t *buf = memcache_buffer(b->mem); /* a block's room */
+    int rc =
+        buf ? remote_get_pieces(b->remote, blk->name, b->bsize, first, want, buf, &got) : -ENOMEM;
+    if (rc == 0) {
+        count(&b->n.fetches);
+        memset(buf + got, 0, want * BLOCKS_PIECE - got); /* the zeros past the chunk's end */
+        memcpy(out, buf + in, n);
+        if (fd >= 0 && keep_pieces(b, fd, ino, idx, blk, first, want, buf) == -EIO)
+            log_warn("%s", err_msg(-EIO)); /* served all the same */
+    }
+    if (buf)
+        memcache_recycle(b->mem, buf, buf_size(b));
+    return rc;
+}
+
+/* One block's part of a read, tier by tier; a sparse read (a random one)
+ * fetches only the pieces it needs. Caller holds the block's stripe lock. */
 static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint64_t pos, size_t n,
-                      uint8_t *out)
+                      uint8_t *out, int sparse)
 {
     if (dirty_get(b, ino, idx)) {
         count(&b->n.hits_disk);
@@ -911,7 +1042,7 @@ static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint
     }
     if (memcache_read(b->mem, blk.name, (size_t)(pos - idx * b->bsize), n, out))
         return served(b, &b->n.hits_memory, ino, idx);
-    if (blk.state == ST_CLEAN) {
+    if (blk.state == ST_CLEAN && holds(b, &blk, idx, pos, n)) {
         rc = read_checked(b, fd, ino, idx, &blk, pos, n, out);
         if (rc == 0)
             return served(b, &b->n.hits_disk, ino, idx);
@@ -919,7 +1050,10 @@ static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint
             return rc;
         if ((rc = failed_check(b, fd, ino, idx, &blk)) != 0)
             return rc;
+        blk.state = ST_REMOTE;
     }
+    if (sparse && (rc = read_sparse(b, fd, ino, idx, &blk, pos, n, out)) != -ENOTSUP)
+        return rc;
     return read_remote(b, fd, ino, idx, &blk, pos, n, out);
 }
 
@@ -938,7 +1072,7 @@ struct blocks_version {
  * alone: the inode may be one the live tree is forgetting (its cached
  * descriptor closed under us), or none it has open at all. */
 static int read_versioned(struct blocks *b, const struct blocks_version *v, uint64_t idx,
-                          uint64_t pos, size_t n, uint8_t *out)
+                          uint64_t pos, size_t n, uint8_t *out, int sparse)
 {
     struct block blk = { 0 };
     if (idx >= v->n || !v->has[idx]) {
@@ -952,7 +1086,7 @@ static int read_versioned(struct blocks *b, const struct blocks_version *v, uint
         int fd = open_path(b, v->ino);
         if (fd < 0)
             return fd;
-        rc = read_block(b, fd, v->ino, idx, pos, n, out);
+        rc = read_block(b, fd, v->ino, idx, pos, n, out, sparse);
         close(fd);
         return rc;
     }
@@ -962,13 +1096,16 @@ static int read_versioned(struct blocks *b, const struct blocks_version *v, uint
     }
     blk = (struct block){ .state = ST_REMOTE };
     memcpy(blk.name, v->names[idx], CODEC_NAME_LEN);
+    if (sparse && (rc = read_sparse(b, -1, v->ino, idx, &blk, pos, n, out)) != -ENOTSUP)
+        return rc;
     return read_remote(b, -1, v->ino, idx, &blk, pos, n, out);
 }
 
 /* Reads of the file as it is (v NULL) or of version v, block by block. */
 static ssize_t read_range(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
-                          void *out, const struct blocks_version *v)
+                          void *out, const struct blocks_version *v, unsigned flags)
 {
+    int sparse = (flags & BLOCKS_RANDOM) != 0;
     if (off >= size)
         return 0;
     if (len > size - off)
@@ -982,8 +1119,8 @@ static ssize_t read_range(struct blocks *b, uint64_t ino, uint64_t size, uint64_
         n = n < len - done ? n : len - done;
         pthread_mutex_t *lk = stripe_of(b, ino, idx);
         pthread_mutex_lock(lk);
-        int rc = v ? read_versioned(b, v, idx, pos, n, (uint8_t *)out + done)
-                   : read_block(b, fd, ino, idx, pos, n, (uint8_t *)out + done);
+        int rc = v ? read_versioned(b, v, idx, pos, n, (uint8_t *)out + done, sparse)
+                   : read_block(b, fd, ino, idx, pos, n, (uint8_t *)out + done, sparse);
         pthread_mutex_unlock(lk);
         if (rc)
             return rc;
@@ -993,15 +1130,15 @@ static ssize_t read_range(struct blocks *b, uint64_t ino, uint64_t size, uint64_
 }
 
 ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
-                    void *out)
+                    void *out, unsigned flags)
 {
-    return read_range(b, ino, size, off, len, out, NULL);
+    return read_range(b, ino, size, off, len, out, NULL, flags);
 }
 
 ssize_t blocks_read_version(struct blocks *b, const struct blocks_version *v, uint64_t off,
-                            size_t len, void *out)
+                            size_t len, void *out, unsigned flags)
 {
-    return read_range(b, v->ino, v->size, off, len, out, v);
+    return read_range(b, v->ino, v->size, off, len, out, v, flags);
 }
 
 void blocks_version_free(struct blocks_version *v)
@@ -1310,12 +1447,12 @@ static int make_dirty(struct blocks *b, int fd, uint64_t ino, uint64_t idx, int 
     }
     struct block blk = { 0 };
     int rc = row_get(b, ino, idx, &blk);
-    if (rc == 0 && blk.state == ST_CLEAN && !covers_all &&
+    if (rc == 0 && blk.state == ST_CLEAN && !blk.partial && !covers_all &&
         (rc = check_whole(b, fd, ino, idx, &blk)) == 1) {
         blk.state = ST_REMOTE; /* it failed, and is gone from disk */
         rc = 0;
     }
-    if (rc == 0 && blk.state == ST_REMOTE && !covers_all)
+    if (rc == 0 && wants_fetch(&blk) && !covers_all)
         rc = fetch_for_write(b, fd, ino, idx, &blk);
     if (rc == 0)
         rc = row_set(b, ino, idx, ST_DIRTY, NULL, NULL);
@@ -2155,7 +2292,7 @@ static int fetch_one(struct blocks *b, const struct fetch_job *j)
     struct block blk = { 0 };
     int rc = dirty_get(b, j->ino, j->idx) ? 0 : row_get(b, j->ino, j->idx, &blk);
     struct chunk c = { 0 };
-    if (rc == 0 && blk.state == ST_REMOTE)
+    if (rc == 0 && wants_fetch(&blk))
         rc = chunk_bytes(b, j->ino, &blk, &c);
     size_t len = c.len;
     if (rc == 0 && c.base) {
@@ -2168,7 +2305,7 @@ static int fetch_one(struct blocks *b, const struct fetch_job *j)
     }
     pthread_mutex_unlock(lk);
     data_fd_done(fd, own);
-    if (rc == 0 && j->done && blk.state == ST_REMOTE)
+    if (rc == 0 && j->done && wants_fetch(&blk))
         __atomic_fetch_add(j->done, len ? (uint64_t)b->bsize : 0, __ATOMIC_RELAXED);
     return rc;
 }
@@ -2224,7 +2361,7 @@ static int submit_fetch(struct blocks *b, struct batch *batch, uint64_t ino, uin
 static int is_remote(struct blocks *b, uint64_t ino, uint64_t idx)
 {
     struct block blk = { 0 };
-    return !dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && blk.state == ST_REMOTE;
+    return !dirty_get(b, ino, idx) && row_get(b, ino, idx, &blk) == 0 && wants_fetch(&blk);
 }
 
 void blocks_prefetch(struct blocks *b, uint64_t ino, uint64_t size, uint64_t first, unsigned count)
@@ -2268,17 +2405,21 @@ static int prepare(struct blocks *b)
 {
     static const char schema[] =
         "CREATE TABLE IF NOT EXISTS blocks(ino INTEGER NOT NULL, idx INTEGER NOT NULL, "
-        "state INTEGER NOT NULL, name BLOB, sums BLOB, PRIMARY KEY(ino, idx)) WITHOUT ROWID";
+        "state INTEGER NOT NULL, name BLOB, sums BLOB, have BLOB, PRIMARY KEY(ino, idx)) "
+        "WITHOUT ROWID";
     int rc = db_exec(b->db, schema);
     if (rc == 0 && !db_has_column(b->db, "blocks", "sums"))
         rc = db_exec(b->db, "ALTER TABLE blocks ADD COLUMN sums BLOB"); /* a cache of 0.1 */
+    if (rc == 0 && !db_has_column(b->db, "blocks", "have"))
+        rc = db_exec(b->db, "ALTER TABLE blocks ADD COLUMN have BLOB"); /* before pieces */
     if (rc == 0)
-        rc = db_prepare(b->db, "SELECT state, name, sums FROM blocks WHERE ino = ? AND idx = ?",
+        rc = db_prepare(b->db,
+                        "SELECT state, name, sums, have FROM blocks WHERE ino = ? AND idx = ?",
                         &b->st_get);
     if (rc == 0)
         rc = db_prepare(b->db,
-                        "INSERT OR REPLACE INTO blocks(ino, idx, state, name, sums) "
-                        "VALUES(?, ?, ?, ?, ?)",
+                        "INSERT OR REPLACE INTO blocks(ino, idx, state, name, sums, have) "
+                        "VALUES(?, ?, ?, ?, ?, ?)",
                         &b->st_set);
     if (rc == 0)
         rc = db_prepare(b->db, "DELETE FROM blocks WHERE ino = ? AND idx >= ?", &b->st_del_from);
@@ -2306,8 +2447,9 @@ static int prepare(struct blocks *b)
         rc = db_prepare(b->db, "SELECT idx FROM blocks WHERE ino = ? AND idx >= ? AND state = 2",
                         &b->st_clean_from);
     if (rc == 0)
-        rc = db_prepare(b->db, "SELECT count(*) FROM blocks WHERE ino = ? AND state = 3",
-                        &b->st_remote);
+        rc = db_prepare(
+            b->db, "SELECT count(*) FROM blocks WHERE ino = ? AND (state = 3 OR have NOT NULL)",
+            &b->st_remote);
     return rc;
 }
 

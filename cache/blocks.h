@@ -33,7 +33,7 @@
 #include "util/pool.h"
 
 #define BLOCKS_DEFAULT_SIZE ((size_t)4 << 20)
-#define BLOCKS_PIECE        ((size_t)64 << 10) /* what one checksum covers; block sizes are multiples */
+#define BLOCKS_PIECE        CODEC_PIECE /* what one checksum covers; block sizes are multiples */
 
 struct blocks;
 
@@ -77,9 +77,12 @@ void blocks_close(struct blocks *b);
 size_t blocks_block_size(const struct blocks *b);
 
 /* Reads up to len bytes at off of a file of size bytes into out, fetching
- * what is not local. Returns the byte count (0 at or past the end). */
+ * what is not local. Returns the byte count (0 at or past the end).
+ * BLOCKS_RANDOM: the read is not part of a sequential one, so what is not
+ * local is fetched by the pieces it needs (codec.h), not by whole chunks. */
+#define BLOCKS_RANDOM 1u
 ssize_t blocks_read(struct blocks *b, uint64_t ino, uint64_t size, uint64_t off, size_t len,
-                    void *out);
+                    void *out, unsigned flags);
 
 /* A read served in place: bytes of a chunk in the memory tier, pinned. */
 struct blocks_view {
@@ -164,7 +167,7 @@ int blocks_version_get(struct blocks *b, uint64_t ino, uint64_t size, struct blo
 /* As blocks_read, of the version: a block that is still its chunk is read
  * as usual, others from the memory tier or the bucket. */
 ssize_t blocks_read_version(struct blocks *b, const struct blocks_version *v, uint64_t off,
-                            size_t len, void *out);
+                            size_t len, void *out, unsigned flags);
 void blocks_version_free(struct blocks_version *v);
 
 /* A block of a snapshot: chunk name is block idx of ino. */

@@ -1,53 +1,62 @@
 /*
  * The chunk codec (contract in codec.h).
  *
- * Encoded chunk, version 2. All integers are little-endian and every field
- * sits at a fixed offset, so a reader needs no parsing state:
- *
- *   0       4       5       6       8                      16                          H
- *   +-------+-------+-------+-------+-----------------------+---------------------------+
- *   | magic |version| flags | rsvd  |   plaintext length    | checksum (16 B), or, if   |
- *   | CKCH  |   2   |       |   0   |        u64 LE         | ENCRYPTED, nonce (12 B)   |
- *   +-------+-------+-------+-------+-----------------------+---------------------------+
- *   |                       payload (n bytes)                                           |
- *   |  COMPRESSED: one zstd frame, with its content size; else the plaintext            |
- *   |  ENCRYPTED:  the AES-256-GCM ciphertext of the above                              |
- *   +-------------------------------------------------------+---------------------------+
- *                                                           |  GCM tag (16 B)           |
- *                                                           |  only if ENCRYPTED        |
- *                                                           +---------------------------+
+ * Encoded chunk, version 3. The plaintext is cut into pieces of 2^shift
+ * bytes (CODEC_PIECE; the last one may be shorter), each compressed and
+ * encrypted on its own, so that once a reader has the index at the chunk's
+ * start it can fetch and check any run of pieces with one ranged GET: a
+ * random 4 KiB read costs a piece, not the whole chunk. All integers are
+ * little-endian; n = ceil(L / 2^shift) pieces.
  *
  *   offset  size  field
  *        0     4  magic, the bytes 'C' 'K' 'C' 'H'
- *        4     1  format version, 2 (1 is still read: below)
- *        5     1  flags: bit 0 COMPRESSED, bit 1 ENCRYPTED; other bits 0
- *        6     2  reserved, 0
- *        8     8  plaintext length, at most CODEC_MAX_CHUNK
- *       16    16  checksum: XXH3-128 of the plaintext, seeded with the
- *                 XXH3-64 of the name; low half first        (not ENCRYPTED)
- *       16    12  nonce                                      (ENCRYPTED only)
- *        H     n  payload; H = 32, or 28 when ENCRYPTED
- *      H+n    16  GCM tag                                    (ENCRYPTED only)
+ *        4     1  format version, 3 (1 and 2 are still read: below)
+ *        5     1  flags: bit 0 COMPRESSED (some piece is), bit 1 ENCRYPTED
+ *        6     1  piece shift: 16, pieces of 64 KiB
+ *        7     1  reserved, 0
+ *        8     8  plaintext length L, at most CODEC_MAX_CHUNK
+ *       16    12  nonce                                       (ENCRYPTED only)
+ *        H   4 n  each piece's stored length: its plaintext length if it is
+ *                 stored raw, less if it is one zstd frame. H = 16, or 28
+ *   H+4n     8 n  each piece's XXH3-64 (of its plaintext)      (not ENCRYPTED)
+ *   I-16      16  the index's check, over bytes [0, I-16): their XXH3-128
+ *                 seeded with the XXH3-64 of the name, low half first; or,
+ *                 ENCRYPTED, a GCM tag of no plaintext, with those bytes and
+ *                 the name as additional data, under nonce N(0)
+ *      I         piece 0's stored bytes, then (ENCRYPTED) its 16-byte GCM
+ *                 tag; piece 1's; ... to the end of the chunk, exactly
  *
- * The payload length is not stored: it is what remains once the header and
- * tag are taken off, so a truncated chunk shows up as a length that does not
- * fit (raw: n != plaintext length; compressed: the frame does not end where
- * the payload does; encrypted: the tag fails).
+ * An ENCRYPTED piece i is the AES-256-GCM ciphertext of its stored bytes
+ * under nonce N(i+1), with the name as additional data. N(k) is the chunk's
+ * random nonce with k XORed into its last four bytes, big-endian: unique per
+ * piece while the chunks' nonces are unique, and tied to the piece's place,
+ * so a piece moved within its chunk or into another fails its tag.
  *
  * How a fetched chunk is checked, and why that suffices:
- *   1. ENCRYPTED: the GCM tag, whose additional data is the whole header,
- *      nonce included, and the chunk's name. An edited header, or a genuine
- *      chunk copied under another name, fails it; and only a key holder can
- *      make a chunk that passes. (A checksum in the clear would let anyone
- *      confirm a guess of the plaintext, which keyed names exist to prevent.)
- *   2. Not encrypted: the checksum. Anyone who can write the bucket can
+ *   1. The index, by its check, before anything in it is believed: lengths
+ *      that were damaged could make a reader allocate or read anywhere.
+ *      Bound to the name (seed, or additional data), so a genuine chunk
+ *      copied under another name fails.
+ *   2. Each piece: ENCRYPTED, by its tag (only a key holder can make a piece
+ *      that passes; a checksum in the clear would let anyone confirm a guess
+ *      of the plaintext, which keyed names exist to prevent); else by its
+ *      XXH3-64 in the checked index. Anyone who can write the bucket can
  *      forge any chunk (and any snapshot) anyway; what a check can catch is
- *      damage and mix-ups, which the checksum does, a chunk under another's
- *      name included (the seed differs), at a tenth of the CPU of SHA-256:
- *      on a cold read, hashing was a third of the daemon's time.
- *   3. Version 1 chunks (header of 16 bytes when not encrypted: no checksum)
- *      are checked against their name, as version 1 did.
+ *      damage and mix-ups, which these do at a tenth of the CPU of SHA-256.
+ *      The pieces' sums are the disk tier's own (blocks.c), unseeded so that
+ *      it can keep them instead of hashing the bytes a second time.
+ *   3. The tag of an ENCRYPTED piece is checked before it is decompressed:
+ *      zstd never sees bytes an attacker chose, unless there is no key.
  * Recomputing the name from the content is left to `ckptctl verify`.
+ *
+ * Versions 1 and 2, still read: one zstd frame or raw plaintext for the
+ * whole chunk, after a header of magic, version, flags (as above), two
+ * reserved zero bytes and L (16 bytes), then
+ *   version 2: an XXH3-128 of the plaintext seeded as above (16 B), or, if
+ *              ENCRYPTED, a nonce (12 B), the payload encrypted whole with
+ *              the header and name as additional data, and its GCM tag;
+ *   version 1: nothing more (checked against the name, by SHA-256), or, if
+ *              ENCRYPTED, as version 2.
  */
 #include "cache/codec.h"
 
@@ -78,11 +87,13 @@
 
 #define MAGIC        "CKCH"
 #define MAGIC_LEN    4
-#define VERSION      2
+#define VERSION      3
+#define VERSION_2    2
 #define VERSION_1    1
 #define OFF_VERSION  4
 #define OFF_FLAGS    5
-#define OFF_RESERVED 6
+#define OFF_RESERVED 6 /* versions 1 and 2 */
+#define OFF_SHIFT    6 /* version 3 */
 #define OFF_LENGTH   8
 #define OFF_SUM      16
 #define SUM_LEN      16
@@ -92,6 +103,12 @@
 #define HDR_V1       16 /* a version 1 chunk's header when not encrypted */
 #define HDR_PLAIN    (OFF_SUM + SUM_LEN)
 #define HDR_ENC      (OFF_NONCE + NONCE_LEN)
+#define HDR3_PLAIN   16
+#define HDR3_ENC     (OFF_NONCE + NONCE_LEN)
+#define CHECK_LEN    16 /* the index's check */
+#define PIECE_SHIFT  16
+
+_Static_assert(CODEC_PIECE == (size_t)1 << PIECE_SHIFT, "the piece size is the format's");
 
 #define F_COMPRESSED 0x01
 #define F_ENCRYPTED  0x02
@@ -323,13 +340,74 @@ static EVP_CIPHER_CTX *ws_cipher(const struct codec *c, struct ws *w, int enc)
     return *slot = x;
 }
 
+/* ---- pieces and their nonces -------------------------------------------- */
+
+static size_t pieces_of(size_t plain)
+{
+    return (plain + CODEC_PIECE - 1) / CODEC_PIECE;
+}
+
+/* Piece i's plaintext length in a chunk of plain bytes. */
+static size_t piece_len(size_t plain, size_t i)
+{
+    size_t left = plain - i * CODEC_PIECE;
+    return left < CODEC_PIECE ? left : CODEC_PIECE;
+}
+
+static size_t header_len(int encrypted)
+{
+    return encrypted ? HDR3_ENC : HDR3_PLAIN;
+}
+
+/* Where piece 0 starts: the header, the index and its check. */
+static size_t index_len(int encrypted, size_t plain)
+{
+    return header_len(encrypted) + pieces_of(plain) * (encrypted ? 4 : 12) + CHECK_LEN;
+}
+
+static void nonce_for(const uint8_t *nonce, uint32_t k, uint8_t out[NONCE_LEN])
+{
+    memcpy(out, nonce, NONCE_LEN);
+    for (int i = 0; i < 4; i++)
+        out[NONCE_LEN - 1 - i] ^= (uint8_t)(k >> (8 * i));
+}
+
+/* AES-256-GCM of n bytes from in to out (in place if equal) with aad and
+ * the name as additional data: encrypting (enc), writes the tag; else
+ * checks it, -EBADMSG naming the chunk (hex) if it fails. */
+static int gcm(const struct codec *c, struct ws *w, int enc, const uint8_t nonce[NONCE_LEN],
+               const uint8_t *aad, size_t alen, const uint8_t name[CODEC_NAME_LEN],
+               const uint8_t *in, size_t n, uint8_t *out, uint8_t *tag, const char *hex)
+{
+    EVP_CIPHER_CTX *x = ws_cipher(c, w, enc);
+    int l;
+    if (!x)
+        return ossl_fail(-ENOMEM, "AES-256-GCM setup");
+    if (EVP_CipherInit_ex2(x, NULL, NULL, nonce, enc, NULL) != 1 ||
+        (!enc && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) != 1) ||
+        (alen && EVP_CipherUpdate(x, NULL, &l, aad, (int)alen) != 1) ||
+        EVP_CipherUpdate(x, NULL, &l, name, CODEC_NAME_LEN) != 1 ||
+        (n && EVP_CipherUpdate(x, out, &l, in, (int)n) != 1))
+        return ossl_fail(-EIO, enc ? "AES-256-GCM encryption" : "AES-256-GCM decryption");
+    uint8_t none[TAG_LEN]; /* GCM's final step writes nothing; out may be NULL */
+    if (EVP_CipherFinal_ex(x, out ? out + n : none, &l) != 1) {
+        if (enc)
+            return ossl_fail(-EIO, "AES-256-GCM encryption");
+        ERR_clear_error();
+        return err_set(-EBADMSG, "chunk %s: authentication failed (wrong key or damaged)", hex);
+    }
+    if (enc && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, TAG_LEN, tag) != 1)
+        return ossl_fail(-EIO, "AES-256-GCM encryption");
+    return 0;
+}
+
 /* ---- encode ------------------------------------------------------------ */
 
-/* Returns 1 with the frame in dst, 0 when the chunk is to be stored raw, or
+/* Returns 1 with the frame in dst, 0 when the piece is to be stored raw, or
  * an error. dst has room for len bytes, and zstd is given one less: a frame
- * that does not fit is no gain, and stored raw the chunk decodes with a
- * plain copy. */
-static int deflate_chunk(const struct codec *c, struct ws *w, const void *src, size_t len,
+ * that does not fit is no gain, and stored raw the piece decodes with a
+ * plain copy (or none). */
+static int deflate_piece(const struct codec *c, struct ws *w, const void *src, size_t len,
                          uint8_t *dst, size_t *n)
 {
     if (c->level == 0 || len == 0)
@@ -347,54 +425,83 @@ static int deflate_chunk(const struct codec *c, struct ws *w, const void *src, s
     return err_set(-ENOMEM, "zstd compression failed: %s", ZSTD_getErrorName(r));
 }
 
-static int seal(const struct codec *c, struct ws *w, const uint8_t *hdr, size_t hlen,
-                const uint8_t name[CODEC_NAME_LEN], const uint8_t *in, size_t n, uint8_t *out)
+/* Piece i of data at dst (room for its plaintext and a tag); its stored
+ * length into the index. Returns the bytes written, or an error. */
+static ssize_t pack_piece(const struct codec *c, struct ws *w, const uint8_t *data, size_t len,
+                          const uint8_t name[CODEC_NAME_LEN], size_t i, uint8_t *chunk,
+                          uint8_t *dst, int *compressed)
 {
-    EVP_CIPHER_CTX *x = ws_cipher(c, w, 1);
-    int l;
-    if (!x)
-        return ossl_fail(-ENOMEM, "AES-256-GCM setup");
-    if (EVP_EncryptInit_ex2(x, NULL, NULL, hdr + OFF_NONCE, NULL) != 1 ||
-        EVP_EncryptUpdate(x, NULL, &l, hdr, (int)hlen) != 1 ||
-        EVP_EncryptUpdate(x, NULL, &l, name, CODEC_NAME_LEN) != 1 ||
-        (n && EVP_EncryptUpdate(x, out, &l, in, (int)n) != 1) ||
-        EVP_EncryptFinal_ex(x, out + n, &l) != 1 ||
-        EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, TAG_LEN, out + n) != 1)
-        return ossl_fail(-EIO, "AES-256-GCM encryption");
-    return 0;
+    size_t hlen = header_len(c->keyed), n = pieces_of(len), plain = piece_len(len, i), stored = 0;
+    const uint8_t *src = data + i * CODEC_PIECE;
+    int packed = deflate_piece(c, w, src, plain, dst, &stored);
+    if (packed < 0)
+        return packed;
+    if (!packed)
+        stored = plain;
+    *compressed |= packed;
+    le_store(chunk + hlen + 4 * i, stored, 4);
+    if (!c->keyed) {
+        le_store(chunk + hlen + 4 * n + 8 * i, XXH3_64bits(src, plain), 8);
+        if (!packed)
+            memcpy(dst, src, plain);
+        return (ssize_t)stored;
+    }
+    uint8_t nonce[NONCE_LEN];
+    nonce_for(chunk + OFF_NONCE, (uint32_t)i + 1, nonce);
+    int rc = gcm(c, w, 1, nonce, NULL, 0, name, packed ? dst : src, stored, dst, dst + stored, "");
+    return rc ? rc : (ssize_t)(stored + TAG_LEN);
 }
 
-/* Writes the encoded chunk at dst (room for header, len bytes and tag). */
+/* The index's check (rule 1 at the top), over the bytes before it. */
+static int index_check(const struct codec *c, struct ws *w, int enc, const uint8_t *chunk,
+                       size_t ilen, const uint8_t name[CODEC_NAME_LEN], uint8_t *check,
+                       const char *hex)
+{
+    if (!(chunk[OFF_FLAGS] & F_ENCRYPTED)) {
+        uint8_t sum[CHECK_LEN];
+        checksum(chunk, ilen - CHECK_LEN, name, sum);
+        if (enc)
+            memcpy(check, sum, CHECK_LEN);
+        else if (memcmp(sum, check, CHECK_LEN) != 0)
+            return err_set(-EBADMSG, "chunk %s: damaged index (it does not match its checksum)",
+                           hex);
+        return 0;
+    }
+    uint8_t nonce[NONCE_LEN];
+    nonce_for(chunk + OFF_NONCE, 0, nonce);
+    return gcm(c, w, enc, nonce, chunk, ilen - CHECK_LEN, name, NULL, 0, NULL, check, hex);
+}
+
+/* Writes the encoded chunk at dst (room for encode_room bytes). */
 static int pack(const struct codec *c, struct ws *w, const uint8_t *data, size_t len,
                 const uint8_t name[CODEC_NAME_LEN], uint8_t *dst, size_t *total)
 {
-    size_t hlen = c->keyed ? HDR_ENC : HDR_PLAIN;
-    uint8_t *payload = dst + hlen;
-    size_t n = len;
-    int compressed = deflate_chunk(c, w, data, len, payload, &n);
-    if (compressed < 0)
-        return compressed;
-
+    size_t ilen = index_len(c->keyed, len), pos = ilen;
+    int compressed = 0;
     memcpy(dst, MAGIC, MAGIC_LEN);
     dst[OFF_VERSION] = VERSION;
-    dst[OFF_FLAGS] = (uint8_t)((compressed ? F_COMPRESSED : 0) | (c->keyed ? F_ENCRYPTED : 0));
-    dst[OFF_RESERVED] = dst[OFF_RESERVED + 1] = 0;
+    dst[OFF_SHIFT] = PIECE_SHIFT;
+    dst[OFF_SHIFT + 1] = 0;
     le_store(dst + OFF_LENGTH, len, 8);
-    *total = hlen + n;
-
-    if (!c->keyed) {
-        checksum(data, len, name, dst + OFF_SUM);
-        if (!compressed && len)
-            memcpy(payload, data, len);
-        return 0;
-    }
     /* Random 96-bit nonces: at 2^32 chunks per key the chance of a repeat is
      * still below 2^-32, and no nonce state has to survive a crash. */
-    if (RAND_bytes(dst + OFF_NONCE, NONCE_LEN) != 1)
+    if (c->keyed && RAND_bytes(dst + OFF_NONCE, NONCE_LEN) != 1)
         return ossl_fail(-EIO, "drawing a random nonce");
-    *total += TAG_LEN;
-    /* A compressed payload is encrypted in place; a raw one straight from data. */
-    return seal(c, w, dst, hlen, name, compressed ? payload : data, n, payload);
+    for (size_t i = 0; i < pieces_of(len); i++) {
+        ssize_t put = pack_piece(c, w, data, len, name, i, dst, dst + pos, &compressed);
+        if (put < 0)
+            return (int)put;
+        pos += (size_t)put;
+    }
+    dst[OFF_FLAGS] = (uint8_t)((compressed ? F_COMPRESSED : 0) | (c->keyed ? F_ENCRYPTED : 0));
+    *total = pos;
+    return index_check(c, w, 1, dst, ilen, name, dst + ilen - CHECK_LEN, "");
+}
+
+/* The most an encoding of len bytes takes: every piece raw. */
+static size_t encode_room(const struct codec *c, size_t len)
+{
+    return index_len(c->keyed, len) + len + (c->keyed ? pieces_of(len) * TAG_LEN : 0);
 }
 
 int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t name[CODEC_NAME_LEN],
@@ -403,8 +510,7 @@ int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t na
     if (len > CODEC_MAX_CHUNK)
         return err_set(-EINVAL, "chunk of %zu bytes exceeds the %u-byte limit", len,
                        CODEC_MAX_CHUNK);
-    size_t room = (c->keyed ? HDR_ENC + TAG_LEN : HDR_PLAIN) + len;
-    if (buf_reserve(out, room))
+    if (buf_reserve(out, encode_room(c, len)))
         return err_set(-ENOMEM, "no memory to encode a chunk of %zu bytes", len);
     struct ws *w = ws_get(c);
     if (!w)
@@ -432,9 +538,9 @@ static int parse(const struct codec *c, const uint8_t *p, size_t len, const char
     if (memcmp(p, MAGIC, MAGIC_LEN) != 0)
         return err_set(-EBADMSG, "chunk %s: not a ckptfs chunk (bad magic)", hex);
     h->version = p[OFF_VERSION];
-    if (h->version != VERSION && h->version != VERSION_1)
+    if (h->version != VERSION_2 && h->version != VERSION_1)
         return err_set(-EPROTONOSUPPORT,
-                       "chunk %s: format version %u is not one this build reads (%u, %u)", hex,
+                       "chunk %s: format version %u is not one this build reads (%u to %u)", hex,
                        h->version, VERSION_1, VERSION);
     h->flags = p[OFF_FLAGS];
     if ((h->flags & ~F_KNOWN) || p[OFF_RESERVED] || p[OFF_RESERVED + 1])
@@ -474,21 +580,8 @@ static int parse(const struct codec *c, const uint8_t *p, size_t len, const char
 static int open_chunk(const struct codec *c, struct ws *w, const struct hdr *h,
                       const uint8_t name[CODEC_NAME_LEN], uint8_t *dst, const char *hex)
 {
-    EVP_CIPHER_CTX *x = ws_cipher(c, w, 0);
-    int l;
-    if (!x)
-        return ossl_fail(-ENOMEM, "AES-256-GCM setup");
-    if (EVP_DecryptInit_ex2(x, NULL, NULL, h->start + OFF_NONCE, NULL) != 1 ||
-        EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, TAG_LEN, (void *)h->tag) != 1 ||
-        EVP_DecryptUpdate(x, NULL, &l, h->start, (int)h->hlen) != 1 ||
-        EVP_DecryptUpdate(x, NULL, &l, name, CODEC_NAME_LEN) != 1 ||
-        (h->payload_len && EVP_DecryptUpdate(x, dst, &l, h->payload, (int)h->payload_len) != 1))
-        return ossl_fail(-EIO, "AES-256-GCM decryption");
-    if (EVP_DecryptFinal_ex(x, dst + h->payload_len, &l) != 1) {
-        ERR_clear_error();
-        return err_set(-EBADMSG, "chunk %s: authentication failed (wrong key or damaged)", hex);
-    }
-    return 0;
+    return gcm(c, w, 0, h->start + OFF_NONCE, h->start, h->hlen, name, h->payload, h->payload_len,
+               dst, (uint8_t *)h->tag, hex);
 }
 
 /* Before anything is reserved for it: exactly one frame, spanning the
@@ -578,6 +671,16 @@ static int unpack(const struct codec *c, struct ws *w, const struct hdr *h,
     return rc ? rc : check_plain(c, h, name, out->data + out->len, hex);
 }
 
+/* The plaintext, len bytes decoded into spare, becomes chunk; the chunk's
+ * old buffer is handed back in spare. */
+static void trade(struct buf *chunk, struct buf *spare, size_t len)
+{
+    struct buf old = *chunk;
+    *chunk = *spare;
+    *spare = old;
+    chunk->len = len;
+}
+
 /* The plaintext of h, in chunk's own bytes where it can be (a raw payload,
  * decrypted in place), else decompressed into spare, which then trades
  * places with chunk. */
@@ -590,10 +693,7 @@ static int unpack_in_place(const struct codec *c, struct ws *w, const struct hdr
         int rc = unpack(c, w, h, name, spare, hex);
         if (rc)
             return rc;
-        struct buf old = *chunk;
-        *chunk = *spare;
-        *spare = old;
-        chunk->len = h->plain_len;
+        trade(chunk, spare, h->plain_len);
         *start = 0;
         return 0;
     }
@@ -608,24 +708,312 @@ static int unpack_in_place(const struct codec *c, struct ws *w, const struct hdr
     return rc;
 }
 
-size_t codec_raw_offset(const struct codec *c)
+/* ---- decode, version 3 -------------------------------------------------- */
+
+struct codec_index {
+    unsigned flags;
+    size_t plain, n, ilen;
+    uint8_t nonce[NONCE_LEN];
+    uint64_t *off;  /* n + 1 of them: piece i is bytes [off[i], off[i+1]) of the chunk */
+    uint64_t *sums; /* n of them; none when ENCRYPTED */
+};
+
+void codec_index_free(struct codec_index *ix)
 {
-    return c->keyed ? HDR_ENC : HDR_PLAIN;
+    free(ix);
+}
+
+/* The header's fields, checked as parse() checks a version 2 header. */
+static int parse_header3(const struct codec *c, const uint8_t *p, const char *hex, unsigned *flags,
+                         size_t *plain)
+{
+    *flags = p[OFF_FLAGS];
+    uint64_t l = le_load(p + OFF_LENGTH, 8);
+    if ((*flags & ~F_KNOWN) || p[OFF_SHIFT] != PIECE_SHIFT || p[OFF_SHIFT + 1])
+        return err_set(-EBADMSG, "chunk %s: damaged header (flags 0x%02x, piece shift %u)", hex,
+                       *flags, p[OFF_SHIFT]);
+    if (l > CODEC_MAX_CHUNK)
+        return err_set(-EBADMSG, "chunk %s: damaged header (declares %llu bytes, over the limit)",
+                       hex, (unsigned long long)l);
+    *plain = (size_t)l;
+    if ((*flags & F_ENCRYPTED) && !c->keyed)
+        return err_set(-ENOKEY, "chunk %s is encrypted and no key is configured", hex);
+    /* A codec with a key only writes encrypted chunks, so a plain one was
+     * put there by someone else, to be taken for ours. */
+    if (!(*flags & F_ENCRYPTED) && c->keyed)
+        return err_set(-EBADMSG, "chunk %s: not encrypted, but a key is configured", hex);
+    return 0;
+}
+
+/* The pieces' places from their checked lengths. */
+static int place_pieces(const uint8_t *p, const char *hex, struct codec_index *ix)
+{
+    int enc = ix->flags & F_ENCRYPTED;
+    size_t hlen = header_len(enc);
+    ix->off[0] = ix->ilen;
+    for (size_t i = 0; i < ix->n; i++) {
+        size_t stored = (size_t)le_load(p + hlen + 4 * i, 4), plain = piece_len(ix->plain, i);
+        if (stored == 0 || stored > plain || (!(ix->flags & F_COMPRESSED) && stored != plain))
+            return err_set(-EBADMSG, "chunk %s: damaged index (piece %zu: %zu bytes for %zu)", hex,
+                           i, stored, plain);
+        ix->off[i + 1] = ix->off[i] + stored + (enc ? TAG_LEN : 0);
+        if (!enc)
+            ix->sums[i] = le_load(p + hlen + 4 * ix->n + 8 * i, 8);
+    }
+    return 0;
+}
+
+/* Rule 1: the index of the len bytes at p, checked. Returns 1 and *need if
+ * they are too few to hold it. */
+static int parse_index(const struct codec *c, struct ws *w, const uint8_t *p, size_t len,
+                       const uint8_t name[CODEC_NAME_LEN], const char *hex, size_t *need,
+                       struct codec_index **out)
+{
+    unsigned flags = 0;
+    size_t plain = 0;
+    *need = header_len(c->keyed);
+    if (len < *need)
+        return 1;
+    if (memcmp(p, MAGIC, MAGIC_LEN) != 0)
+        return err_set(-EBADMSG, "chunk %s: not a ckptfs chunk (bad magic)", hex);
+    if (p[OFF_VERSION] == VERSION_1 || p[OFF_VERSION] == VERSION_2)
+        return err_set(-ENOTSUP, "chunk %s: a version %u chunk has no piece index", hex,
+                       p[OFF_VERSION]);
+    if (p[OFF_VERSION] != VERSION)
+        return err_set(-EPROTONOSUPPORT,
+                       "chunk %s: format version %u is not one this build reads (%u to %u)", hex,
+                       p[OFF_VERSION], VERSION_1, VERSION);
+    int rc = parse_header3(c, p, hex, &flags, &plain);
+    if (rc)
+        return rc;
+    size_t n = pieces_of(plain), ilen = index_len(flags & F_ENCRYPTED, plain);
+    if (len < ilen) {
+        *need = ilen;
+        return 1;
+    }
+    if ((rc = index_check(c, w, 0, p, ilen, name, (uint8_t *)p + ilen - CHECK_LEN, hex)) != 0)
+        return rc;
+    struct codec_index *ix = calloc(1, sizeof *ix + (2 * n + 1) * sizeof(uint64_t));
+    if (!ix)
+        return err_set(-ENOMEM, "no memory for the index of chunk %s", hex);
+    *ix = (struct codec_index){ .flags = flags, .plain = plain, .n = n, .ilen = ilen };
+    ix->off = (uint64_t *)(ix + 1);
+    ix->sums = ix->off + n + 1;
+    if (flags & F_ENCRYPTED)
+        memcpy(ix->nonce, p + OFF_NONCE, NONCE_LEN);
+    if ((rc = place_pieces(p, hex, ix)) != 0) {
+        free(ix);
+        return rc;
+    }
+    *out = ix;
+    return 0;
+}
+
+/* Rules 2 and 3: piece i, whose stored bytes (and tag) are at src, into
+ * dst (room for CODEC_PIECE bytes; src itself for a raw piece checked in
+ * place). */
+static int decode_piece(const struct codec *c, struct ws *w, const struct codec_index *ix,
+                        const uint8_t name[CODEC_NAME_LEN], const char *hex, size_t i,
+                        const uint8_t *src, uint8_t *dst)
+{
+    int enc = ix->flags & F_ENCRYPTED, rc = 0;
+    size_t stored = ix->off[i + 1] - ix->off[i] - (enc ? TAG_LEN : 0);
+    size_t plain = piece_len(ix->plain, i);
+    if (enc) {
+        uint8_t nonce[NONCE_LEN], *to = dst;
+        nonce_for(ix->nonce, (uint32_t)i + 1, nonce);
+        if (stored < plain && buf_reserve(&w->scratch, stored))
+            return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
+        if (stored < plain)
+            to = w->scratch.data;
+        rc = gcm(c, w, 0, nonce, NULL, 0, name, src, stored, to, (uint8_t *)src + stored, hex);
+        src = to;
+    }
+    if (rc == 0 && stored < plain)
+        rc = inflate_chunk(w, src, stored, dst, plain, hex);
+    else if (rc == 0 && src != dst)
+        memcpy(dst, src, plain);
+    if (rc == 0 && !enc && XXH3_64bits(dst, plain) != ix->sums[i])
+        rc = err_set(-EBADMSG, "chunk %s: piece %zu does not match its checksum", hex, i);
+    return rc;
+}
+
+/* Pieces [first, first+count), whose bytes start at src, to dst. */
+static int decode_run(const struct codec *c, struct ws *w, const struct codec_index *ix,
+                      const uint8_t name[CODEC_NAME_LEN], const char *hex, size_t first,
+                      size_t count, const uint8_t *src, uint8_t *dst)
+{
+    int rc = 0;
+    for (size_t i = first; rc == 0 && i < first + count; i++)
+        rc = decode_piece(c, w, ix, name, hex, i, src + (ix->off[i] - ix->off[first]),
+                          dst + (i - first) * CODEC_PIECE);
+    return rc;
+}
+
+/* The index of a whole chunk: it must end where the index says. */
+static int parse_whole(const struct codec *c, struct ws *w, const uint8_t *p, size_t len,
+                       const uint8_t name[CODEC_NAME_LEN], const char *hex, struct codec_index **ix)
+{
+    size_t need;
+    int rc = parse_index(c, w, p, len, name, hex, &need, ix);
+    if (rc == 1)
+        return err_set(-EBADMSG, "chunk %s: truncated (%zu bytes, less than its index)", hex, len);
+    if (rc == 0 && (*ix)->off[(*ix)->n] != len) {
+        rc = err_set(-EBADMSG, "chunk %s: truncated or damaged (%zu bytes, its index says %llu)",
+                     hex, len, (unsigned long long)(*ix)->off[(*ix)->n]);
+        codec_index_free(*ix);
+    }
+    return rc;
+}
+
+/* The pieces' sums of a chunk just decoded, for codec_decode_in_place. */
+static void give_sums(const struct codec_index *ix, uint64_t *sums, size_t *nsums)
+{
+    if (!sums)
+        return;
+    if (ix->flags & F_ENCRYPTED || ix->n > *nsums)
+        *nsums = 0;
+    else
+        memcpy(sums, ix->sums, (*nsums = ix->n) * sizeof *sums);
+}
+
+/* The plaintext of a whole chunk at out->data + out->len, uncommitted. */
+static int unpack3(const struct codec *c, struct ws *w, const uint8_t *p, size_t len,
+                   const uint8_t name[CODEC_NAME_LEN], const char *hex, struct buf *out,
+                   uint64_t *sums, size_t *nsums)
+{
+    struct codec_index *ix;
+    int rc = parse_whole(c, w, p, len, name, hex, &ix);
+    if (rc)
+        return rc;
+    if (buf_reserve(out, ix->plain))
+        rc = err_set(-ENOMEM, "no memory to decode chunk %s", hex);
+    else
+        rc = decode_run(c, w, ix, name, hex, 0, ix->n, p + ix->ilen, out->data + out->len);
+    if (rc == 0)
+        give_sums(ix, sums, nsums);
+    codec_index_free(ix);
+    return rc;
+}
+
+/* A chunk with neither compressed nor encrypted pieces is its plaintext,
+ * after the index: only checked. Others are decoded into spare, which then
+ * trades places with chunk. */
+static int unpack3_in_place(const struct codec *c, struct ws *w, struct buf *chunk,
+                            const uint8_t name[CODEC_NAME_LEN], size_t *start, struct buf *spare,
+                            uint64_t *sums, size_t *nsums, const char *hex)
+{
+    uint8_t flags = chunk->data[OFF_FLAGS];
+    if (flags & (F_COMPRESSED | F_ENCRYPTED)) {
+        spare->len = 0;
+        int rc = unpack3(c, w, chunk->data, chunk->len, name, hex, spare, sums, nsums);
+        if (rc)
+            return rc;
+        trade(chunk, spare, (size_t)le_load(chunk->data + OFF_LENGTH, 8));
+        *start = 0;
+        return 0;
+    }
+    struct codec_index *ix;
+    int rc = parse_whole(c, w, chunk->data, chunk->len, name, hex, &ix);
+    if (rc)
+        return rc;
+    uint8_t *plain = chunk->data + ix->ilen;
+    rc = decode_run(c, w, ix, name, hex, 0, ix->n, plain, plain);
+    if (rc == 0)
+        give_sums(ix, sums, nsums);
+    *start = ix->ilen;
+    codec_index_free(ix);
+    return rc;
+}
+
+size_t codec_index_size(const struct codec *c, size_t max_plain)
+{
+    return index_len(c->keyed, max_plain);
+}
+
+int codec_index_parse(struct codec *c, const void *head, size_t len,
+                      const uint8_t name[CODEC_NAME_LEN], size_t *need, struct codec_index **out)
+{
+    char hex[2 * CODEC_NAME_LEN + 1];
+    codec_name_hex(name, hex);
+    struct ws *w = ws_get(c);
+    if (!w)
+        return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
+    int rc = parse_index(c, w, head, len, name, hex, need, out);
+    ws_put(c, w);
+    return rc;
+}
+
+size_t codec_index_plain(const struct codec_index *ix)
+{
+    return ix->plain;
+}
+
+size_t codec_index_pieces(const struct codec_index *ix)
+{
+    return ix->n;
+}
+
+void codec_index_span(const struct codec_index *ix, size_t first, size_t count, uint64_t *off,
+                      uint64_t *len)
+{
+    first = first < ix->n ? first : ix->n;
+    count = count < ix->n - first ? count : ix->n - first;
+    *off = ix->off[first];
+    *len = ix->off[first + count] - ix->off[first];
+}
+
+ssize_t codec_decode_pieces(struct codec *c, const struct codec_index *ix,
+                            const uint8_t name[CODEC_NAME_LEN], size_t first, size_t count,
+                            const void *enc, size_t len, void *out)
+{
+    char hex[2 * CODEC_NAME_LEN + 1];
+    uint64_t off, want;
+    codec_name_hex(name, hex);
+    first = first < ix->n ? first : ix->n;
+    count = count < ix->n - first ? count : ix->n - first;
+    codec_index_span(ix, first, count, &off, &want);
+    if (len != want)
+        return err_set(-EBADMSG, "chunk %s: pieces %zu to %zu are %llu bytes, not %zu", hex, first,
+                       first + count, (unsigned long long)want, len);
+    if (count == 0)
+        return 0;
+    struct ws *w = ws_get(c);
+    if (!w)
+        return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
+    int rc = decode_run(c, w, ix, name, hex, first, count, enc, out);
+    ws_put(c, w);
+    size_t end = (first + count) * CODEC_PIECE;
+    return rc ? rc : (ssize_t)((end < ix->plain ? end : ix->plain) - first * CODEC_PIECE);
+}
+
+size_t codec_raw_offset(const struct codec *c, size_t plain)
+{
+    return index_len(c->keyed, plain);
+}
+
+static int is_v3(const uint8_t *p, size_t len)
+{
+    return len > OFF_VERSION && memcmp(p, MAGIC, MAGIC_LEN) == 0 && p[OFF_VERSION] == VERSION;
 }
 
 int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name[CODEC_NAME_LEN],
-                          size_t *start, struct buf *spare)
+                          size_t *start, struct buf *spare, uint64_t *sums, size_t *nsums)
 {
     char hex[2 * CODEC_NAME_LEN + 1];
     struct hdr h;
     codec_name_hex(name, hex);
-    int rc = parse(c, chunk->data, chunk->len, hex, &h);
+    int v3 = is_v3(chunk->data, chunk->len);
+    int rc = v3 ? 0 : parse(c, chunk->data, chunk->len, hex, &h);
     if (rc)
         return rc;
     struct ws *w = ws_get(c);
     if (!w)
         return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
-    rc = unpack_in_place(c, w, &h, name, chunk, start, spare, hex);
+    if (!v3 && sums)
+        *nsums = 0;
+    rc = v3 ? unpack3_in_place(c, w, chunk, name, start, spare, sums, nsums, hex)
+            : unpack_in_place(c, w, &h, name, chunk, start, spare, hex);
     ws_put(c, w);
     return rc;
 }
@@ -636,17 +1024,19 @@ int codec_decode(struct codec *c, const void *enc, size_t len, const uint8_t nam
     char hex[2 * CODEC_NAME_LEN + 1];
     struct hdr h;
     codec_name_hex(name, hex);
-    int rc = parse(c, enc, len, hex, &h);
+    int v3 = is_v3(enc, len);
+    int rc = v3 ? 0 : parse(c, enc, len, hex, &h);
     if (rc)
         return rc;
     struct ws *w = ws_get(c);
     if (!w)
         return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
-    rc = unpack(c, w, &h, name, out, hex);
+    rc =
+        v3 ? unpack3(c, w, enc, len, name, hex, out, NULL, NULL) : unpack(c, w, &h, name, out, hex);
     ws_put(c, w);
     if (rc)
         return rc;
-    out->len += h.plain_len;
+    out->len += v3 ? (size_t)le_load((const uint8_t *)enc + OFF_LENGTH, 8) : h.plain_len;
     out->data[out->len] = 0;
     return 0;
 }

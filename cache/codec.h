@@ -27,12 +27,14 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "util/buf.h"
 
-#define CODEC_NAME_LEN  32         /* bytes in a chunk name */
-#define CODEC_KEY_LEN   32         /* bytes in an encryption key (AES-256) */
-#define CODEC_MAX_CHUNK (1u << 30) /* largest plaintext a chunk may hold */
+#define CODEC_NAME_LEN  32                 /* bytes in a chunk name */
+#define CODEC_KEY_LEN   32                 /* bytes in an encryption key (AES-256) */
+#define CODEC_MAX_CHUNK (1u << 30)         /* largest plaintext a chunk may hold */
+#define CODEC_PIECE     ((size_t)64 << 10) /* a chunk's pieces hold this many bytes */
 
 struct codec;
 
@@ -64,19 +66,63 @@ int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t na
 int codec_decode(struct codec *c, const void *enc, size_t len, const uint8_t name[CODEC_NAME_LEN],
                  struct buf *out);
 
-/* The bytes before the plaintext in a chunk this codec encodes raw (not
- * compressed): where a reader can place the chunk so the plaintext lands
- * aligned. */
-size_t codec_raw_offset(const struct codec *c);
+/* The bytes before the plaintext in a chunk of plain bytes that this codec
+ * stores raw (not compressed, not encrypted): where a reader can place the
+ * chunk so the plaintext lands aligned. */
+size_t codec_raw_offset(const struct codec *c, size_t plain);
 
 /* As codec_decode, without copying what need not be: on success the
  * plaintext is chunk->data + *start up to chunk->len. A raw chunk's bytes
  * are decrypted in place; a compressed one is decompressed into spare (grown
  * if it is too small), which then trades places with chunk, so that the
  * caller chooses where plaintext lands and gets the old buffer back in
- * spare. On error chunk may be damaged, never grown. */
+ * spare. On error chunk may be damaged, never grown.
+ * sums (NULL if not wanted), *nsums its room: the XXH3-64 of each piece's
+ * plaintext, checked, where the chunk carries them (version 3, not
+ * encrypted, at most *nsums pieces), so that a caller who keeps such sums
+ * need not hash the bytes again; *nsums is set to their number, or 0. */
 int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name[CODEC_NAME_LEN],
-                          size_t *start, struct buf *spare);
+                          size_t *start, struct buf *spare, uint64_t *sums, size_t *nsums);
+
+/*
+ * Pieces. A chunk's plaintext is cut into pieces of CODEC_PIECE bytes (the
+ * last may be shorter), each encoded and checked on its own, and an index
+ * at the chunk's start says where each lies. A reader that wants a few
+ * pieces fetches the index (codec_index_size bytes from the start), then
+ * just the pieces' bytes (codec_index_span), and decodes them.
+ */
+struct codec_index;
+
+/* The bytes at the start of a chunk of at most max_plain bytes that hold
+ * its index: what to fetch first. */
+size_t codec_index_size(const struct codec *c, size_t max_plain);
+
+/* Parses and checks the index at the start of chunk name, len bytes of it.
+ * Returns 0 and *out; 1 and *need, the bytes it takes, if len is short of
+ * them; -ENOTSUP if the chunk has no index (format versions 1 and 2: decode
+ * it whole); or codec_decode's errors. */
+int codec_index_parse(struct codec *c, const void *head, size_t len,
+                      const uint8_t name[CODEC_NAME_LEN], size_t *need, struct codec_index **out);
+void codec_index_free(struct codec_index *ix);
+
+/* The chunk's plaintext length, and its number of pieces. */
+size_t codec_index_plain(const struct codec_index *ix);
+size_t codec_index_pieces(const struct codec_index *ix);
+
+/* Where the bytes of pieces [first, first+count) lie in the chunk: *len
+ * bytes from *off. count is cut at the last piece. */
+void codec_index_span(const struct codec_index *ix, size_t first, size_t count, uint64_t *off,
+                      uint64_t *len);
+
+/* Decodes pieces [first, first+count) from enc, the len bytes of their span
+ * (count cut as codec_index_span cuts it), into out (room for count *
+ * CODEC_PIECE bytes), each checked as
+ * codec_decode checks a chunk. Returns the plaintext bytes written (the
+ * chunk's last piece may be short), or -EBADMSG (damaged, or len is not
+ * their span), -ENOMEM. */
+ssize_t codec_decode_pieces(struct codec *c, const struct codec_index *ix,
+                            const uint8_t name[CODEC_NAME_LEN], size_t first, size_t count,
+                            const void *enc, size_t len, void *out);
 
 /* Reads a key file: exactly 32 raw bytes, or 64 hex digits and an optional
  * newline. Refuses a file others can read (-EACCES), since the key is the

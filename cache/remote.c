@@ -1,11 +1,27 @@
 #include "remote.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "util/err.h"
+#include "util/hmap.h"
+#include "util/le.h"
+
+/* Indexes of chunks read in pieces, so that each later piece costs one GET,
+ * not two: a ring of INDEXES entries, the oldest out first, about 1 KiB
+ * each for a 4 MiB chunk. A chunk found to have no index (an older format)
+ * is remembered too, so it is not asked again. */
+#define INDEXES 4096
+
+struct known {
+    uint8_t name[CODEC_NAME_LEN];
+    struct codec_index *ix; /* NULL: the chunk has none */
+    unsigned refs;          /* the ring's, and each user's */
+};
 
 struct remote {
     struct store *store;
@@ -13,6 +29,10 @@ struct remote {
     struct db *db;
     sqlite3_stmt *is_known, *add_put;
     struct remote_stats st;
+    pthread_mutex_t lock; /* guards the indexes */
+    struct hmap *indexes; /* the name's first 16 bytes -> struct known */
+    struct known *ring[INDEXES];
+    size_t next;
 };
 
 int remote_open(struct store *store, struct codec *codec, struct db *db, struct remote **out)
@@ -20,7 +40,12 @@ int remote_open(struct store *store, struct codec *codec, struct db *db, struct 
     struct remote *r = calloc(1, sizeof *r);
     if (!r)
         return -ENOMEM;
-    *r = (struct remote){ .store = store, .codec = codec, .db = db };
+    *r = (struct remote){ .store = store, .codec = codec, .db = db, .indexes = hmap_new() };
+    pthread_mutex_init(&r->lock, NULL);
+    if (!r->indexes) {
+        remote_close(r);
+        return -ENOMEM;
+    }
     db_lock(db);
     /* put_at: when we last put the chunk (unix seconds); NULL in rows of older versions,
      * which also listed chunks seen named by a snapshot. */
@@ -48,6 +73,13 @@ void remote_close(struct remote *r)
         return;
     sqlite3_finalize(r->is_known);
     sqlite3_finalize(r->add_put);
+    for (size_t i = 0; i < INDEXES; i++)
+        if (r->ring[i]) {
+            codec_index_free(r->ring[i]->ix);
+            free(r->ring[i]);
+        }
+    hmap_free(r->indexes);
+    pthread_mutex_destroy(&r->lock);
     free(r);
 }
 
@@ -115,13 +147,13 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
 }
 
 int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *chunk,
-                 size_t *start, struct buf *spare)
+                 size_t *start, struct buf *spare, uint64_t *sums, size_t *nsums)
 {
     char key[82];
     remote_chunk_key(name, key);
     int rc = store_get(r->store, key, 0, STORE_TO_END, chunk);
     if (rc == 0)
-        rc = codec_decode_in_place(r->codec, chunk, name, start, spare);
+        rc = codec_decode_in_place(r->codec, chunk, name, start, spare, sums, nsums);
     if (rc)
         return err_wrap(rc, "chunk %s", key);
     add(&r->st.chunks_got, 1);
@@ -129,16 +161,143 @@ int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct bu
     return 0;
 }
 
-size_t remote_raw_offset(const struct remote *r)
+size_t remote_raw_offset(const struct remote *r, size_t plain)
 {
-    return codec_raw_offset(r->codec);
+    return codec_raw_offset(r->codec, plain);
+}
+
+/* ---- pieces ---- */
+
+static uint64_t half(const uint8_t *name, int second)
+{
+    return le_load(name + 8 * second, 8);
+}
+
+static void known_put(struct remote *r, struct known *k)
+{
+    pthread_mutex_lock(&r->lock);
+    int last = --k->refs == 0;
+    pthread_mutex_unlock(&r->lock);
+    if (last) {
+        codec_index_free(k->ix);
+        free(k);
+    }
+}
+
+static struct known *known_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
+{
+    pthread_mutex_lock(&r->lock);
+    struct known *k = hmap_get(r->indexes, half(name, 0), half(name, 1));
+    if (k && memcmp(k->name, name, CODEC_NAME_LEN) == 0)
+        k->refs++;
+    else
+        k = NULL;
+    pthread_mutex_unlock(&r->lock);
+    return k;
+}
+
+/* Into the ring, in place of its oldest entry (which its users keep alive
+ * until they are done). A chunk two threads looked up at once is in twice:
+ * harmless, the later one is what the map finds. */
+static void known_add(struct remote *r, struct known *k)
+{
+    struct known *old = NULL;
+    pthread_mutex_lock(&r->lock);
+    if (hmap_put(r->indexes, half(k->name, 0), half(k->name, 1), k) == 0) {
+        k->refs++;
+        old = r->ring[r->next];
+        r->ring[r->next] = k;
+        r->next = (r->next + 1) % INDEXES;
+        if (old && hmap_get(r->indexes, half(old->name, 0), half(old->name, 1)) == old)
+            hmap_del(r->indexes, half(old->name, 0), half(old->name, 1));
+    }
+    pthread_mutex_unlock(&r->lock);
+    if (old)
+        known_put(r, old);
+}
+
+/* The index of chunk key: the first bytes of the chunk, enough for one of
+ * max_plain bytes, and the rest if it is bigger. */
+static int fetch_index(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const char *key,
+                       size_t max_plain, struct codec_index **ix)
+{
+    struct buf head = { 0 };
+    size_t need = codec_index_size(r->codec, max_plain);
+    int rc = 1;
+    for (int tries = 0; rc == 1 && tries < 2; tries++) {
+        size_t asked = need;
+        head.len = 0;
+        rc = store_get(r->store, key, 0, asked, &head);
+        if (rc == 0)
+            rc = codec_index_parse(r->codec, head.data, head.len, name, &need, ix);
+        if (rc == 1 && head.len < asked) /* that was the whole chunk */
+            break;
+    }
+    buf_free(&head);
+    if (rc == 1)
+        rc = err_set(-EBADMSG, "truncated (shorter than its index)");
+    return rc;
+}
+
+/* The chunk's index, from the ring or fetched; -ENOTSUP if it has none. */
+static int index_of(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const char *key,
+                    size_t max_plain, struct known **out)
+{
+    struct known *k = known_get(r, name);
+    if (!k) {
+        struct codec_index *ix = NULL;
+        int rc = fetch_index(r, name, key, max_plain, &ix);
+        if (rc && rc != -ENOTSUP)
+            return rc;
+        if (!(k = calloc(1, sizeof *k))) {
+            codec_index_free(ix);
+            return err_set(-ENOMEM, "no memory for a chunk's index");
+        }
+        memcpy(k->name, name, CODEC_NAME_LEN);
+        k->ix = ix;
+        k->refs = 1;
+        known_add(r, k);
+    }
+    *out = k;
+    if (k->ix)
+        return 0;
+    known_put(r, k);
+    return err_set(-ENOTSUP, "made by an older version, without pieces");
+}
+
+int remote_get_pieces(struct remote *r, const uint8_t name[CODEC_NAME_LEN], size_t max_plain,
+                      size_t first, size_t count, uint8_t *out, size_t *got)
+{
+    char key[82];
+    struct known *k = NULL;
+    struct buf enc = { 0 };
+    uint64_t off, len;
+    remote_chunk_key(name, key);
+    int rc = index_of(r, name, key, max_plain, &k);
+    if (rc)
+        return err_wrap(rc, "chunk %s", key);
+    size_t n = codec_index_pieces(k->ix);
+    count = first < n ? (count < n - first ? count : n - first) : 0;
+    codec_index_span(k->ix, first, count, &off, &len);
+    if (count)
+        rc = store_get(r->store, key, off, len, &enc);
+    ssize_t plain =
+        rc ? rc : codec_decode_pieces(r->codec, k->ix, name, first, count, enc.data, enc.len, out);
+    known_put(r, k);
+    buf_free(&enc);
+    if (plain < 0)
+        return err_wrap((int)plain, "chunk %s", key);
+    add(&r->st.pieces_got, count);
+    add(&r->st.bytes_got, (uint64_t)plain);
+    *got = (size_t)plain;
+    return 0;
 }
 
 int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *out)
 {
     struct buf chunk = { 0 }, spare = { 0 };
     size_t start = 0;
-    int rc = remote_fetch(r, name, &chunk, &start, &spare);
+    int rc = remote_fetch(r, name, &chunk, &start, &spare, NULL, NULL);
     if (rc == 0)
         rc = buf_append(out, chunk.data + start, chunk.len - start);
     buf_free(&chunk);

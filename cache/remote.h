@@ -34,6 +34,7 @@ struct remote_stats {
     uint64_t chunks_put, bytes_put;         /* uploaded (bytes before encoding) */
     uint64_t chunks_deduped, bytes_deduped; /* not uploaded: already in the bucket */
     uint64_t chunks_got, bytes_got;         /* fetched (bytes after decoding) */
+    uint64_t pieces_got;                    /* fetched alone, not with their whole chunk */
 };
 
 /* Uses store, codec and db, which must outlive it. Returns 0 or -EIO. */
@@ -58,12 +59,22 @@ int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf 
 /* The same into chunk (its buffer is used as is when big enough), without
  * copying: the plaintext is chunk->data + *start up to chunk->len. A
  * compressed chunk is decompressed into spare, which then trades places with
- * chunk (codec_decode_in_place). The caller frees both. */
+ * chunk; the pieces' sums come as codec_decode_in_place gives them. The
+ * caller frees both buffers. */
 int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *chunk,
-                 size_t *start, struct buf *spare);
+                 size_t *start, struct buf *spare, uint64_t *sums, size_t *nsums);
 
 /* codec_raw_offset of the chunks this fetches. */
-size_t remote_raw_offset(const struct remote *r);
+size_t remote_raw_offset(const struct remote *r, size_t plain);
+
+/* Pieces [first, first+count) of chunk name (codec.h), fetched alone: one
+ * ranged GET, plus one for the chunk's index the first time (enough for a
+ * chunk of max_plain bytes; kept for later calls). Their plaintext goes to
+ * out (room for count * CODEC_PIECE bytes), *got bytes of it: fewer where
+ * the chunk ends, 0 past its end. -ENOTSUP if the chunk has no pieces (made
+ * by an older version: fetch it whole); else as remote_fetch. */
+int remote_get_pieces(struct remote *r, const uint8_t name[CODEC_NAME_LEN], size_t max_plain,
+                      size_t first, size_t count, uint8_t *out, size_t *got);
 
 /* The object key of a chunk: "chunks/NN/NAME" (room for 82 bytes). */
 void remote_chunk_key(const uint8_t name[CODEC_NAME_LEN], char key[82]);

@@ -148,6 +148,7 @@ static json_t *status_json(struct fs *fs)
     set_int(o, "bytes_deduplicated", rs.bytes_deduped);
     set_int(o, "bytes_fetched", rs.bytes_got);
     set_int(o, "chunks_fetched", rs.chunks_got);
+    set_int(o, "pieces_fetched", rs.pieces_got);
     set_int(o, "store_retries", ss.op[STORE_OP_PUT].retries + ss.op[STORE_OP_GET].retries);
     set_int(o, "cache_used", bs.cache_used);
     set_int(o, "cache_limit", bs.cache_limit);

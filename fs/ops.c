@@ -355,6 +355,7 @@ struct handle {
     int ngroups;
     gid_t groups[64];
     struct blocks_version *version;
+    uint64_t version_next; /* where the last read of the version ended */
 };
 
 static struct handle *handle_of(const struct fuse_file_info *fi)
@@ -659,20 +660,29 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     }
 }
 
-/* Read-ahead. A read that continues the last one (give or take the
- * kernel's own read-ahead, served out of order by several threads) doubles
- * the window, in blocks, up to what the budget allows; any other read
- * closes it. The blocks in the window are fetched in parallel. */
-static void read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t off, size_t len)
+#define READ_SLACK (4 * FS_MAX_READ)
+
+/* Whether a read at off continues one that ended at next, give or take the
+ * kernel's own read-ahead, served out of order by several threads. */
+static int continues(uint64_t next, uint64_t off)
+{
+    return off + READ_SLACK >= next && off <= next + READ_SLACK;
+}
+
+/* Read-ahead. A read that continues the last one doubles the window, in
+ * blocks, up to what the budget allows; any other read closes it. The
+ * blocks in the window are fetched in parallel. Returns BLOCKS_RANDOM for
+ * a read that is not sequential. */
+static unsigned read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t off, size_t len)
 {
     struct inode *in = inode_get(fs, ino);
     if (!in)
-        return;
-    uint64_t bs = blocks_block_size(fs->blocks), slack = 4 * FS_MAX_READ;
+        return 0;
+    uint64_t bs = blocks_block_size(fs->blocks);
     uint64_t end = off + len, first = 0;
-    unsigned count = 0;
+    unsigned count = 0, random = 0;
     pthread_mutex_lock(&in->lock);
-    if (off + slack >= in->ra_next && off <= in->ra_next + slack) {
+    if (continues(in->ra_next, off)) {
         unsigned max = (unsigned)(fs->read_ahead / bs ? fs->read_ahead / bs : 1);
         in->ra_window = in->ra_window ? (in->ra_window * 2 < max ? in->ra_window * 2 : max) : 1;
         uint64_t from = end / bs + 1, to = end / bs + 1 + in->ra_window;
@@ -683,24 +693,36 @@ static void read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t off,
     } else {
         in->ra_window = 0;
         in->ra_upto = 0;
+        random = BLOCKS_RANDOM;
     }
     in->ra_next = end > in->ra_next || !in->ra_window ? end : in->ra_next;
     pthread_mutex_unlock(&in->lock);
     if (count)
         blocks_prefetch(fs->blocks, ino, size, first, count);
+    return random;
+}
+
+/* As read_ahead decides for a file, for a handle's version (fetched on
+ * demand only: no window). */
+static unsigned version_read(struct handle *h, uint64_t off, size_t len)
+{
+    uint64_t next = __atomic_exchange_n(&h->version_next, off + len, __ATOMIC_RELAXED);
+    return continues(next, off) ? 0 : BLOCKS_RANDOM;
 }
 
 /* A read copied into a buffer and replied: of the file as it is (of size
  * bytes), or of a handle's version. Returns what the read returned. */
 static ssize_t reply_copied(fuse_req_t req, uint64_t ino, uint64_t fsize,
-                            const struct blocks_version *version, size_t size, off_t off)
+                            const struct blocks_version *version, size_t size, off_t off,
+                            unsigned flags)
 {
     struct fs *fs = fs_of(req);
     size_t cap = size <= FS_MAX_READ ? FS_MAX_READ : size; /* the kernel asks no more */
     char *buf = cap == FS_MAX_READ ? bufpool_get(fs->read_bufs) : aligned_alloc(BUFPOOL_ALIGN, cap);
-    ssize_t n = !buf      ? -ENOMEM
-                : version ? blocks_read_version(fs->blocks, version, (uint64_t)off, size, buf)
-                          : blocks_read(fs->blocks, ino, fsize, (uint64_t)off, size, buf);
+    ssize_t n = !buf ? -ENOMEM
+                : version
+                    ? blocks_read_version(fs->blocks, version, (uint64_t)off, size, buf, flags)
+                    : blocks_read(fs->blocks, ino, fsize, (uint64_t)off, size, buf, flags);
     if (n < 0)
         reply_err(req, (int)n);
     else
@@ -714,14 +736,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
     struct fs *fs = fs_of(req);
     struct ns_attr a;
-    if (handle_of(fi) && handle_of(fi)->version) { /* the file may be gone from the tree */
-        reply_copied(req, ino, 0, handle_of(fi)->version, size, off);
+    struct handle *h = handle_of(fi);
+    if (h && h->version) { /* the file may be gone from the tree */
+        reply_copied(req, ino, 0, h->version, size, off, version_read(h, (uint64_t)off, size));
         return;
     }
     int rc = inode_attr(fs, ino, &a);
     if (rc)
         return reply_err(req, rc);
-    read_ahead(fs, ino, a.size, (uint64_t)off, size);
+    unsigned flags = read_ahead(fs, ino, a.size, (uint64_t)off, size);
     struct blocks_view v;
     if (blocks_view(fs->blocks, ino, a.size, (uint64_t)off, size, &v)) {
         fuse_reply_buf(req, v.data, v.len); /* the one copy: into the kernel */
@@ -729,7 +752,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         touch_atime(fs, &a);
         return;
     }
-    if (reply_copied(req, ino, a.size, NULL, size, off) >= 0)
+    if (reply_copied(req, ino, a.size, NULL, size, off, flags) >= 0)
         touch_atime(fs, &a);
 }
 

@@ -167,18 +167,24 @@ def test_verify_recomputes_names(mounts):
     that named it wrong would leave: a mount's fetch checks the checksum only; verify finds it."""
     publish(mounts, make_tree)
     raw = [p for p in chunk_files(mounts.bucket) if p.stat().st_size > 4096
-           and p.read_bytes()[4:6] == bytes([2, 0])]  # version 2, neither compressed nor encrypted
+           and p.read_bytes()[4:6] == bytes([3, 0])]  # version 3, neither compressed nor encrypted
     assert raw, "make_tree's random bytes should give raw chunks"
     chunk = bytearray(raw[0].read_bytes())
     name = bytes.fromhex(raw[0].name)
+    # The layout drawn in cache/codec.c: a 16-byte header, n stored lengths, n piece sums, the
+    # index's checksum, then (all raw) the plaintext.
+    n = -(-struct.unpack_from("<Q", chunk, 8)[0] // (64 << 10))
+    sums, check, plain = 16 + 4 * n, 16 + 12 * n, 16 + 12 * n + 16
 
-    def checksum(plain):  # the layout drawn in cache/codec.c
-        h = xxhash.xxh3_128_intdigest(bytes(plain), seed=xxhash.xxh3_64_intdigest(name))
+    def checksum(data):
+        h = xxhash.xxh3_128_intdigest(bytes(data), seed=xxhash.xxh3_64_intdigest(name))
         return struct.pack("<QQ", h & (2**64 - 1), h >> 64)
-    assert checksum(chunk[32:]) == chunk[16:32]
-    assert hashlib.sha256(chunk[32:]).digest() == name
-    chunk[32] ^= 1
-    chunk[16:32] = checksum(chunk[32:])
+    assert checksum(chunk[:check]) == chunk[check:plain]
+    assert hashlib.sha256(chunk[plain:]).digest() == name
+    chunk[plain] ^= 1
+    chunk[sums:sums + 8] = struct.pack("<Q", xxhash.xxh3_64_intdigest(
+        bytes(chunk[plain:plain + min(64 << 10, len(chunk) - plain)])))
+    chunk[check:plain] = checksum(chunk[:check])
     raw[0].write_bytes(bytes(chunk))
     p = ckptctl("verify", mounts.url)
     err = p.stderr.decode()

@@ -8,12 +8,14 @@ import hashlib
 import json
 import os
 import random
+import struct
 import subprocess
 import threading
 import time
 from urllib.parse import urlparse
 
 import pytest
+import xxhash
 
 from ckpt import ckptctl
 from faultproxy import FaultProxy
@@ -285,6 +287,112 @@ def test_concurrent_readers_of_one_chunk_share_one_download(mounts):
     os.close(fd)
     assert b"".join(got[i] for i in range(4)) == data
     assert status(m)["chunks_fetched"] == 1
+
+
+PIECE = 64 << 10  # what a chunk's pieces hold (cache/codec.h)
+
+
+def random_preads(path, offsets, size=4096):
+    """preads as a random reader does them: the page cache dropped first, no kernel read-ahead."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return [os.pread(fd, size, off) for off in offsets]
+    finally:
+        os.close(fd)
+
+
+def far_apart(size, n, seed):
+    """n random offsets of 4 KiB reads, each over 5 MiB from the one before: the mount takes a
+    read within 4 MiB of the last for part of a sequential one."""
+    rng, out = random.Random(seed), []
+    while len(out) < n:
+        off = rng.randrange(size - 4096)
+        if not out or abs(off - out[-1]) > 5 * MIB:
+            out.append(off)
+    return out
+
+
+@pytest.fixture(params=["plain", "encrypted"])
+def key_args(request, tmp_path):
+    if request.param == "plain":
+        return ()
+    key = tmp_path / "key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o600)
+    return ("--encrypt-key", str(key))
+
+
+def test_random_reads_fetch_only_the_pieces_they_need(mounts, key_args):
+    data = blob(60, 40 * MIB + 12345)  # the last block short, and its last piece
+    w = mounts(*key_args, name="writer")
+    write_file(os.path.join(w.path, "r"), data)
+    assert w.stop() == 0
+    offsets = far_apart(len(data), 12, 61) + [len(data) - 4096]
+    want = [data[o:o + 4096] for o in offsets]
+    m = mounts(*key_args, name="fresh")
+    path = os.path.join(m.path, "r")
+    assert random_preads(path, offsets) == want
+    st = status(m)
+    assert st["chunks_fetched"] == 0 and st["pieces_fetched"] >= len(offsets), st
+    assert st["bytes_fetched"] <= 2 * PIECE * len(offsets), st  # a read may straddle two
+    assert random_preads(path, offsets) == want  # the pieces are on disk now
+    assert status(m)["pieces_fetched"] == st["pieces_fetched"]
+    assert m.stop() == 0
+    m = mounts(*key_args, name="fresh")  # and stay there across a restart
+    assert random_preads(path, offsets) == want
+    st = status(m)
+    assert st["pieces_fetched"] == 0 and st["chunks_fetched"] == 0 and st["hits_disk"] > 0, st
+    assert read_file(path) == data  # a sequential read fetches the rest
+    assert status(m)["chunks_fetched"] >= 1
+
+
+def test_a_corrupted_piece_is_detected_and_fetched_again(mounts):
+    data = blob(62, 12 * MIB)
+    w = mounts(name="writer")
+    write_file(os.path.join(w.path, "r"), data)
+    assert w.stop() == 0
+    m = mounts(name="fresh")
+    path, off = os.path.join(m.path, "r"), 9 * MIB + 5000
+    assert random_preads(path, [off]) == [data[off:off + 4096]]
+    assert m.stop() == 0
+    (victim,) = [f for f in data_files(m.cache_dir) if os.path.getsize(f) > 0]
+    with open(victim, "r+b") as f:  # the block holds just that piece: flip a byte of it
+        f.seek(off + 10)
+        f.write(bytes([f.read(1)[0] ^ 0x40]))
+    m = mounts(name="fresh")
+    assert random_preads(path, [off]) == [data[off:off + 4096]]
+    st = status(m)
+    assert st["corrupt_blocks"] == 1 and st["pieces_fetched"] >= 1, st
+    assert read_file(path) == data
+
+
+def test_chunks_of_an_older_format_are_fetched_whole(mounts):
+    """A bucket written before chunks had pieces (format version 2) is read as it was: a random
+    read fetches the whole chunk."""
+    data = blob(63, 12 * MIB)
+    w = mounts(name="writer")  # random bytes: raw chunks
+    write_file(os.path.join(w.path, "r"), data)
+    assert w.stop() == 0
+    rewritten = 0
+    for f in (mounts.bucket / "chunks").rglob("*"):
+        chunk = f.read_bytes() if f.is_file() else b""
+        if chunk[4:6] != bytes([3, 0]):  # not a raw version 3 chunk
+            continue
+        n = -(-struct.unpack_from("<Q", chunk, 8)[0] // PIECE)
+        plain, name = chunk[16 + 12 * n + 16:], bytes.fromhex(f.name)
+        h = xxhash.xxh3_128_intdigest(plain, seed=xxhash.xxh3_64_intdigest(name))
+        f.write_bytes(b"CKCH" + bytes([2, 0, 0, 0]) + struct.pack("<QQQ", len(plain), h & (2**64 - 1),
+                                                                  h >> 64) + plain)
+        rewritten += 1
+    assert rewritten >= 3
+    m = mounts(name="fresh")
+    path, off = os.path.join(m.path, "r"), 9 * MIB + 5000
+    assert random_preads(path, [off]) == [data[off:off + 4096]]
+    st = status(m)
+    assert st["chunks_fetched"] == 1 and st["pieces_fetched"] == 0, st
+    assert read_file(path) == data
 
 
 def test_sequential_reads_fetch_ahead_and_the_memory_tier_serves_rereads(mounts):

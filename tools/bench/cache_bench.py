@@ -538,7 +538,8 @@ def bench_randread(args, server):
     cache = ", ".join(f"{k} {counters[k] / MIB:.0f} MiB" if k.endswith(("_used", "_limit"))
                       else f"{k} {counters[k]}"
                       for k in ("cache_used", "cache_limit", "memory_used", "memory_limit",
-                                "hits_memory", "hits_disk", "misses", "evictions")
+                                "hits_memory", "hits_disk", "misses", "pieces_fetched", "chunks_fetched",
+                                "evictions")
                       if k in counters)
     lines = [
         f"{RAND_READS:,} preads of 4 KiB at random 4 KiB-aligned offsets (fixed seed, "
@@ -546,8 +547,9 @@ def bench_randread(args, server):
         f"a fresh cache: ckptfs with `--cache-size {CACHE_BOUND}`"
         + (" (its memory tier of decoded chunks at its default size)" if bound else
            " (**not in this build**: its cache was unbounded)")
-        + ", on its default 4 MiB blocks and on a bucket made with `--block-size 256K` (a miss "
-        "fetches a whole block)"
+        + ", on its default 4 MiB blocks and on a bucket made with `--block-size 256K` (a "
+        "random read fetches just the 64 KiB pieces of its chunk it touches, and keeps them in "
+        "the disk cache)"
         + f", rclone with `--vfs-cache-max-size {CACHE_BOUND}`, s3fs with its defaults (no "
         "bound: what it fetched stays in a temporary file while the file is open). A reader "
         f"stops after {RAND_SECONDS:.0f} s; its rate is over the reads it did. *Fetched* is what "
