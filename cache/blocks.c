@@ -45,10 +45,11 @@
  *      finishing late must not find "its" version and make it clean.
  *  12. A random read of a REMOTE block, or of a CLEAN one that lacks a
  *      piece it needs, fetches just the pieces it touches (remote.h): the
- *      block is CLEAN with those pieces added to have. Any other read, a
- *      read-ahead or a warm-up of such a block fetches the whole chunk,
- *      and have becomes NULL; a write that does not cover the whole block
- *      does the same first (rule 2).
+ *      block is CLEAN with those pieces added to have, if the budget has
+ *      room for them. Any other read, a read-ahead or a warm-up of such a
+ *      block fetches the whole chunk, and have becomes NULL (as rule 3
+ *      says, room permitting); a write that does not cover the whole
+ *      block fetches it first (rule 2).
  *
  * Freezing. The in-memory dirty table has an entry per DIRTY block with a
  * version, bumped by every write. blocks_freeze marks all entries frozen:
@@ -221,8 +222,8 @@ static int row_get(struct blocks *b, uint64_t ino, uint64_t idx, struct block *o
 }
 
 /* Caller holds the database lock. */
-static int row_set_have(struct blocks *b, uint64_t ino, uint64_t idx, int state,
-                        const uint8_t *name, const uint64_t *sums, const uint8_t *have)
+static int row_write(struct blocks *b, uint64_t ino, uint64_t idx, int state, const uint8_t *name,
+                     const uint64_t *sums, const uint8_t *have)
 {
     sqlite3_bind_int64(b->st_set, 1, (sqlite3_int64)ino);
     sqlite3_bind_int64(b->st_set, 2, (sqlite3_int64)idx);
@@ -245,7 +246,17 @@ static int row_set_have(struct blocks *b, uint64_t ino, uint64_t idx, int state,
 static int row_set_locked(struct blocks *b, uint64_t ino, uint64_t idx, int state,
                           const uint8_t *name, const uint64_t *sums)
 {
-    return row_set_have(b, ino, idx, state, name, sums, NULL);
+    return row_write(b, ino, idx, state, name, sums, NULL);
+}
+
+/* A CLEAN block with only the pieces have sets (NULL: all of them). */
+static int row_set_have(struct blocks *b, uint64_t ino, uint64_t idx, const uint8_t *name,
+                        const uint64_t *sums, const uint8_t *have)
+{
+    db_lock(b->db);
+    int rc = row_write(b, ino, idx, ST_CLEAN, name, sums, have);
+    db_unlock(b->db);
+    return rc;
 }
 
 static int row_set(struct blocks *b, uint64_t ino, uint64_t idx, int state, const uint8_t *name,
@@ -467,7 +478,8 @@ static uint64_t counted(const uint64_t *counter)
  * and the room to place the header so that the block starts aligned. */
 static size_t buf_size(const struct blocks *b)
 {
-    return b->bsize + 2 * BUFPOOL_ALIGN;
+    size_t most = remote_encoded_max(b->remote, b->bsize);
+    return (most + BUFPOOL_ALIGN - 1) / BUFPOOL_ALIGN * BUFPOOL_ALIGN + 2 * BUFPOOL_ALIGN;
 }
 
 /* A chunk's plaintext: len bytes at data, inside base (a memory tier buffer). */
@@ -972,10 +984,11 @@ static int keep_pieces(struct blocks *b, int fd, uint64_t ino, uint64_t idx, str
                        size_t first, size_t count, const uint8_t *buf)
 {
     size_t bytes = count * BLOCKS_PIECE;
-    int rc = space_reserve(b->space, bytes, 0);
+    uint64_t at = idx * b->bsize + first * BLOCKS_PIECE;
+    int rc = space_reserve(b->space, bytes, 0), was_clean = blk->state == ST_CLEAN;
     if (rc)
         return rc;
-    if (blk->state != ST_CLEAN) {
+    if (!was_clean) {
         blk->partial = 1;
         memset(blk->have, 0, sizeof blk->have);
         memset(blk->sums, 0, sizeof blk->sums);
@@ -987,12 +1000,13 @@ static int keep_pieces(struct blocks *b, int fd, uint64_t ino, uint64_t idx, str
     size_t all = 0;
     while (all < b->npieces && has_piece(blk, all))
         all++;
-    rc = write_local(fd, ino, idx * b->bsize + first * BLOCKS_PIECE, buf, bytes);
-    account(b, ino, fd);
+    rc = write_local(fd, ino, at, buf, bytes);
     if (rc == 0)
-        rc = row_set_have(b, ino, idx, ST_CLEAN, blk->name, blk->sums,
-                          all == b->npieces ? NULL : blk->have);
-    if (rc == 0) {
+        rc = row_set_have(b, ino, idx, blk->name, blk->sums, all == b->npieces ? NULL : blk->have);
+    if (rc) /* the row does not list them: they must not stay on disk unaccounted for */
+        punch(fd, ino, at, bytes);
+    account(b, ino, fd);
+    if (rc == 0 && !was_clean) { /* a miss, not a hit: only a block new to the list goes in */
         pthread_mutex_lock(&b->lock);
         policy_add(b->policy, ino, idx);
         pthread_mutex_unlock(&b->lock);

@@ -15,22 +15,25 @@
  *        6     1  piece shift: 16, pieces of 64 KiB
  *        7     1  reserved, 0
  *        8     8  plaintext length L, at most CODEC_MAX_CHUNK
- *       16    12  nonce                                       (ENCRYPTED only)
+ *       16    12  salt: random                                (ENCRYPTED only)
  *        H   4 n  each piece's stored length: its plaintext length if it is
  *                 stored raw, less if it is one zstd frame. H = 16, or 28
  *   H+4n     8 n  each piece's XXH3-64 (of its plaintext)      (not ENCRYPTED)
  *   I-16      16  the index's check, over bytes [0, I-16): their XXH3-128
  *                 seeded with the XXH3-64 of the name, low half first; or,
  *                 ENCRYPTED, a GCM tag of no plaintext, with those bytes and
- *                 the name as additional data, under nonce N(0)
+ *                 the name as additional data, under nonce 0
  *      I         piece 0's stored bytes, then (ENCRYPTED) its 16-byte GCM
  *                 tag; piece 1's; ... to the end of the chunk, exactly
  *
- * An ENCRYPTED piece i is the AES-256-GCM ciphertext of its stored bytes
- * under nonce N(i+1), with the name as additional data. N(k) is the chunk's
- * random nonce with k XORed into its last four bytes, big-endian: unique per
- * piece while the chunks' nonces are unique, and tied to the piece's place,
- * so a piece moved within its chunk or into another fails its tag.
+ * ENCRYPTED chunks each have their own AES-256 key, derived from the data
+ * key by HKDF-SHA-256 with the salt (info "ckptfs v3 chunk"); piece i is the
+ * GCM ciphertext of its stored bytes under that key and nonce i+1 (a 96-bit
+ * big-endian counter), with the name as additional data. Nonces are then
+ * unique by construction; two chunks share a key only if their 96-bit salts
+ * collide (below 2^-32 at 2^32 chunks); and one key seals at most 16385
+ * pieces, far inside GCM's limits. A piece moved within its chunk or into
+ * another fails its tag.
  *
  * How a fetched chunk is checked, and why that suffices:
  *   1. The index, by its check, before anything in it is believed: lengths
@@ -120,8 +123,9 @@ _Static_assert(CODEC_PIECE == (size_t)1 << PIECE_SHIFT, "the piece size is the f
  * memory for the life of the process. */
 #define SCRATCH_KEEP (64u << 20)
 
-#define INFO_NAME "ckptfs v1 name"
-#define INFO_DATA "ckptfs v1 data"
+#define INFO_NAME  "ckptfs v1 name"
+#define INFO_DATA  "ckptfs v1 data"
+#define INFO_CHUNK "ckptfs v3 chunk"
 
 /* EVP update calls take int lengths. */
 _Static_assert(CODEC_MAX_CHUNK <= INT_MAX, "a chunk must fit an int");
@@ -184,7 +188,8 @@ static int ossl_fail(int err, const char *what)
  * they are the object names) can bear on the other. No salt: the input is
  * already a uniformly random 256-bit key, and a fixed derivation keeps names
  * stable across mounts, which deduplication depends on. */
-static int derive(const uint8_t *key, const char *info, uint8_t out[CODEC_KEY_LEN])
+static int derive(const uint8_t *key, const uint8_t *salt, size_t slen, const char *info,
+                  uint8_t out[CODEC_KEY_LEN])
 {
     EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
     EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
@@ -195,8 +200,11 @@ static int derive(const uint8_t *key, const char *info, uint8_t out[CODEC_KEY_LE
         OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, CODEC_KEY_LEN),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, strlen(info)),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, slen),
         OSSL_PARAM_construct_end(),
     };
+    if (!salt) /* no salt: HKDF's default, zeros */
+        params[3] = OSSL_PARAM_construct_end();
     int ok = EVP_KDF_derive(kctx, out, CODEC_KEY_LEN, params);
     EVP_KDF_CTX_free(kctx);
     return ok == 1 ? 0 : ossl_fail(-EIO, "HKDF-SHA-256");
@@ -210,9 +218,9 @@ static int derive(const uint8_t *key, const char *info, uint8_t out[CODEC_KEY_LE
 static int setup_key(struct codec *c, const uint8_t *key)
 {
     uint8_t name_key[CODEC_KEY_LEN];
-    int rc = derive(key, INFO_NAME, name_key);
+    int rc = derive(key, NULL, 0, INFO_NAME, name_key);
     if (rc == 0)
-        rc = derive(key, INFO_DATA, c->data_key);
+        rc = derive(key, NULL, 0, INFO_DATA, c->data_key);
     if (rc == 0) {
         EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
         c->name_mac = mac ? EVP_MAC_CTX_new(mac) : NULL;
@@ -365,25 +373,33 @@ static size_t index_len(int encrypted, size_t plain)
     return header_len(encrypted) + pieces_of(plain) * (encrypted ? 4 : 12) + CHECK_LEN;
 }
 
-static void nonce_for(const uint8_t *nonce, uint32_t k, uint8_t out[NONCE_LEN])
+/* An encrypted chunk's own key, from its salt. */
+static int chunk_key(const struct codec *c, const uint8_t *salt, uint8_t key[CODEC_KEY_LEN])
 {
-    memcpy(out, nonce, NONCE_LEN);
-    for (int i = 0; i < 4; i++)
-        out[NONCE_LEN - 1 - i] ^= (uint8_t)(k >> (8 * i));
+    return derive(c->data_key, salt, NONCE_LEN, INFO_CHUNK, key);
 }
 
-/* AES-256-GCM of n bytes from in to out (in place if equal) with aad and
- * the name as additional data: encrypting (enc), writes the tag; else
- * checks it, -EBADMSG naming the chunk (hex) if it fails. */
-static int gcm(const struct codec *c, struct ws *w, int enc, const uint8_t nonce[NONCE_LEN],
-               const uint8_t *aad, size_t alen, const uint8_t name[CODEC_NAME_LEN],
-               const uint8_t *in, size_t n, uint8_t *out, uint8_t *tag, const char *hex)
+/* Nonce k under a chunk's key: k as a 96-bit big-endian counter. */
+static void nonce_for(uint32_t k, uint8_t out[NONCE_LEN])
+{
+    memset(out, 0, NONCE_LEN);
+    le_store(out + NONCE_LEN - 4, __builtin_bswap32(k), 4);
+}
+
+/* AES-256-GCM of n bytes from in to out (in place if equal) under key and
+ * nonce, with aad and the name as additional data: encrypting (enc),
+ * writes the tag; else checks it, -EBADMSG naming the chunk (hex) if it
+ * fails. */
+static int gcm(const struct codec *c, struct ws *w, int enc, const uint8_t *key,
+               const uint8_t nonce[NONCE_LEN], const uint8_t *aad, size_t alen,
+               const uint8_t name[CODEC_NAME_LEN], const uint8_t *in, size_t n, uint8_t *out,
+               uint8_t *tag, const char *hex)
 {
     EVP_CIPHER_CTX *x = ws_cipher(c, w, enc);
     int l;
     if (!x)
         return ossl_fail(-ENOMEM, "AES-256-GCM setup");
-    if (EVP_CipherInit_ex2(x, NULL, NULL, nonce, enc, NULL) != 1 ||
+    if (EVP_CipherInit_ex2(x, NULL, key, nonce, enc, NULL) != 1 ||
         (!enc && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) != 1) ||
         (alen && EVP_CipherUpdate(x, NULL, &l, aad, (int)alen) != 1) ||
         EVP_CipherUpdate(x, NULL, &l, name, CODEC_NAME_LEN) != 1 ||
@@ -427,9 +443,9 @@ static int deflate_piece(const struct codec *c, struct ws *w, const void *src, s
 
 /* Piece i of data at dst (room for its plaintext and a tag); its stored
  * length into the index. Returns the bytes written, or an error. */
-static ssize_t pack_piece(const struct codec *c, struct ws *w, const uint8_t *data, size_t len,
-                          const uint8_t name[CODEC_NAME_LEN], size_t i, uint8_t *chunk,
-                          uint8_t *dst, int *compressed)
+static ssize_t pack_piece(const struct codec *c, struct ws *w, const uint8_t *key,
+                          const uint8_t *data, size_t len, const uint8_t name[CODEC_NAME_LEN],
+                          size_t i, uint8_t *chunk, uint8_t *dst, int *compressed)
 {
     size_t hlen = header_len(c->keyed), n = pieces_of(len), plain = piece_len(len, i), stored = 0;
     const uint8_t *src = data + i * CODEC_PIECE;
@@ -447,15 +463,17 @@ static ssize_t pack_piece(const struct codec *c, struct ws *w, const uint8_t *da
         return (ssize_t)stored;
     }
     uint8_t nonce[NONCE_LEN];
-    nonce_for(chunk + OFF_NONCE, (uint32_t)i + 1, nonce);
-    int rc = gcm(c, w, 1, nonce, NULL, 0, name, packed ? dst : src, stored, dst, dst + stored, "");
+    nonce_for((uint32_t)i + 1, nonce);
+    int rc =
+        gcm(c, w, 1, key, nonce, NULL, 0, name, packed ? dst : src, stored, dst, dst + stored, "");
     return rc ? rc : (ssize_t)(stored + TAG_LEN);
 }
 
-/* The index's check (rule 1 at the top), over the bytes before it. */
-static int index_check(const struct codec *c, struct ws *w, int enc, const uint8_t *chunk,
-                       size_t ilen, const uint8_t name[CODEC_NAME_LEN], uint8_t *check,
-                       const char *hex)
+/* The index's check (rule 1 at the top), over the bytes before it; key is
+ * the chunk's own, if it is encrypted. */
+static int index_check(const struct codec *c, struct ws *w, int enc, const uint8_t *key,
+                       const uint8_t *chunk, size_t ilen, const uint8_t name[CODEC_NAME_LEN],
+                       uint8_t *check, const char *hex)
 {
     if (!(chunk[OFF_FLAGS] & F_ENCRYPTED)) {
         uint8_t sum[CHECK_LEN];
@@ -468,8 +486,8 @@ static int index_check(const struct codec *c, struct ws *w, int enc, const uint8
         return 0;
     }
     uint8_t nonce[NONCE_LEN];
-    nonce_for(chunk + OFF_NONCE, 0, nonce);
-    return gcm(c, w, enc, nonce, chunk, ilen - CHECK_LEN, name, NULL, 0, NULL, check, hex);
+    nonce_for(0, nonce);
+    return gcm(c, w, enc, key, nonce, chunk, ilen - CHECK_LEN, name, NULL, 0, NULL, check, hex);
 }
 
 /* Writes the encoded chunk at dst (room for encode_room bytes). */
@@ -477,25 +495,30 @@ static int pack(const struct codec *c, struct ws *w, const uint8_t *data, size_t
                 const uint8_t name[CODEC_NAME_LEN], uint8_t *dst, size_t *total)
 {
     size_t ilen = index_len(c->keyed, len), pos = ilen;
-    int compressed = 0;
+    int compressed = 0, rc = 0;
+    uint8_t key[CODEC_KEY_LEN];
     memcpy(dst, MAGIC, MAGIC_LEN);
     dst[OFF_VERSION] = VERSION;
     dst[OFF_SHIFT] = PIECE_SHIFT;
     dst[OFF_SHIFT + 1] = 0;
     le_store(dst + OFF_LENGTH, len, 8);
-    /* Random 96-bit nonces: at 2^32 chunks per key the chance of a repeat is
-     * still below 2^-32, and no nonce state has to survive a crash. */
+    /* A random salt, hence a key of its own: no nonce state has to survive
+     * a crash (the top of the file says why this suffices). */
     if (c->keyed && RAND_bytes(dst + OFF_NONCE, NONCE_LEN) != 1)
-        return ossl_fail(-EIO, "drawing a random nonce");
-    for (size_t i = 0; i < pieces_of(len); i++) {
-        ssize_t put = pack_piece(c, w, data, len, name, i, dst, dst + pos, &compressed);
-        if (put < 0)
-            return (int)put;
-        pos += (size_t)put;
+        return ossl_fail(-EIO, "drawing a random salt");
+    if (c->keyed && (rc = chunk_key(c, dst + OFF_NONCE, key)) != 0)
+        return rc;
+    for (size_t i = 0; rc == 0 && i < pieces_of(len); i++) {
+        ssize_t put = pack_piece(c, w, key, data, len, name, i, dst, dst + pos, &compressed);
+        rc = put < 0 ? (int)put : 0;
+        pos += put < 0 ? 0 : (size_t)put;
     }
     dst[OFF_FLAGS] = (uint8_t)((compressed ? F_COMPRESSED : 0) | (c->keyed ? F_ENCRYPTED : 0));
     *total = pos;
-    return index_check(c, w, 1, dst, ilen, name, dst + ilen - CHECK_LEN, "");
+    if (rc == 0)
+        rc = index_check(c, w, 1, key, dst, ilen, name, dst + ilen - CHECK_LEN, "");
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
 }
 
 /* The most an encoding of len bytes takes: every piece raw. */
@@ -580,8 +603,8 @@ static int parse(const struct codec *c, const uint8_t *p, size_t len, const char
 static int open_chunk(const struct codec *c, struct ws *w, const struct hdr *h,
                       const uint8_t name[CODEC_NAME_LEN], uint8_t *dst, const char *hex)
 {
-    return gcm(c, w, 0, h->start + OFF_NONCE, h->start, h->hlen, name, h->payload, h->payload_len,
-               dst, (uint8_t *)h->tag, hex);
+    return gcm(c, w, 0, c->data_key, h->start + OFF_NONCE, h->start, h->hlen, name, h->payload,
+               h->payload_len, dst, (uint8_t *)h->tag, hex);
 }
 
 /* Before anything is reserved for it: exactly one frame, spanning the
@@ -713,13 +736,15 @@ static int unpack_in_place(const struct codec *c, struct ws *w, const struct hdr
 struct codec_index {
     unsigned flags;
     size_t plain, n, ilen;
-    uint8_t nonce[NONCE_LEN];
+    uint8_t key[CODEC_KEY_LEN]; /* the chunk's own, if ENCRYPTED */
     uint64_t *off;  /* n + 1 of them: piece i is bytes [off[i], off[i+1]) of the chunk */
     uint64_t *sums; /* n of them; none when ENCRYPTED */
 };
 
 void codec_index_free(struct codec_index *ix)
 {
+    if (ix)
+        OPENSSL_cleanse(ix->key, sizeof ix->key);
     free(ix);
 }
 
@@ -791,18 +816,27 @@ static int parse_index(const struct codec *c, struct ws *w, const uint8_t *p, si
         *need = ilen;
         return 1;
     }
-    if ((rc = index_check(c, w, 0, p, ilen, name, (uint8_t *)p + ilen - CHECK_LEN, hex)) != 0)
+    uint8_t key[CODEC_KEY_LEN] = { 0 };
+    if ((flags & F_ENCRYPTED) && (rc = chunk_key(c, p + OFF_NONCE, key)) != 0)
         return rc;
+    if ((rc = index_check(c, w, 0, key, p, ilen, name, (uint8_t *)p + ilen - CHECK_LEN, hex))) {
+        OPENSSL_cleanse(key, sizeof key);
+        return rc;
+    }
     struct codec_index *ix = calloc(1, sizeof *ix + (2 * n + 1) * sizeof(uint64_t));
+    if (ix)
+        memcpy(ix->key, key, sizeof key);
+    OPENSSL_cleanse(key, sizeof key);
     if (!ix)
         return err_set(-ENOMEM, "no memory for the index of chunk %s", hex);
-    *ix = (struct codec_index){ .flags = flags, .plain = plain, .n = n, .ilen = ilen };
+    ix->flags = flags;
+    ix->plain = plain;
+    ix->n = n;
+    ix->ilen = ilen;
     ix->off = (uint64_t *)(ix + 1);
     ix->sums = ix->off + n + 1;
-    if (flags & F_ENCRYPTED)
-        memcpy(ix->nonce, p + OFF_NONCE, NONCE_LEN);
     if ((rc = place_pieces(p, hex, ix)) != 0) {
-        free(ix);
+        codec_index_free(ix);
         return rc;
     }
     *out = ix;
@@ -821,12 +855,13 @@ static int decode_piece(const struct codec *c, struct ws *w, const struct codec_
     size_t plain = piece_len(ix->plain, i);
     if (enc) {
         uint8_t nonce[NONCE_LEN], *to = dst;
-        nonce_for(ix->nonce, (uint32_t)i + 1, nonce);
+        nonce_for((uint32_t)i + 1, nonce);
         if (stored < plain && buf_reserve(&w->scratch, stored))
             return err_set(-ENOMEM, "no memory to decode chunk %s", hex);
         if (stored < plain)
             to = w->scratch.data;
-        rc = gcm(c, w, 0, nonce, NULL, 0, name, src, stored, to, (uint8_t *)src + stored, hex);
+        rc = gcm(c, w, 0, ix->key, nonce, NULL, 0, name, src, stored, to, (uint8_t *)src + stored,
+                 hex);
         src = to;
     }
     if (rc == 0 && stored < plain)
@@ -987,6 +1022,11 @@ ssize_t codec_decode_pieces(struct codec *c, const struct codec_index *ix,
     return rc ? rc : (ssize_t)((end < ix->plain ? end : ix->plain) - first * CODEC_PIECE);
 }
 
+size_t codec_encoded_max(const struct codec *c, size_t plain)
+{
+    return encode_room(c, plain);
+}
+
 size_t codec_raw_offset(const struct codec *c, size_t plain)
 {
     return index_len(c->keyed, plain);
@@ -994,7 +1034,7 @@ size_t codec_raw_offset(const struct codec *c, size_t plain)
 
 static int is_v3(const uint8_t *p, size_t len)
 {
-    return len > OFF_VERSION && memcmp(p, MAGIC, MAGIC_LEN) == 0 && p[OFF_VERSION] == VERSION;
+    return len >= HDR3_PLAIN && memcmp(p, MAGIC, MAGIC_LEN) == 0 && p[OFF_VERSION] == VERSION;
 }
 
 int codec_decode_in_place(struct codec *c, struct buf *chunk, const uint8_t name[CODEC_NAME_LEN],

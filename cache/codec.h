@@ -66,6 +66,10 @@ int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t na
 int codec_decode(struct codec *c, const void *enc, size_t len, const uint8_t name[CODEC_NAME_LEN],
                  struct buf *out);
 
+/* The most bytes a chunk of plain bytes takes encoded, in any version this
+ * build reads: what to fetch one into. */
+size_t codec_encoded_max(const struct codec *c, size_t plain);
+
 /* The bytes before the plaintext in a chunk of plain bytes that this codec
  * stores raw (not compressed, not encrypted): where a reader can place the
  * chunk so the plaintext lands aligned. */
@@ -119,7 +123,7 @@ void codec_index_span(const struct codec_index *ix, size_t first, size_t count, 
  * CODEC_PIECE bytes), each checked as
  * codec_decode checks a chunk. Returns the plaintext bytes written (the
  * chunk's last piece may be short), or -EBADMSG (damaged, or len is not
- * their span), -ENOMEM. */
+ * their span), -ENOMEM, -EIO (OpenSSL failed). */
 ssize_t codec_decode_pieces(struct codec *c, const struct codec_index *ix,
                             const uint8_t name[CODEC_NAME_LEN], size_t first, size_t count,
                             const void *enc, size_t len, void *out);

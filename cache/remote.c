@@ -166,6 +166,11 @@ size_t remote_raw_offset(const struct remote *r, size_t plain)
     return codec_raw_offset(r->codec, plain);
 }
 
+size_t remote_encoded_max(const struct remote *r, size_t plain)
+{
+    return codec_encoded_max(r->codec, plain);
+}
+
 /* ---- pieces ---- */
 
 static uint64_t half(const uint8_t *name, int second)
@@ -236,14 +241,29 @@ static int fetch_index(struct remote *r, const uint8_t name[CODEC_NAME_LEN], con
     buf_free(&head);
     if (rc == 1)
         rc = err_set(-EBADMSG, "truncated (shorter than its index)");
+    if (rc == 0 && codec_index_plain(*ix) > max_plain) { /* as remote_fetch's callers check */
+        rc = err_set(-EBADMSG, "holds %zu bytes, more than the %zu expected",
+                     codec_index_plain(*ix), max_plain);
+        codec_index_free(*ix);
+    }
     return rc;
 }
 
-/* The chunk's index, from the ring or fetched; -ENOTSUP if it has none. */
-static int index_of(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const char *key,
-                    size_t max_plain, struct known **out)
+/* Takes a stale index out of the ring (if it is still there). */
+static void known_forget(struct remote *r, struct known *k)
 {
-    struct known *k = known_get(r, name);
+    pthread_mutex_lock(&r->lock);
+    if (hmap_get(r->indexes, half(k->name, 0), half(k->name, 1)) == k)
+        hmap_del(r->indexes, half(k->name, 0), half(k->name, 1));
+    pthread_mutex_unlock(&r->lock);
+}
+
+/* The chunk's index, from the ring (unless fresh is set) or fetched;
+ * -ENOTSUP if it has none. */
+static int index_of(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const char *key,
+                    size_t max_plain, int fresh, struct known **out)
+{
+    struct known *k = fresh ? NULL : known_get(r, name);
     if (!k) {
         struct codec_index *ix = NULL;
         int rc = fetch_index(r, name, key, max_plain, &ix);
@@ -265,26 +285,45 @@ static int index_of(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const 
     return err_set(-ENOTSUP, "made by an older version, without pieces");
 }
 
+/* The pieces by index k: their span fetched and decoded. */
+static ssize_t pieces_by(struct remote *r, const struct known *k, const char *key, size_t first,
+                         size_t *count, uint8_t *out)
+{
+    struct buf enc = { 0 };
+    uint64_t off, len;
+    size_t n = codec_index_pieces(k->ix);
+    *count = first < n ? (*count < n - first ? *count : n - first) : 0;
+    codec_index_span(k->ix, first, *count, &off, &len);
+    int rc = *count ? store_get(r->store, key, off, len, &enc) : 0;
+    ssize_t plain =
+        rc ? rc
+           : codec_decode_pieces(r->codec, k->ix, k->name, first, *count, enc.data, enc.len, out);
+    buf_free(&enc);
+    return plain;
+}
+
+/* A chunk put again (its content did not change, so its name did not) may
+ * be encoded anew: with a key, under a new salt. An index kept from before
+ * then no longer fits its bytes, which fail their check: such a failure is
+ * tried once more with a fresh index. */
 int remote_get_pieces(struct remote *r, const uint8_t name[CODEC_NAME_LEN], size_t max_plain,
                       size_t first, size_t count, uint8_t *out, size_t *got)
 {
     char key[82];
-    struct known *k = NULL;
-    struct buf enc = { 0 };
-    uint64_t off, len;
+    ssize_t plain = -EBADMSG;
+    size_t want = count;
     remote_chunk_key(name, key);
-    int rc = index_of(r, name, key, max_plain, &k);
-    if (rc)
-        return err_wrap(rc, "chunk %s", key);
-    size_t n = codec_index_pieces(k->ix);
-    count = first < n ? (count < n - first ? count : n - first) : 0;
-    codec_index_span(k->ix, first, count, &off, &len);
-    if (count)
-        rc = store_get(r->store, key, off, len, &enc);
-    ssize_t plain =
-        rc ? rc : codec_decode_pieces(r->codec, k->ix, name, first, count, enc.data, enc.len, out);
-    known_put(r, k);
-    buf_free(&enc);
+    for (int fresh = 0; plain == -EBADMSG && fresh < 2; fresh++) {
+        struct known *k = NULL;
+        int rc = index_of(r, name, key, max_plain, fresh, &k);
+        if (rc)
+            return err_wrap(rc, "chunk %s", key);
+        count = want;
+        plain = pieces_by(r, k, key, first, &count, out);
+        if (plain == -EBADMSG)
+            known_forget(r, k);
+        known_put(r, k);
+    }
     if (plain < 0)
         return err_wrap((int)plain, "chunk %s", key);
     add(&r->st.pieces_got, count);

@@ -64,12 +64,15 @@ int remote_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf 
 int remote_fetch(struct remote *r, const uint8_t name[CODEC_NAME_LEN], struct buf *chunk,
                  size_t *start, struct buf *spare, uint64_t *sums, size_t *nsums);
 
-/* codec_raw_offset of the chunks this fetches. */
+/* codec_raw_offset and codec_encoded_max of the chunks this fetches. */
 size_t remote_raw_offset(const struct remote *r, size_t plain);
+size_t remote_encoded_max(const struct remote *r, size_t plain);
 
 /* Pieces [first, first+count) of chunk name (codec.h), fetched alone: one
  * ranged GET, plus one for the chunk's index the first time (enough for a
- * chunk of max_plain bytes; kept for later calls). Their plaintext goes to
+ * chunk of max_plain bytes; a chunk that holds more is -EBADMSG). The index
+ * is kept for later calls, and fetched again if the pieces fail their
+ * check under it: the chunk may have been put again since, encoded anew. Their plaintext goes to
  * out (room for count * CODEC_PIECE bytes), *got bytes of it: fewer where
  * the chunk ends, 0 past its end. -ENOTSUP if the chunk has no pieces (made
  * by an older version: fetch it whole); else as remote_fetch. */

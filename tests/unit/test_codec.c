@@ -123,7 +123,9 @@ static uint8_t *copy_of(const void *p, size_t n)
 
 /* ---- an independent reader of the format ------------------------------- */
 
-static void derive(const uint8_t *key, const char *info, uint8_t out[32])
+/* HKDF-SHA-256 of key, with salt (12 bytes) or none. */
+static void derive_salted(const uint8_t *key, const uint8_t *salt, const char *info,
+                          uint8_t out[32])
 {
     EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
     EVP_KDF_CTX *k = EVP_KDF_CTX_new(kdf);
@@ -131,12 +133,19 @@ static void derive(const uint8_t *key, const char *info, uint8_t out[32])
         OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)key, 32),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, strlen(info)),
+        salt ? OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, 12)
+             : OSSL_PARAM_construct_end(),
         OSSL_PARAM_construct_end(),
     };
     if (EVP_KDF_derive(k, out, 32, params) != 1)
         abort();
     EVP_KDF_CTX_free(k);
     EVP_KDF_free(kdf);
+}
+
+static void derive(const uint8_t *key, const char *info, uint8_t out[32])
+{
+    derive_salted(key, NULL, info, out);
 }
 
 static void ref_name(const uint8_t *key, const void *data, size_t len, uint8_t name[32])
@@ -290,25 +299,24 @@ static size_t ref_index_len(int encrypted, size_t plain)
            CHECK_LEN;
 }
 
-/* N(k): the chunk's nonce with k XORed into its last four bytes, big-endian. */
-static void ref_nonce(const uint8_t nonce[12], uint32_t k, uint8_t out[12])
+/* Nonce k under a chunk's own key: k as a 96-bit big-endian counter. */
+static void ref_nonce(uint32_t k, uint8_t out[12])
 {
-    memcpy(out, nonce, 12);
-    out[8] ^= (uint8_t)(k >> 24);
-    out[9] ^= (uint8_t)(k >> 16);
-    out[10] ^= (uint8_t)(k >> 8);
-    out[11] ^= (uint8_t)k;
+    memset(out, 0, 12);
+    out[8] = (uint8_t)(k >> 24);
+    out[9] = (uint8_t)(k >> 16);
+    out[10] = (uint8_t)(k >> 8);
+    out[11] = (uint8_t)k;
 }
 
 /* A version 3 index as the layout defines it. */
 struct ref_index {
     int encrypted, compressed;
     size_t plain, n, ilen;
-    uint8_t dk[32];    /* the data key, when encrypted */
-    uint8_t nonce[12]; /* the chunk's, when encrypted */
-    uint32_t *stored;  /* n stored lengths */
-    uint64_t *sums;    /* n XXH3-64s, when not encrypted */
-    uint64_t *off;     /* n + 1: piece i (and its tag) is bytes [off[i], off[i+1]) */
+    uint8_t dk[32];   /* the chunk's own key, when encrypted */
+    uint32_t *stored; /* n stored lengths */
+    uint64_t *sums;   /* n XXH3-64s, when not encrypted */
+    uint64_t *off;    /* n + 1: piece i (and its tag) is bytes [off[i], off[i+1]) */
 };
 
 static void ref_index_free(struct ref_index *ix)
@@ -340,10 +348,10 @@ static int ref_index_read(const uint8_t *key, const uint8_t *enc, size_t len,
         return 0;
     size_t hlen = ix->encrypted ? HDR3_ENC : HDR3_PLAIN, clen = ix->ilen - CHECK_LEN;
     if (ix->encrypted) {
-        uint8_t n0[12];
-        derive(key, "ckptfs v1 data", ix->dk);
-        memcpy(ix->nonce, enc + 16, 12);
-        ref_nonce(ix->nonce, 0, n0);
+        uint8_t n0[12], data_key[32];
+        derive(key, "ckptfs v1 data", data_key);
+        derive_salted(data_key, enc + 16, "ckptfs v3 chunk", ix->dk);
+        ref_nonce(0, n0);
         if (!ref_open(ix->dk, n0, enc, clen, name, NULL, 0, enc + clen, NULL))
             return 0;
     } else {
@@ -382,7 +390,7 @@ static int ref_piece(const struct ref_index *ix, const uint8_t name[32], size_t 
     int ok = 1;
     if (ix->encrypted) {
         uint8_t nonce[12];
-        ref_nonce(ix->nonce, (uint32_t)(i + 1), nonce);
+        ref_nonce((uint32_t)(i + 1), nonce);
         ok = ref_open(ix->dk, nonce, NULL, 0, name, src, s, src + s, b);
     } else {
         memcpy(b, src, s);
@@ -1813,8 +1821,8 @@ static const struct {
       "656c6c6f2c206368756e6b" },
     { "v3 encrypted, raw", 1, HELLO,
       "78edc17f198095fc7d272fe678b575eb3afe2a6a07ab2e8f007c2dca673bbed5",
-      "434b4348030210000c00000000000000e6ccc2f7890f5b49606e7c300c00000098df666410eb45f64094a3b286"
-      "503c0b1e946854f682a84441e0f9a6ab7192744563632c04ccafd34e158de5" },
+      "434b4348030210000c000000000000003fe344298c224276ec3cdf220c000000f6b0ed00f3235ce002cdf6dac2"
+      "0f2969d105b7142c194eb72e03dcdb87a7a7c8e7fe14e29133143949704f75" },
 };
 
 static size_t golden_bytes(size_t i, uint8_t *enc)
