@@ -662,6 +662,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 #define READ_SLACK (4 * FS_MAX_READ)
 
+/* A read smaller than this that does not continue the last is random: the
+ * kernel asks for a page, or a first read-ahead of a few, for one random
+ * access, and for 128 KiB at least for a stream, even one of several
+ * streams through one file that take turns (which look like jumps). */
+#define RANDOM_READ ((size_t)128 << 10)
+
 /* Whether a read at off continues one that ended at next, give or take the
  * kernel's own read-ahead, served out of order by several threads. */
 static int continues(uint64_t next, uint64_t off)
@@ -693,7 +699,7 @@ static unsigned read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t 
     } else {
         in->ra_window = 0;
         in->ra_upto = 0;
-        random = BLOCKS_RANDOM;
+        random = len < RANDOM_READ ? BLOCKS_RANDOM : 0;
     }
     in->ra_next = end > in->ra_next || !in->ra_window ? end : in->ra_next;
     pthread_mutex_unlock(&in->lock);
@@ -707,7 +713,7 @@ static unsigned read_ahead(struct fs *fs, uint64_t ino, uint64_t size, uint64_t 
 static unsigned version_read(struct handle *h, uint64_t off, size_t len)
 {
     uint64_t next = __atomic_exchange_n(&h->version_next, off + len, __ATOMIC_RELAXED);
-    return continues(next, off) ? 0 : BLOCKS_RANDOM;
+    return continues(next, off) || len >= RANDOM_READ ? 0 : BLOCKS_RANDOM;
 }
 
 /* A read copied into a buffer and replied: of the file as it is (of size

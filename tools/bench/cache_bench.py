@@ -272,6 +272,18 @@ def ranged_get(server, bucket, key, part=4 * MIB, jobs=8):
     return get_all(client, bucket, ranges, jobs)[0]
 
 
+def get_latency(server, bucket, key, size=64 << 10, count=100, seed=2):
+    """Median seconds of one ranged GET of size bytes at a random offset, one at a time
+    (boto3): what a reader waits for on each miss."""
+    client, rng, took = server.client(), random.Random(seed), []
+    end = client.head_object(Bucket=bucket, Key=key)["ContentLength"] - size
+    for _ in range(count):
+        at = rng.randrange(end)
+        took.append(timed(lambda: client.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={at}-{at + size - 1}")["Body"].read()))
+    return statistics.median(took)
+
+
 def get_all(client, bucket, gets, jobs):
     """Runs the (key, range or None) GETs, jobs in flight: (MB/s, share of a CPU busy)."""
     got = [0] * len(gets)
@@ -287,6 +299,18 @@ def get_all(client, bucket, gets, jobs):
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         secs = timed(lambda: list(pool.map(get, range(len(gets)))))
     return sum(got) / 1e6 / secs, (time.process_time() - cpu) / secs
+
+
+def disk_usage(root):
+    """What a directory holds on disk (st_blocks, as du counts), files that vanish skipped."""
+    total = 0
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def random_reads(path, count=RAND_READS, limit=RAND_SECONDS, seed=1):
@@ -505,12 +529,16 @@ SMALL = "ckptfs, 256K blocks"  # randread: a bucket made with --block-size 256K
 def bench_randread(args, server):
     readers = PEERS[:1] + (SMALL,) + PEERS[1:]
     tally, daemon, done, counters = Tally(server, readers), Daemon(), {p: [] for p in readers}, {}
+    held = {p: [] for p in readers}  # what its cache directory held on disk after the reads
+    latency = []  # a ranged GET's, per run
     bound = ckptfs_has("--cache-size")
     small = "bench-rand-small"
 
-    def reads(peer, path):
+    def reads(peer, path, cache=None):
         rate, n = random_reads(path)
         done[peer].append(n)
+        if cache:
+            held[peer].append(disk_usage(cache))
         return rate
 
     with checkpoint_file(server, "rand") as (d, local, a, b), buckets(server, small):
@@ -521,17 +549,19 @@ def bench_randread(args, server):
             with ckptfs_at(server, a, f"{d}/cache", f"{d}/mnt",
                            *(("--cache-size", CACHE_BOUND) if bound else ())) as m:
                 with daemon.measure(m):
-                    tally.add("ckptfs", lambda: reads("ckptfs", f"{m.path}/{NAME}"))
+                    tally.add("ckptfs", lambda: reads("ckptfs", f"{m.path}/{NAME}", f"{d}/cache"))
                 counters = ckptfs_status(m)
             with ckptfs_at(server, small, f"{d}/cache-small", f"{d}/mnt", "--cache-size",
                            CACHE_BOUND) as m:
-                tally.add(SMALL, lambda: reads(SMALL, f"{m.path}/{NAME}"))
+                tally.add(SMALL, lambda: reads(SMALL, f"{m.path}/{NAME}", f"{d}/cache-small"))
             with rclone_at(server, b, d, f"{d}/rclone-cache-{run}", "--vfs-cache-max-size",
                            CACHE_BOUND) as mnt:
-                tally.add("rclone mount", lambda: reads("rclone mount", f"{mnt}/{NAME}"))
+                tally.add("rclone mount", lambda: reads("rclone mount", f"{mnt}/{NAME}",
+                                                        f"{d}/rclone-cache-{run}"))
             with s3fs_at(server, b, d) as mnt:
                 tally.add("s3fs", lambda: reads("s3fs", f"{mnt}/{NAME}"))
             tally.add("local disk", lambda: reads("local disk", local))
+            latency.append(get_latency(server, b, NAME))
             tally.progress("randread", run, args.runs)
     med = tally.median()
     disk = med["local disk"]
@@ -547,23 +577,30 @@ def bench_randread(args, server):
         f"a fresh cache: ckptfs with `--cache-size {CACHE_BOUND}`"
         + (" (its memory tier of decoded chunks at its default size)" if bound else
            " (**not in this build**: its cache was unbounded)")
-        + ", on its default 4 MiB blocks and on a bucket made with `--block-size 256K` (a "
-        "random read fetches just the 64 KiB pieces of its chunk it touches, and keeps them in "
-        "the disk cache)"
+        + ", on its default 4 MiB blocks (a random read fetches just the 64 KiB pieces of its "
+        "chunk it touches, and keeps them in the disk cache) and on a bucket made with "
+        "`--block-size 256K` (blocks under 1 MiB are fetched whole)"
         + f", rclone with `--vfs-cache-max-size {CACHE_BOUND}`, s3fs with its defaults (no "
         "bound: what it fetched stays in a temporary file while the file is open). A reader "
         f"stops after {RAND_SECONDS:.0f} s; its rate is over the reads it did. *Fetched* is what "
-        f"the Swift proxy sent. Median of {args.runs} runs, interleaved.", "",
-        "| reader | reads/s | reads done | vs local disk | MiB fetched |",
-        "|---|---:|---:|---:|---:|"]
+        f"the Swift proxy sent; *cache after* what the reader's cache directory held on disk "
+        f"when it stopped (du). Median of {args.runs} runs, interleaved.", "",
+        "| reader | reads/s | reads done | vs local disk | MiB fetched | cache after, MiB |",
+        "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v:.0f} | {statistics.median(done[k]):,.0f} | {ratio(v, disk)} | "
-              f"{mib(tally.down[k])} |" for k, v in med.items()]
+              f"{mib(tally.down[k])} | "
+              + (f"{statistics.median(held[k]) / MIB:.0f} |" if held[k] else "- |")
+              for k, v in med.items()]
     lines += [
         "", f"ckptfs does **{ratio(med['ckptfs'], disk)}** the local disk's random reads, "
         f"**{ratio(med['ckptfs'], med['rclone mount'])}** rclone's and "
         f"**{ratio(med['ckptfs'], med['s3fs'])}** s3fs's; with 256 KiB blocks "
         f"**{ratio(med[SMALL], disk)}**, {ratio(med[SMALL], med['rclone mount'])} and "
         f"{ratio(med[SMALL], med['s3fs'])}. "
+        + f"The server answers a 64 KiB ranged GET in {statistics.median(latency) * 1e3:.1f} ms "
+        "(boto3, one at a time, median), so a reader that misses a share m of its reads can do "
+        "at most 1 / (m x that) reads/s: a bound of a quarter of the file leaves m at 3/4 or more "
+        "(the readers whose cache holds more did not keep to the bound). "
         + daemon.text(sum(tally.down["ckptfs"]), "GiB fetched")
         + (f" Its cache after the last run (`ckptctl status`): {cache}." if cache else ""), "",
         chart("randread", {"random 4 KiB reads per second": med}, log=True), "",
