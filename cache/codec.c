@@ -88,8 +88,8 @@
 #include "util/le.h"
 #include "util/hex.h"
 
-#define MAGIC        "CKCH"
-#define MAGIC_LEN    4
+#define MAGIC        CODEC_MAGIC
+#define MAGIC_LEN    CODEC_MAGIC_LEN
 #define VERSION      3
 #define VERSION_2    2
 #define VERSION_1    1

@@ -35,6 +35,8 @@
 #define CODEC_KEY_LEN   32                 /* bytes in an encryption key (AES-256) */
 #define CODEC_MAX_CHUNK (1u << 30)         /* largest plaintext a chunk may hold */
 #define CODEC_PIECE     ((size_t)64 << 10) /* a chunk's pieces hold this many bytes */
+#define CODEC_MAGIC     "CKCH"             /* what every chunk starts with, in every version */
+#define CODEC_MAGIC_LEN 4
 
 struct codec;
 
