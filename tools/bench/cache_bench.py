@@ -449,7 +449,9 @@ def bench_coldread(args, server):
         "computes an MD5 of every GET that starts at byte 0 (to catch its own disk's rot) and "
         "of no other, so ranges past the first cost the server less than whole objects do; "
         "s3fs (10 MiB ranges) and rclone (its chunked reading) read the plain object in "
-        "ranges too. ckptfs also writes what it fetches into its disk cache, on the disk the "
+        "ranges too, and ckptfs fetches each chunk from its byte 4 (the first four are the "
+        "magic every chunk starts with; its own checks make the server's redundant). ckptfs "
+        "also writes what it fetches into its disk cache, on the disk the "
         "server reads from, so that the next mount reads it warm. *Fetched* is what the "
         "Swift proxy sent (its access log). Median of "
         f"{args.runs} runs, interleaved. MB/s = 10^6 bytes per second.", "",
