@@ -49,7 +49,9 @@
  *      room for them. Any other read, a read-ahead or a warm-up of such a
  *      block fetches the whole chunk, and have becomes NULL (as rule 3
  *      says, room permitting); a write that does not cover the whole
- *      block fetches it first (rule 2).
+ *      block fetches it first (rule 2). Random means under 128 KiB and
+ *      not continuing the last read (fs/ops.c); blocks under SPARSE_BLOCK
+ *      are fetched whole all the same.
  *
  * Freezing. The in-memory dirty table has an entry per DIRTY block with a
  * version, bumped by every write. blocks_freeze marks all entries frozen:
@@ -70,8 +72,9 @@
  *      up_version) and the seal takes that name without reading or hashing
  *      the block again. Partial blocks wait for the publish: their chunk's
  *      length depends on the file's size at the freeze.
- * Locks, in the order taken: a block's stripe lock, then b->lock, then the
- * database lock. A stripe lock serializes everything done to one block.
+ * Locks, in the order taken: a block's stripe lock, then the database lock,
+ * then b->lock (which is never held while another is taken). A stripe lock
+ * serializes everything done to one block.
  */
 #include "blocks.h"
 
@@ -1007,7 +1010,7 @@ static int keep_pieces(struct blocks *b, int fd, uint64_t ino, uint64_t idx, str
     rc = write_local(fd, ino, at, buf, bytes);
     if (rc == 0)
         rc = row_set_have(b, ino, idx, blk->name, blk->sums, all == b->npieces ? NULL : blk->have);
-    if (rc) /* the row does not list them: they must not stay on disk unaccounted for */
+    if (rc && !was_clean) /* unlisted, in a block no eviction would punch */
         punch(fd, ino, at, bytes);
     account(b, ino, fd);
     if (rc == 0 && !was_clean) { /* a miss, not a hit: only a block new to the list goes in */

@@ -141,8 +141,8 @@ struct ws {
     struct ws *next;
     ZSTD_CCtx *cctx; /* level already set */
     ZSTD_DCtx *dctx;
-    EVP_CIPHER_CTX *seal; /* keyed with data_key for encryption */
-    EVP_CIPHER_CTX *open; /* keyed with data_key for decryption */
+    EVP_CIPHER_CTX *seal; /* AES-256-GCM for encryption; keyed per call */
+    EVP_CIPHER_CTX *open; /* and for decryption */
     struct buf scratch;   /* decrypted compressed payload */
 };
 
@@ -183,11 +183,7 @@ static int ossl_fail(int err, const char *what)
 
 /* ---- keys and names ---------------------------------------------------- */
 
-/* One user key serves two purposes, naming and encrypting; each gets its own
- * derived key so that nothing learned about one use (HMAC outputs are public:
- * they are the object names) can bear on the other. No salt: the input is
- * already a uniformly random 256-bit key, and a fixed derivation keeps names
- * stable across mounts, which deduplication depends on. */
+/* HKDF-SHA-256 of a 256-bit key, with a salt of slen bytes or none. */
 static int derive(const uint8_t *key, const uint8_t *salt, size_t slen, const char *info,
                   uint8_t out[CODEC_KEY_LEN])
 {
@@ -210,7 +206,13 @@ static int derive(const uint8_t *key, const uint8_t *salt, size_t slen, const ch
     return ok == 1 ? 0 : ossl_fail(-EIO, "HKDF-SHA-256");
 }
 
-/* Names are keyed when encrypting because a plain SHA-256 of the plaintext
+/* One user key serves two purposes, naming and encrypting; each gets its own
+ * derived key so that nothing learned about one use (HMAC outputs are public:
+ * they are the object names) can bear on the other. No salt: the input is
+ * already a uniformly random 256-bit key, and a fixed derivation keeps names
+ * stable across mounts, which deduplication depends on.
+ *
+ * Names are keyed when encrypting because a plain SHA-256 of the plaintext
  * is an oracle: anyone who can list the bucket could hash a guessed chunk
  * (a known model file, a config with one unknown field) and look for that
  * name, learning the content without the key. An HMAC under a secret key
@@ -334,7 +336,7 @@ static ZSTD_DCtx *ws_dctx(struct ws *w)
     return w->dctx;
 }
 
-/* Keyed once; each chunk then only sets its nonce. */
+/* The cipher is fetched once; each call sets its key and nonce. */
 static EVP_CIPHER_CTX *ws_cipher(const struct codec *c, struct ws *w, int enc)
 {
     EVP_CIPHER_CTX **slot = enc ? &w->seal : &w->open;

@@ -150,19 +150,23 @@ int remote_put(struct remote *r, const uint8_t name[CODEC_NAME_LEN], const void 
  * Every chunk starts with the magic (codec.h), which is not asked for: a
  * GET from byte 0 to the end makes Swift check the whole object's MD5
  * against its disk, server CPU spent on what the chunk's own checks catch
- * anyway; a range from byte 4 it serves without. A different magic would
- * fail those checks all the same. */
+ * anyway; a range from byte 4 it serves without. So the stored magic is
+ * not checked here (ckptctl verify does): it carries nothing. */
 static int get_chunk(struct remote *r, const char *key, uint64_t len, struct buf *out)
 {
     size_t had = out->len;
+    if (len <= CODEC_MAGIC_LEN) /* nothing past the magic: as it is */
+        return store_get(r->store, key, 0, len, out);
     if (buf_append(out, CODEC_MAGIC, CODEC_MAGIC_LEN))
         return err_set(-ENOMEM, "no room for chunk %s", key);
     int rc = store_get(r->store, key, CODEC_MAGIC_LEN,
                        len == STORE_TO_END ? len : len - CODEC_MAGIC_LEN, out);
     if (rc == -ERANGE)
         rc = err_set(-EBADMSG, "truncated (shorter than a chunk's magic)");
-    if (rc)
+    if (rc) { /* as it was; the magic made it longer, so there is room for the NUL */
         out->len = had;
+        out->data[had] = 0;
+    }
     return rc;
 }
 
@@ -315,6 +319,8 @@ static ssize_t pieces_by(struct remote *r, const struct known *k, const char *ke
     *count = first < n ? (*count < n - first ? *count : n - first) : 0;
     codec_index_span(k->ix, first, *count, &off, &len);
     int rc = *count ? store_get(r->store, key, off, len, &enc) : 0;
+    if (rc == -ERANGE) /* shorter than the index says: put again since, or damaged */
+        rc = err_set(-EBADMSG, "pieces %zu to %zu lie past its end", first, first + *count);
     ssize_t plain =
         rc ? rc
            : codec_decode_pieces(r->codec, k->ix, k->name, first, *count, enc.data, enc.len, out);
