@@ -1046,6 +1046,15 @@ static int read_sparse(struct blocks *b, int fd, uint64_t ino, uint64_t idx, str
     return rc;
 }
 
+/* [pos, pos+n) of a block whose bytes are not here: by its pieces for a
+ * sparse read if its chunk has them, else the whole chunk. */
+static int read_missing(struct blocks *b, int fd, uint64_t ino, uint64_t idx, struct block *blk,
+                        uint64_t pos, size_t n, uint8_t *out, int sparse)
+{
+    int rc = sparse ? read_sparse(b, fd, ino, idx, blk, pos, n, out) : -ENOTSUP;
+    return rc != -ENOTSUP ? rc : read_remote(b, fd, ino, idx, blk, pos, n, out);
+}
+
 /* One block's part of a read, tier by tier; a sparse read (a random one)
  * fetches only the pieces it needs. Caller holds the block's stripe lock. */
 static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint64_t pos, size_t n,
@@ -1073,9 +1082,7 @@ static int read_block(struct blocks *b, int fd, uint64_t ino, uint64_t idx, uint
             return rc;
         blk.state = ST_REMOTE;
     }
-    if (sparse && (rc = read_sparse(b, fd, ino, idx, &blk, pos, n, out)) != -ENOTSUP)
-        return rc;
-    return read_remote(b, fd, ino, idx, &blk, pos, n, out);
+    return read_missing(b, fd, ino, idx, &blk, pos, n, out, sparse);
 }
 
 /* A file's chunks at one instant (blocks_version_get). Blocks past n are
@@ -1117,9 +1124,7 @@ static int read_versioned(struct blocks *b, const struct blocks_version *v, uint
     }
     blk = (struct block){ .state = ST_REMOTE };
     memcpy(blk.name, v->names[idx], CODEC_NAME_LEN);
-    if (sparse && (rc = read_sparse(b, -1, v->ino, idx, &blk, pos, n, out)) != -ENOTSUP)
-        return rc;
-    return read_remote(b, -1, v->ino, idx, &blk, pos, n, out);
+    return read_missing(b, -1, v->ino, idx, &blk, pos, n, out, sparse);
 }
 
 /* Reads of the file as it is (v NULL) or of version v, block by block. */

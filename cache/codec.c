@@ -552,6 +552,36 @@ int codec_encode(struct codec *c, const void *data, size_t len, const uint8_t na
 
 /* ---- decode ------------------------------------------------------------ */
 
+static int bad_version(unsigned version, const char *hex)
+{
+    return err_set(-EPROTONOSUPPORT,
+                   "chunk %s: format version %u is not one this build reads (%u to %u)", hex,
+                   version, VERSION_1, VERSION);
+}
+
+/* Whether a chunk's encryption is the codec's: any version. */
+static int check_keying(const struct codec *c, unsigned flags, const char *hex)
+{
+    if ((flags & F_ENCRYPTED) && !c->keyed)
+        return err_set(-ENOKEY, "chunk %s is encrypted and no key is configured", hex);
+    /* A codec with a key only writes encrypted chunks, so a plain one was
+     * put there by someone else, to be taken for ours. */
+    if (!(flags & F_ENCRYPTED) && c->keyed)
+        return err_set(-EBADMSG, "chunk %s: not encrypted, but a key is configured", hex);
+    return 0;
+}
+
+/* The plaintext length a header declares, if it is within the limit. */
+static int check_length(const uint8_t *p, const char *hex, size_t *plain)
+{
+    uint64_t l = le_load(p + OFF_LENGTH, 8);
+    if (l > CODEC_MAX_CHUNK)
+        return err_set(-EBADMSG, "chunk %s: damaged header (declares %llu bytes, over the limit)",
+                       hex, (unsigned long long)l);
+    *plain = (size_t)l;
+    return 0;
+}
+
 /* Checks everything that can be checked without the key or the payload's
  * content, in the order codec.h promises, so that nothing is allocated or
  * decrypted on the word of a header that does not add up. */
@@ -564,24 +594,20 @@ static int parse(const struct codec *c, const uint8_t *p, size_t len, const char
         return err_set(-EBADMSG, "chunk %s: not a ckptfs chunk (bad magic)", hex);
     h->version = p[OFF_VERSION];
     if (h->version != VERSION_2 && h->version != VERSION_1)
-        return err_set(-EPROTONOSUPPORT,
-                       "chunk %s: format version %u is not one this build reads (%u to %u)", hex,
-                       h->version, VERSION_1, VERSION);
+        return bad_version(h->version, hex);
     h->flags = p[OFF_FLAGS];
     if ((h->flags & ~F_KNOWN) || p[OFF_RESERVED] || p[OFF_RESERVED + 1])
         return err_set(-EBADMSG, "chunk %s: damaged header (unknown flags 0x%02x)", hex, h->flags);
 
     int encrypted = h->flags & F_ENCRYPTED;
-    uint64_t plain = le_load(p + OFF_LENGTH, 8);
     h->start = p;
     h->hlen = encrypted ? HDR_ENC : h->version == VERSION_1 ? HDR_V1 : HDR_PLAIN;
     size_t tlen = encrypted ? TAG_LEN : 0;
     if (len < h->hlen + tlen)
         return err_set(-EBADMSG, "chunk %s: truncated (%zu bytes)", hex, len);
-    if (plain > CODEC_MAX_CHUNK)
-        return err_set(-EBADMSG, "chunk %s: damaged header (declares %llu bytes, over the limit)",
-                       hex, (unsigned long long)plain);
-    h->plain_len = (size_t)plain;
+    int rc = check_length(p, hex, &h->plain_len);
+    if (rc)
+        return rc;
     h->payload = p + h->hlen;
     h->payload_len = len - h->hlen - tlen;
     h->tag = h->payload + h->payload_len;
@@ -591,14 +617,7 @@ static int parse(const struct codec *c, const uint8_t *p, size_t len, const char
     if (!fits)
         return err_set(-EBADMSG, "chunk %s: truncated or damaged (%zu payload bytes for %zu)", hex,
                        h->payload_len, h->plain_len);
-
-    if (encrypted && !c->keyed)
-        return err_set(-ENOKEY, "chunk %s is encrypted and no key is configured", hex);
-    /* A codec with a key only writes encrypted chunks, so a plain one was
-     * put there by someone else, to be taken for ours. */
-    if (!encrypted && c->keyed)
-        return err_set(-EBADMSG, "chunk %s: not encrypted, but a key is configured", hex);
-    return 0;
+    return check_keying(c, h->flags, hex);
 }
 
 /* Decrypts into dst and checks the tag; dst has room for payload_len. */
@@ -755,21 +774,11 @@ static int parse_header3(const struct codec *c, const uint8_t *p, const char *he
                          size_t *plain)
 {
     *flags = p[OFF_FLAGS];
-    uint64_t l = le_load(p + OFF_LENGTH, 8);
     if ((*flags & ~F_KNOWN) || p[OFF_SHIFT] != PIECE_SHIFT || p[OFF_SHIFT + 1])
         return err_set(-EBADMSG, "chunk %s: damaged header (flags 0x%02x, piece shift %u)", hex,
                        *flags, p[OFF_SHIFT]);
-    if (l > CODEC_MAX_CHUNK)
-        return err_set(-EBADMSG, "chunk %s: damaged header (declares %llu bytes, over the limit)",
-                       hex, (unsigned long long)l);
-    *plain = (size_t)l;
-    if ((*flags & F_ENCRYPTED) && !c->keyed)
-        return err_set(-ENOKEY, "chunk %s is encrypted and no key is configured", hex);
-    /* A codec with a key only writes encrypted chunks, so a plain one was
-     * put there by someone else, to be taken for ours. */
-    if (!(*flags & F_ENCRYPTED) && c->keyed)
-        return err_set(-EBADMSG, "chunk %s: not encrypted, but a key is configured", hex);
-    return 0;
+    int rc = check_length(p, hex, plain);
+    return rc ? rc : check_keying(c, *flags, hex);
 }
 
 /* The pieces' places from their checked lengths. */
@@ -807,9 +816,7 @@ static int parse_index(const struct codec *c, struct ws *w, const uint8_t *p, si
         return err_set(-ENOTSUP, "chunk %s: a version %u chunk has no piece index", hex,
                        p[OFF_VERSION]);
     if (p[OFF_VERSION] != VERSION)
-        return err_set(-EPROTONOSUPPORT,
-                       "chunk %s: format version %u is not one this build reads (%u to %u)", hex,
-                       p[OFF_VERSION], VERSION_1, VERSION);
+        return bad_version(p[OFF_VERSION], hex);
     int rc = parse_header3(c, p, hex, &flags, &plain);
     if (rc)
         return rc;
@@ -991,13 +998,20 @@ size_t codec_index_pieces(const struct codec_index *ix)
     return ix->n;
 }
 
-void codec_index_span(const struct codec_index *ix, size_t first, size_t count, uint64_t *off,
-                      uint64_t *len)
+/* Cuts [*first, *first + *count) to the chunk's pieces. */
+static void cut(const struct codec_index *ix, size_t *first, size_t *count)
 {
-    first = first < ix->n ? first : ix->n;
-    count = count < ix->n - first ? count : ix->n - first;
+    *first = *first < ix->n ? *first : ix->n;
+    *count = *count < ix->n - *first ? *count : ix->n - *first;
+}
+
+size_t codec_index_span(const struct codec_index *ix, size_t first, size_t count, uint64_t *off,
+                        uint64_t *len)
+{
+    cut(ix, &first, &count);
     *off = ix->off[first];
     *len = ix->off[first + count] - ix->off[first];
+    return count;
 }
 
 ssize_t codec_decode_pieces(struct codec *c, const struct codec_index *ix,
@@ -1007,8 +1021,7 @@ ssize_t codec_decode_pieces(struct codec *c, const struct codec_index *ix,
     char hex[2 * CODEC_NAME_LEN + 1];
     uint64_t off, want;
     codec_name_hex(name, hex);
-    first = first < ix->n ? first : ix->n;
-    count = count < ix->n - first ? count : ix->n - first;
+    cut(ix, &first, &count);
     codec_index_span(ix, first, count, &off, &want);
     if (len != want)
         return err_set(-EBADMSG, "chunk %s: pieces %zu to %zu are %llu bytes, not %zu", hex, first,

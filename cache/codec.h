@@ -116,9 +116,9 @@ size_t codec_index_plain(const struct codec_index *ix);
 size_t codec_index_pieces(const struct codec_index *ix);
 
 /* Where the bytes of pieces [first, first+count) lie in the chunk: *len
- * bytes from *off. count is cut at the last piece. */
-void codec_index_span(const struct codec_index *ix, size_t first, size_t count, uint64_t *off,
-                      uint64_t *len);
+ * bytes from *off. The run is cut at the last piece; returns its count. */
+size_t codec_index_span(const struct codec_index *ix, size_t first, size_t count, uint64_t *off,
+                        uint64_t *len);
 
 /* Decodes pieces [first, first+count) from enc, the len bytes of their span
  * (count cut as codec_index_span cuts it), into out (room for count *

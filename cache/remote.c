@@ -213,6 +213,14 @@ static void known_put(struct remote *r, struct known *k)
     }
 }
 
+/* Takes k out of the map if the map still finds it there (a newer entry for
+ * the same chunk may have replaced it). Caller holds r->lock. */
+static void unmap(struct remote *r, const struct known *k)
+{
+    if (hmap_get(r->indexes, half(k->name, 0), half(k->name, 1)) == k)
+        hmap_del(r->indexes, half(k->name, 0), half(k->name, 1));
+}
+
 static struct known *known_get(struct remote *r, const uint8_t name[CODEC_NAME_LEN])
 {
     pthread_mutex_lock(&r->lock);
@@ -237,8 +245,8 @@ static void known_add(struct remote *r, struct known *k)
         old = r->ring[r->next];
         r->ring[r->next] = k;
         r->next = (r->next + 1) % INDEXES;
-        if (old && hmap_get(r->indexes, half(old->name, 0), half(old->name, 1)) == old)
-            hmap_del(r->indexes, half(old->name, 0), half(old->name, 1));
+        if (old)
+            unmap(r, old);
     }
     pthread_mutex_unlock(&r->lock);
     if (old)
@@ -277,8 +285,7 @@ static int fetch_index(struct remote *r, const uint8_t name[CODEC_NAME_LEN], con
 static void known_forget(struct remote *r, struct known *k)
 {
     pthread_mutex_lock(&r->lock);
-    if (hmap_get(r->indexes, half(k->name, 0), half(k->name, 1)) == k)
-        hmap_del(r->indexes, half(k->name, 0), half(k->name, 1));
+    unmap(r, k);
     pthread_mutex_unlock(&r->lock);
 }
 
@@ -315,9 +322,7 @@ static ssize_t pieces_by(struct remote *r, const struct known *k, const char *ke
 {
     struct buf enc = { 0 };
     uint64_t off, len;
-    size_t n = codec_index_pieces(k->ix);
-    *count = first < n ? (*count < n - first ? *count : n - first) : 0;
-    codec_index_span(k->ix, first, *count, &off, &len);
+    *count = codec_index_span(k->ix, first, *count, &off, &len);
     int rc = *count ? store_get(r->store, key, off, len, &enc) : 0;
     if (rc == -ERANGE) /* shorter than the index says: put again since, or damaged */
         rc = err_set(-EBADMSG, "pieces %zu to %zu lie past its end", first, first + *count);

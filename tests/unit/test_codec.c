@@ -1035,6 +1035,20 @@ static void test_keys(void)
     codec_free(none);
 }
 
+/* Chunk a with the n bytes at from put at its offset at (in e, a's room)
+ * must not decode, and out must stay as it was. */
+static void expect_spliced_fails(struct codec *c, const struct buf *a, uint8_t *e, size_t at,
+                                 const uint8_t *from, size_t n, const uint8_t name[32],
+                                 const char *d, const char *what)
+{
+    struct buf out = prefilled(), before = prefilled();
+    memcpy(e, a->data, a->len);
+    memcpy(e + at, from, n);
+    CHECK_ERR(decode_copy(c, e, a->len, name, &out), -EBADMSG, &out, &before, "%s: %s", d, what);
+    buf_free(&out);
+    buf_free(&before);
+}
+
 /* Pieces are tied to their place: swapped within their chunk, or taken from
  * another chunk, they fail (by their nonce, or by the sums in the index). */
 static void test_moved_pieces(void)
@@ -1062,22 +1076,16 @@ static void test_moved_pieces(void)
         CHECK_ERR(decode_copy(c, e, a.len, name, &out), -EBADMSG, &out, &before,
                   "%s: pieces 0 and 1 swapped", d);
 
-        memcpy(e, a.data, a.len);
-        memcpy(e + ix.off[1], b.data + ix.off[1], plen);
-        CHECK_ERR(decode_copy(c, e, a.len, name, &out), -EBADMSG, &out, &before,
-                  "%s: piece 1 of another chunk", d);
+        expect_spliced_fails(c, &a, e, ix.off[1], b.data + ix.off[1], plen, name, d,
+                             "piece 1 of another chunk");
 
         if (key) {
             /* The index of one encoding, the pieces of another of the same data. */
             CHECK(a2.len == a.len && memcmp(a2.data, a.data, a.len) != 0, "%s: same bytes", d);
-            memcpy(e, a.data, ix.ilen);
-            memcpy(e + ix.ilen, a2.data + ix.ilen, a.len - ix.ilen);
-            CHECK_ERR(decode_copy(c, e, a.len, name, &out), -EBADMSG, &out, &before,
-                      "%s: pieces of another encoding", d);
-            memcpy(e, a.data, a.len);
-            memcpy(e + ix.off[2], a2.data + ix.off[2], plen);
-            CHECK_ERR(decode_copy(c, e, a.len, name, &out), -EBADMSG, &out, &before,
-                      "%s: piece 2 of another encoding", d);
+            expect_spliced_fails(c, &a, e, ix.ilen, a2.data + ix.ilen, a.len - ix.ilen, name, d,
+                                 "pieces of another encoding");
+            expect_spliced_fails(c, &a, e, ix.off[2], a2.data + ix.off[2], plen, name, d,
+                                 "piece 2 of another encoding");
         } else {
             CHECK(a2.len == a.len && memcmp(a2.data, a.data, a.len) == 0,
                   "%s: two encodings differ", d);
