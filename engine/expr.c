@@ -67,45 +67,53 @@ static void logic(enum op op, const struct value *a, const struct value *b, stru
         *out = (struct value){ .t = T_BOOLEAN, .b = !decided };
 }
 
+/* e's value: a constant or a column where it lies (WHERE's usual operands
+ * cost no call and no copy), anything else evaluated into tmp. */
+static const struct value *operand(const struct expr *e, const struct value *row, struct value *tmp)
+{
+    if (e->op == E_CONST)
+        return &e->k;
+    if (e->op == E_COLUMN)
+        return &row[e->column];
+    expr_eval(e, row, tmp);
+    return tmp;
+}
+
+/* NOT and unary minus. */
+static void negate(const struct value *a, struct value *out)
+{
+    *out = *a;
+    if (a->t == T_BOOLEAN)
+        out->b = !a->b;
+    else if (a->t == T_BIGINT && a->i == INT64_MIN)
+        out->t = T_NULL;
+    else if (a->t == T_BIGINT)
+        out->i = -a->i;
+    else if (a->t == T_DOUBLE)
+        out->d = -a->d;
+}
+
 void expr_eval(const struct expr *e, const struct value *row, struct value *out)
 {
-    struct value a, b;
-    switch (e->op) {
-    case E_CONST:
-        *out = e->k;
+    struct value ta, tb;
+    if (e->op == E_CONST || e->op == E_COLUMN) {
+        *out = *operand(e, row, out);
         return;
-    case E_COLUMN:
-        *out = row[e->column];
-        return;
-    default:
-        break;
     }
-    expr_eval(e->a, row, &a);
+    const struct value *a = operand(e->a, row, &ta);
     if (e->op == E_IS_NULL || e->op == E_IS_NOT_NULL) {
-        *out = (struct value){ .t = T_BOOLEAN, .b = (a.t == T_NULL) == (e->op == E_IS_NULL) };
+        *out = (struct value){ .t = T_BOOLEAN, .b = (a->t == T_NULL) == (e->op == E_IS_NULL) };
         return;
     }
-    if (e->op == E_NOT || e->op == E_NEG) {
-        *out = a;
-        if (a.t == T_BOOLEAN)
-            out->b = !a.b;
-        else if (a.t == T_BIGINT && a.i == INT64_MIN)
-            out->t = T_NULL;
-        else if (a.t == T_BIGINT)
-            out->i = -a.i;
-        else if (a.t == T_DOUBLE)
-            out->d = -a.d;
-        return;
-    }
-    expr_eval(e->b, row, &b);
+    if (e->op == E_NOT || e->op == E_NEG)
+        return negate(a, out);
+    const struct value *b = operand(e->b, row, &tb);
     if (e->op == E_AND || e->op == E_OR)
-        return logic(e->op, &a, &b, out);
-    if (a.t == T_NULL || b.t == T_NULL) {
+        logic(e->op, a, b, out);
+    else if (a->t == T_NULL || b->t == T_NULL)
         out->t = T_NULL;
-        return;
-    }
-    if (e->op >= E_EQ)
-        *out = (struct value){ .t = T_BOOLEAN, .b = compare(e->op, value_cmp(&a, &b)) };
+    else if (e->op >= E_EQ)
+        *out = (struct value){ .t = T_BOOLEAN, .b = compare(e->op, value_cmp(a, b)) };
     else
-        arith(e->op, &a, &b, e->type, out);
+        arith(e->op, a, b, e->type, out);
 }

@@ -22,8 +22,15 @@
 /* A longer line is malformed, not a reason to use all memory. */
 #define MAX_LINE ((size_t)16 << 20)
 
+/* What the parse-ahead thread reads: fixed while the input is open. */
+struct parser {
+    const struct table *t;
+    struct input_prep prep;
+};
+
 struct input {
     const struct table *t;
+    struct parser parser;
     const char *path;
     int fd, json, skip_errors, header;
     int http;        /* changes come from input_push, not a file */
@@ -52,7 +59,7 @@ struct input {
 
 static int parse_plain(const void *ctx, const char *line, size_t len, struct value *row);
 
-int input_open(const struct table *t, struct input **out)
+int input_open(const struct table *t, const struct input_prep *prep, struct input **out)
 {
     const char *conn = option_get(t->opts, t->nopts, "connector");
     const char *path = option_get(t->opts, t->nopts, "path");
@@ -78,13 +85,15 @@ int input_open(const struct table *t, struct input **out)
         return err_set(-EINVAL, "table %s: 'append_only' is '%s', neither 'true' nor 'false'",
                        t->name, append);
     struct input *in = calloc(1, sizeof *in);
-    struct value *row = calloc(t->ncols, sizeof *row);
+    size_t extra = prep ? prep->extra : 0;
+    struct value *row = calloc(t->ncols + extra, sizeof *row);
     if (!in || !row) {
         free(in);
         free(row);
         return -ENOMEM;
     }
     *in = (struct input){ .t = t,
+                          .parser = { t, prep ? *prep : (struct input_prep){ 0 } },
                           .path = http ? "POST /ingress" : path,
                           .http = http,
                           .fd = -1,
@@ -96,7 +105,8 @@ int input_open(const struct table *t, struct input **out)
                           .skip_errors = on_error && !strcmp(on_error, "skip"),
                           .append_only = table_append_only(t),
                           .header = header && !strcmp(header, "true") };
-    int rc = http || in->json ? 0 : ahead_new(t->ncols, parse_plain, t, &in->ahead);
+    int rc =
+        http || in->json ? 0 : ahead_new(t->ncols + extra, parse_plain, &in->parser, &in->ahead);
     if (rc == -ENOMEM) {
         input_close(in);
         return rc;
@@ -168,11 +178,22 @@ static int csv_plain(const struct table *t, const char *s, size_t len, struct va
     }
 }
 
+static void prepare(const struct parser *p, struct value *row)
+{
+    if (p->prep.fn)
+        p->prep.fn(p->prep.ctx, row);
+}
+
+/* The parse-ahead thread's: ctx is a struct parser. */
 static int parse_plain(const void *ctx, const char *line, size_t len, struct value *row)
 {
+    const struct parser *p = ctx;
     if (len && line[len - 1] == '\r')
         len--;
-    return csv_plain(ctx, line, len, row);
+    if (csv_plain(p->t, line, len, row))
+        return -1;
+    prepare(p, row);
+    return 0;
 }
 
 /* One CSV line. A quoted field is unescaped in a copy of the line: the
@@ -294,8 +315,12 @@ static int one_line(struct input *in, char *s, size_t len, input_fn fn, void *ar
         return 0;
     const struct value *row = in->ahead ? ahead_take(in->ahead, in->pos, len) : NULL;
     rc = row ? 0 : in->json ? json_line(in, s, len, &keep, &weight) : csv_line(in, s, len);
+    if (rc == 0 && !row) {
+        prepare(&in->parser, in->row);
+        row = in->row;
+    }
     if (rc == 0)
-        rc = fn(arg, row ? row : in->row, weight);
+        rc = fn(arg, row, weight);
     json_decref(keep);
     if (rc == -EBADMSG && in->skip_errors) {
         log_warn("%s (skipped)", err_msg(rc));

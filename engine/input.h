@@ -27,12 +27,24 @@
 
 struct input;
 
+/* What the consumer of the rows does with a row alone, done where the row
+ * is parsed: on the parse-ahead thread for a line it parsed, else just
+ * before the row is passed on. fn fills row[ncols .. ncols + extra) from
+ * row[0 .. ncols); it may read nothing else but ctx, which must not change
+ * while the input is open. */
+struct input_prep {
+    void (*fn)(const void *ctx, struct value *row);
+    const void *ctx;
+    size_t extra;
+};
+
 /* -EINVAL naming the option if the table's WITH options are not a file
- * connector's. */
-int input_open(const struct table *t, struct input **out);
+ * connector's. prep may be NULL: rows are the table's columns alone. */
+int input_open(const struct table *t, const struct input_prep *prep, struct input **out);
 void input_close(struct input *in);
 
-/* Called with each change read: row (valid during the call) and +1 or -1. */
+/* Called with each change read: row (valid during the call: the table's
+ * columns, then prep's values) and +1 or -1. */
 typedef int (*input_fn)(void *arg, const struct value *row, int weight);
 
 /* Reads up to max changes that are complete in the file now. Returns how

@@ -62,6 +62,7 @@
 #include "util/arena.h"
 #include "util/err.h"
 #include "util/le.h"
+#include "util/slab.h"
 
 struct entry { /* a bag's value and its multiplicity */
     struct value v;
@@ -126,9 +127,9 @@ struct slot {
 #define QUEUE 16 /* a power of two */
 
 /* A queued insert (invariant 5): what it needs of its row, evaluated, in a
- * row of its own (row_init: the strings copied too, since the input's go
- * with the input's row): the GROUP BY values, then per state its argument.
- * The buffer is reused by the next insert. */
+ * row of its own (row_init: the strings copied too, if the view has any,
+ * since the input's go with the input's row): the GROUP BY values, then
+ * per state its argument. The buffer is reused by the next insert. */
 struct queued {
     uint64_t hash;
     struct buf row;
@@ -148,15 +149,18 @@ struct ivm {
     size_t ntouched, touched_cap;
     struct queued queue[QUEUE]; /* invariant 5 */
     uint64_t queued, applied;   /* inserts ever queued and applied: queue[n % QUEUE] */
-    struct value *values;       /* a row's key and args, being evaluated (key_and_args) */
+    struct value *values;       /* a change's key and args (key_and_args) */
+    struct value *prep;         /* a change being prepared (ivm_change) */
     struct value *scratch;      /* an output row being built */
     unsigned char *loaded;      /* per state: read already from the record being loaded */
     struct group **dirty;       /* invariant 4 */
     size_t ndirty, dirty_cap;
     struct row **tombs;
     size_t ntombs, tombs_cap;
-    struct arena step; /* the touched groups' `before` rows, until the flush */
-    int extremes_only; /* the table is append-only: bags keep their extremes */
+    struct arena step;   /* the touched groups' `before` rows, until the flush */
+    int extremes_only;   /* the table is append-only: bags keep their extremes */
+    int strings;         /* a key or an argument may be a VARCHAR */
+    struct slab *blocks; /* the groups' blocks, if a key has no strings: all of one size */
 };
 
 /* ---- bags ---- */
@@ -299,7 +303,10 @@ static void group_free(const struct ivm *m, struct group *g)
     for (size_t s = 0; s < m->nstates; s++)
         if (m->states[s].kind == K_BAG)
             bag_free(bag_of(m, g, s));
-    free(g);
+    if (m->blocks)
+        slab_put(m->blocks, g);
+    else
+        free(g);
 }
 
 static void place(struct slot *slots, size_t n, uint64_t h, struct group *g)
@@ -313,13 +320,13 @@ static void place(struct slot *slots, size_t n, uint64_t h, struct group *g)
 static int grow_slots(struct ivm *m)
 {
     size_t n = m->nslots ? m->nslots * 2 : 1024;
-    struct slot *slots = calloc(n, sizeof *slots);
+    struct slot *slots = huge_calloc(n * sizeof *slots);
     if (!slots)
         return -ENOMEM;
     for (size_t i = 0; i < m->nslots; i++)
         if (m->slots[i].g)
             place(slots, n, m->slots[i].hash, m->slots[i].g);
-    free(m->slots);
+    huge_free(m->slots, m->nslots * sizeof *m->slots);
     m->slots = slots;
     m->nslots = n;
     return 0;
@@ -338,7 +345,8 @@ static struct group *add_group(struct ivm *m, const struct value *key, uint64_t 
 {
     if (2 * (m->ngroups + 1) > m->nslots && grow_slots(m))
         return NULL;
-    struct group *g = calloc(1, m->key_at + row_size(key, m->v->ngroup));
+    struct group *g =
+        m->blocks ? slab_get(m->blocks) : calloc(1, m->key_at + row_size(key, m->v->ngroup));
     if (!g)
         return NULL;
     row_init(key_of(m, g), key, m->v->ngroup);
@@ -530,13 +538,43 @@ static int apply(struct ivm *m, const struct value *key, uint64_t h, const struc
     return rc;
 }
 
-/* The key and the states' arguments of a row; returns the key's hash. */
-static uint64_t key_and_args(const struct ivm *m, const struct value *row, struct value *key,
-                             struct value *args)
+/* ---- prepared changes ----
+ *
+ * A prepared change (ivm_prepare) is one value beside its row: the group
+ * key's hash as a BIGINT, or NULL if the row fails WHERE. One value, since
+ * rows parsed ahead wait in memory for the step; the aggregates' arguments
+ * are read from the row when the change is applied.
+ */
+
+size_t ivm_prep_width(const struct view *v)
+{
+    (void)v;
+    return 1;
+}
+
+void ivm_prepare(const struct view *v, const struct value *row, struct value *prep)
+{
+    uint64_t h = ROW_HASH_SEED;
+    if (v->where) {
+        expr_eval(v->where, row, prep);
+        if (prep->t != T_BOOLEAN || !prep->b) {
+            prep->t = T_NULL;
+            return;
+        }
+    }
+    for (size_t i = 0; i < v->ngroup; i++) /* row_hash of the key */
+        h = value_hash(&row[v->group[i]], h);
+    *prep = (struct value){ .t = T_BIGINT, .i = (int64_t)h };
+}
+
+/* The group's key and the states' arguments of a row, in out: the key,
+ * then an argument per state. */
+static void key_and_args(const struct ivm *m, const struct value *row, struct value *out)
 {
     const struct view *v = m->v;
+    struct value *args = out + v->ngroup;
     for (size_t i = 0; i < v->ngroup; i++)
-        key[i] = row[v->group[i]];
+        out[i] = row[v->group[i]];
     for (size_t s = 0; s < m->nstates; s++) {
         const struct expr *e = v->items[m->states[s].item].arg;
         if (e->op == E_COLUMN) /* the usual argument: no call for it */
@@ -544,13 +582,15 @@ static uint64_t key_and_args(const struct ivm *m, const struct value *row, struc
         else
             expr_eval(e, row, &args[s]);
     }
-    return row_hash(key, v->ngroup);
 }
 
+/* Every cache line of [p, p + n): a block from malloc starts anywhere in
+ * a line, so its last bytes may lie a line further than n / 64 lines on. */
 static void prefetch_lines(const void *p, size_t n)
 {
-    for (size_t off = 0; off < n; off += 64)
-        __builtin_prefetch((const char *)p + off);
+    uintptr_t line = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + n;
+    for (; line < end; line += 64)
+        __builtin_prefetch((const void *)line);
 }
 
 /* Invariant 5: the group of the insert queued QUEUE/2 ago. */
@@ -583,39 +623,46 @@ static int drain(struct ivm *m)
     return rc;
 }
 
-static int enqueue(struct ivm *m, const struct value *row)
+static int enqueue(struct ivm *m, const struct value *row, const struct value *prep)
 {
     struct queued *q = &m->queue[m->queued % QUEUE];
     size_t n = m->v->ngroup + m->nstates;
-    q->hash = key_and_args(m, row, m->values, m->values + m->v->ngroup);
-    buf_reset(&q->row);
-    if (buf_reserve(&q->row, row_size(m->values, n)))
-        return -ENOMEM;
-    row_init((struct row *)q->row.data, m->values, n);
+    q->hash = (uint64_t)prep->i;
+    if (m->strings) {
+        key_and_args(m, row, m->values);
+        buf_reset(&q->row);
+        if (buf_reserve(&q->row, row_size(m->values, n)))
+            return -ENOMEM;
+        row_init((struct row *)q->row.data, m->values, n);
+    } else /* the row's room was made by ivm_new */
+        key_and_args(m, row, ((struct row *)q->row.data)->v);
     __builtin_prefetch(&m->slots[q->hash & (m->nslots - 1)]);
     m->queued++;
     prefetch_group(m);
     return m->queued - m->applied == QUEUE ? apply_queued(m) : 0;
 }
 
-int ivm_change(struct ivm *m, const struct value *row, int weight)
+int ivm_change_prepared(struct ivm *m, const struct value *row, const struct value *prep,
+                        int weight)
 {
     const struct view *v = m->v;
-    struct value keep;
     if (weight < 0 && m->extremes_only)
         return err_set(-EINVAL, "view %s: table %s is append-only: no deletes", v->name,
                        v->from->name);
-    if (v->where) {
-        expr_eval(v->where, row, &keep);
-        if (keep.t != T_BOOLEAN || !keep.b)
-            return 0;
-    }
-    int rc = weight > 0 ? enqueue(m, row) : drain(m);
+    if (prep->t == T_NULL) /* WHERE said no */
+        return 0;
+    int rc = weight > 0 ? enqueue(m, row, prep) : drain(m);
     if (rc == 0 && weight < 0) {
-        struct value *key = m->values, *args = key + v->ngroup;
-        rc = apply(m, key, key_and_args(m, row, key, args), args, weight);
+        key_and_args(m, row, m->values);
+        rc = apply(m, m->values, (uint64_t)prep->i, m->values + v->ngroup, weight);
     }
     return rc ? err_wrap(rc, "view %s", v->name) : 0;
+}
+
+int ivm_change(struct ivm *m, const struct value *row, int weight)
+{
+    ivm_prepare(m->v, row, m->prep);
+    return ivm_change_prepared(m, row, m->prep, weight);
 }
 
 /* One touched group's changes; the group goes if it no longer exists. */
@@ -671,6 +718,26 @@ uint64_t ivm_groups(const struct ivm *m)
     return m->ngroups;
 }
 
+/* Without strings, what is copied is of one size: a key's group blocks
+ * come from a slab, and a queued insert's row has its room made once. */
+static int sizes_init(struct ivm *m)
+{
+    const struct view *v = m->v;
+    size_t n = v->ngroup + m->nstates;
+    for (size_t i = 0; i < v->ngroup; i++)
+        m->strings |= v->from->cols[v->group[i]].type == T_VARCHAR;
+    if (!m->strings && slab_new(m->block_bytes, &m->blocks))
+        return -ENOMEM;
+    for (size_t s = 0; s < m->nstates; s++)
+        m->strings |= v->items[m->states[s].item].arg->type == T_VARCHAR;
+    for (size_t i = 0; !m->strings && i < QUEUE; i++) {
+        if (buf_reserve(&m->queue[i].row, sizeof(struct row) + n * sizeof(struct value)))
+            return -ENOMEM;
+        ((struct row *)m->queue[i].row.data)->n = n;
+    }
+    return 0;
+}
+
 static int same_arg(const struct expr *a, const struct expr *b)
 {
     return a == b || (a->op == E_COLUMN && b->op == E_COLUMN && a->column == b->column);
@@ -682,6 +749,7 @@ static int layout_init(struct ivm *m)
 {
     const struct view *v = m->v;
     if (!(m->values = calloc(v->ngroup + v->nitems + 1, sizeof *m->values)) ||
+        !(m->prep = calloc(ivm_prep_width(v), sizeof *m->prep)) ||
         !(m->state_of = calloc(v->nitems + 1, sizeof *m->state_of)) ||
         !(m->states = calloc(v->nitems + 1, sizeof *m->states)) ||
         !(m->loaded = calloc(v->nitems + 1, 1)))
@@ -703,7 +771,7 @@ static int layout_init(struct ivm *m)
     }
     m->key_at = at;
     m->block_bytes = at + sizeof(struct row) + v->ngroup * sizeof(struct value);
-    return 0;
+    return sizes_init(m);
 }
 
 /* Every offset in a group's block stays aligned for what lies there. */
@@ -753,12 +821,14 @@ void ivm_free(struct ivm *m)
     free(m->dirty);
     free(m->touched);
     free(m->values);
+    free(m->prep);
     free(m->state_of);
     free(m->states);
     free(m->loaded);
     for (size_t i = 0; i < QUEUE; i++)
         buf_free(&m->queue[i].row);
-    free(m->slots);
+    slab_free(m->blocks);
+    huge_free(m->slots, m->nslots * sizeof *m->slots);
     free(m->scratch);
     arena_free(&m->step);
     free(m);

@@ -28,6 +28,17 @@ void ivm_free(struct ivm *m);
 /* A row of the view's table inserted (weight 1) or deleted (-1). */
 int ivm_change(struct ivm *m, const struct value *row, int weight);
 
+/* What a change needs of its row alone (whether it passes WHERE, its
+ * group's hash), worked out apart: a pure function of the view, so that a
+ * thread parsing rows ahead can do it (input_prep). prep has room for
+ * ivm_prep_width(v) values. */
+size_t ivm_prep_width(const struct view *v);
+void ivm_prepare(const struct view *v, const struct value *row, struct value *prep);
+
+/* ivm_change of a row and its ivm_prepare. */
+int ivm_change_prepared(struct ivm *m, const struct value *row, const struct value *prep,
+                        int weight);
+
 /* One output change: a row of the view's nitems values, and +1 or -1. */
 typedef int (*ivm_emit_fn)(void *arg, const struct value *row, int weight);
 

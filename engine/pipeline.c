@@ -15,8 +15,18 @@
 #include "util/buf.h"
 #include "util/err.h"
 
+/* A table's rows are prepared for its views (ivm_prepare) where they are
+ * parsed: after the table's columns, each view's prepared change in turn. */
+struct table_views {
+    const struct program *g;
+    const struct table *t;
+    const size_t *at; /* per view of t: where its prepared change starts */
+};
+
 struct pipeline {
     struct program *prog;
+    struct table_views *tv;  /* per table: the parse-ahead thread reads it */
+    size_t *prep_at;         /* per view: table_views' at */
     struct input **inputs;   /* per table; NULL for a table without a connector */
     struct ivm **views;      /* per view */
     struct output **outputs; /* per view; NULL for a view without a connector */
@@ -71,21 +81,46 @@ static int read_program(const char *path, char **text)
     return 0;
 }
 
+static void prepare(const void *ctx, struct value *row)
+{
+    const struct table_views *tv = ctx;
+    for (size_t i = 0; i < tv->g->nviews; i++)
+        if (tv->g->views[i].from == tv->t)
+            ivm_prepare(&tv->g->views[i], row, row + tv->at[i]);
+}
+
+/* Lays out table i's rows: its columns, then its views' prepared changes. */
+static struct input_prep layout_rows(struct pipeline *p, size_t i)
+{
+    const struct program *g = p->prog;
+    size_t at = g->tables[i]->ncols;
+    p->tv[i] = (struct table_views){ g, g->tables[i], p->prep_at };
+    for (size_t v = 0; v < g->nviews; v++)
+        if (g->views[v].from == g->tables[i]) {
+            p->prep_at[v] = at;
+            at += ivm_prep_width(&g->views[v]);
+        }
+    return (struct input_prep){ prepare, &p->tv[i], at - g->tables[i]->ncols };
+}
+
 static int open_connectors(struct pipeline *p)
 {
     struct program *g = p->prog;
     size_t nv = g->nviews ? g->nviews : 1;
+    p->tv = calloc(g->ntables + 1, sizeof *p->tv);
+    p->prep_at = calloc(nv, sizeof *p->prep_at);
     p->inputs = calloc(g->ntables + 1, sizeof *p->inputs);
     p->views = calloc(nv, sizeof *p->views);
     p->outputs = calloc(nv, sizeof *p->outputs);
     p->expect = calloc(nv, sizeof *p->expect);
-    if (!p->inputs || !p->views || !p->outputs || !p->expect)
+    if (!p->tv || !p->prep_at || !p->inputs || !p->views || !p->outputs || !p->expect)
         return -ENOMEM;
     int rc = 0;
     for (size_t i = 0; rc == 0 && i < g->ntables; i++) {
+        struct input_prep prep = layout_rows(p, i);
         if (!option_get(g->tables[i]->opts, g->tables[i]->nopts, "connector"))
             continue;
-        rc = input_open(g->tables[i], &p->inputs[i]);
+        rc = input_open(g->tables[i], &prep, &p->inputs[i]);
         if (rc == 0 && p->ft == FT_EXACTLY_ONCE)
             input_hash_spans(p->inputs[i]);
     }
@@ -241,6 +276,8 @@ void pipeline_close(struct pipeline *p)
     free(p->expect);
     free(p->names);
     free(p->inputs);
+    free(p->tv);
+    free(p->prep_at);
     free(p->views);
     free(p->outputs);
     program_free(p->prog);
@@ -364,17 +401,17 @@ void pipeline_each_view(struct pipeline *p,
 
 struct applying {
     struct pipeline *p;
-    const struct table *t;
+    const struct table_views *tv;
 };
 
-/* A change of table t goes to every view of t. */
+/* A change of a table goes to every view of it, prepared (prepare()). */
 static int apply(void *arg, const struct value *row, int weight)
 {
-    struct applying *a = arg;
-    struct program *g = a->p->prog;
-    for (size_t i = 0; i < g->nviews; i++)
-        if (g->views[i].from == a->t) {
-            int rc = ivm_change(a->p->views[i], row, weight);
+    const struct applying *a = arg;
+    const struct table_views *tv = a->tv;
+    for (size_t i = 0; i < tv->g->nviews; i++)
+        if (tv->g->views[i].from == tv->t) {
+            int rc = ivm_change_prepared(a->p->views[i], row, row + tv->at[i], weight);
             if (rc)
                 return rc;
         }
@@ -469,7 +506,7 @@ static int take_inputs(struct pipeline *p, size_t batch, size_t *taken)
 {
     *taken = 0;
     for (size_t i = 0; i < p->prog->ntables; i++) {
-        struct applying a = { p, p->prog->tables[i] };
+        struct applying a = { p, &p->tv[i] };
         if (!p->inputs[i])
             continue;
         input_begin_step(p->inputs[i]);
@@ -547,7 +584,7 @@ static int replay_input(struct pipeline *p, size_t i, const struct journal_entry
 {
     const char *name = p->prog->tables[i]->name;
     const struct journal_input *j = input_named(e, name);
-    struct applying a = { p, p->prog->tables[i] };
+    struct applying a = { p, &p->tv[i] };
     struct input_span s;
     if (!j)
         return err_set(-EBADMSG,

@@ -32,7 +32,7 @@ static int sign(double x)
     return (x > 0) - (x < 0);
 }
 
-int value_cmp(const struct value *a, const struct value *b)
+int value_order(const struct value *a, const struct value *b)
 {
     if (a->t == T_NULL || b->t == T_NULL)
         return (a->t != T_NULL) - (b->t != T_NULL);
@@ -304,7 +304,7 @@ void row_free(struct row *r)
 
 uint64_t row_hash(const struct value *v, size_t n)
 {
-    uint64_t h = 0x5bd1e995;
+    uint64_t h = ROW_HASH_SEED;
     for (size_t i = 0; i < n; i++)
         h = value_hash(&v[i], h);
     return h;

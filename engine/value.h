@@ -34,8 +34,15 @@ _Static_assert(sizeof(struct value) == 16, "a value is 16 bytes");
 const char *type_name(enum type t);
 
 /* Total order within a type (numbers compared across BIGINT and DOUBLE;
- * NULL before everything), as MIN, MAX and grouping need it. */
-int value_cmp(const struct value *a, const struct value *b);
+ * NULL before everything), as MIN, MAX and grouping need it. Integers of
+ * one type are compared inline: a step compares them per record. */
+int value_order(const struct value *a, const struct value *b);
+static inline int value_cmp(const struct value *a, const struct value *b)
+{
+    if (a->t == b->t && (a->t == T_BIGINT || a->t == T_TIMESTAMP))
+        return (a->i > b->i) - (a->i < b->i);
+    return value_order(a, b);
+}
 int value_eq(const struct value *a, const struct value *b);
 uint64_t value_hash(const struct value *v, uint64_t seed);
 
@@ -68,6 +75,8 @@ struct row *row_new(const struct value *v, size_t n);
 size_t row_size(const struct value *v, size_t n);
 struct row *row_init(struct row *r, const struct value *v, size_t n);
 void row_free(struct row *r);
+/* value_hash of each value in turn, from ROW_HASH_SEED. */
+#define ROW_HASH_SEED 0x5bd1e995
 uint64_t row_hash(const struct value *v, size_t n);
 int row_eq(const struct value *a, const struct value *b, size_t n);
 
