@@ -93,12 +93,19 @@ static char *exponent(char *p, int e)
     return p;
 }
 
+/* "00" to "99": digits come two a division. */
+const char digit_pairs[201] = "0001020304050607080910111213141516171819202122232425262728293031"
+                              "3233343536373839404142434445464748495051525354555657585960616263"
+                              "6465666768697071727374757677787980818283848586878889909192939495"
+                              "96979899";
+
 /* %g's layout of the digits of d * 10^(e-16). */
 static size_t layout(int neg, uint64_t d, int e, char *out)
 {
     char dig[17];
-    for (int i = 16; i >= 0; i--, d /= 10)
-        dig[i] = (char)('0' + d % 10);
+    for (int i = 15; i > 0; i -= 2, d /= 100) /* 10^16 <= d < 10^17: one digit is left */
+        memcpy(dig + i, digit_pairs + 2 * (d % 100), 2);
+    dig[0] = (char)('0' + d);
     int nd = 17;
     while (nd > 1 && dig[nd - 1] == '0')
         nd--;

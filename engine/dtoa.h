@@ -15,4 +15,7 @@
  * d must be finite. */
 size_t dtoa_17g(double d, char out[DTOA_MAX]);
 
+/* "00", "01" ... "99": a number's digits, two a division (integers too). */
+extern const char digit_pairs[201];
+
 #endif

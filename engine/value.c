@@ -54,11 +54,6 @@ int value_order(const struct value *a, const struct value *b)
     }
 }
 
-int value_eq(const struct value *a, const struct value *b)
-{
-    return value_cmp(a, b) == 0;
-}
-
 uint64_t value_hash(const struct value *v, uint64_t seed)
 {
     switch (v->t) {
@@ -115,11 +110,6 @@ static int string_json(const char *s, size_t len, struct buf *out)
  * wait for the stores to land. */
 static size_t int_text(int64_t v, char *p)
 {
-    static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930"
-                                "31323334353637383940414243444546474849505152535455565758596061"
-                                "62636465666768697071727374757677787980818283848586878889909192"
-                                "93949596979899";
-    _Static_assert(sizeof pairs == 201, "two digits for each of 0..99");
     uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
     size_t n = 1;
     for (uint64_t ten = 10; n < 20 && u >= ten; ten *= 10)
@@ -128,9 +118,9 @@ static size_t int_text(int64_t v, char *p)
         *p++ = '-';
     char *q = p + n;
     for (; u >= 100; u /= 100)
-        memcpy(q -= 2, pairs + 2 * (u % 100), 2);
+        memcpy(q -= 2, digit_pairs + 2 * (u % 100), 2);
     if (u >= 10)
-        memcpy(q - 2, pairs + 2 * u, 2);
+        memcpy(q - 2, digit_pairs + 2 * u, 2);
     else
         q[-1] = (char)('0' + u);
     return n + (v < 0);

@@ -43,7 +43,10 @@ static inline int value_cmp(const struct value *a, const struct value *b)
         return (a->i > b->i) - (a->i < b->i);
     return value_order(a, b);
 }
-int value_eq(const struct value *a, const struct value *b);
+static inline int value_eq(const struct value *a, const struct value *b)
+{
+    return value_cmp(a, b) == 0;
+}
 uint64_t value_hash(const struct value *v, uint64_t seed);
 
 /* A numeric value as a double (BIGINT widened). */
