@@ -726,8 +726,9 @@ static int sizes_init(struct ivm *m)
     size_t n = v->ngroup + m->nstates;
     for (size_t i = 0; i < v->ngroup; i++)
         m->strings |= v->from->cols[v->group[i]].type == T_VARCHAR;
-    if (!m->strings && slab_new(m->block_bytes, &m->blocks))
-        return -ENOMEM;
+    int rc = m->strings ? 0 : slab_new(m->block_bytes, &m->blocks);
+    if (rc == -ENOMEM) /* -EINVAL: blocks too large for a slab, so malloc's */
+        return rc;
     for (size_t s = 0; s < m->nstates; s++)
         m->strings |= v->items[m->states[s].item].arg->type == T_VARCHAR;
     for (size_t i = 0; !m->strings && i < QUEUE; i++) {
@@ -1021,6 +1022,22 @@ static int get_states(struct ivm *m, struct le_reader *r, struct group *g)
     return r->bad ? -EBADMSG : 0;
 }
 
+/* A saved key of other types than the view's columns (the program was
+ * changed) is refused: a group's block is sized by those types. */
+static int key_types(const struct ivm *m, const struct value *key)
+{
+    const struct view *v = m->v;
+    for (size_t i = 0; i < v->ngroup; i++) {
+        const struct column *c = &v->from->cols[v->group[i]];
+        if (key[i].t != T_NULL && key[i].t != c->type)
+            return err_set(-EINVAL,
+                           "view %s: a saved group's %s is a %s, not a %s (was the program "
+                           "changed?)",
+                           v->name, c->name, type_name(key[i].t), type_name(c->type));
+    }
+    return 0;
+}
+
 static int get_record(struct ivm *m, struct le_reader *r)
 {
     struct value key[64];
@@ -1029,6 +1046,9 @@ static int get_record(struct ivm *m, struct le_reader *r)
         get_value(r, &key[i]);
     if (r->bad || (tag != 1 && tag != 2) || (tag == 2 && m->v->ngroup == 0))
         return -EBADMSG; /* the one group of a view without GROUP BY never goes */
+    int rc = key_types(m, key);
+    if (rc)
+        return rc;
     uint64_t h = row_hash(key, m->v->ngroup);
     struct group *g = find(m, key, h);
     if (tag == 2) { /* a tombstone */

@@ -9,8 +9,10 @@
 
 #include "util/buf.h"
 
-#define HUGE ((size_t)2 << 20)
-#define LINE 64
+#define HUGE  ((size_t)2 << 20)
+#define LINE  64
+#define FIRST ((size_t)16 << 10) /* a slab's first chunk; each next one twice, up to HUGE */
+_Static_assert((FIRST << 7) == HUGE, "the eighth chunk is a huge page");
 
 /* From HUGE on, a mapping of whole huge pages, aligned to one: the kernel
  * backs only aligned 2 MiB ranges with a huge page. */
@@ -40,9 +42,16 @@ void huge_free(void *p, size_t n)
         free(p);
 }
 
+/* Chunks start small, so that a table of few blocks (a view without GROUP
+ * BY) keeps little memory, and double up to HUGE, in huge pages. */
+struct chunk {
+    char *p;
+    size_t n;
+};
+
 struct slab {
     size_t size;
-    char **chunks; /* each HUGE bytes */
+    struct chunk *chunks;
     size_t nchunks, cap;
     size_t carved; /* bytes of the last chunk handed out */
     void *freed;   /* blocks put back, linked through their first word */
@@ -56,7 +65,6 @@ int slab_new(size_t size, struct slab **out)
     if (!s)
         return -ENOMEM;
     s->size = (size ? size + LINE - 1 : LINE) / LINE * LINE;
-    s->carved = HUGE; /* no chunk yet: the first get maps one */
     *out = s;
     return 0;
 }
@@ -66,7 +74,7 @@ void slab_free(struct slab *s)
     if (!s)
         return;
     for (size_t i = 0; i < s->nchunks; i++)
-        huge_free(s->chunks[i], HUGE);
+        huge_free(s->chunks[i].p, s->chunks[i].n);
     free(s->chunks);
     free(s);
 }
@@ -78,15 +86,17 @@ void *slab_get(struct slab *s)
         s->freed = *(void **)b;
         return memset(b, 0, s->size);
     }
-    if (s->carved + s->size > HUGE) {
+    if (!s->nchunks || s->carved + s->size > s->chunks[s->nchunks - 1].n) {
+        size_t n = FIRST << (s->nchunks < 7 ? s->nchunks : 7);
+        n = n < s->size ? s->size : n;
         char *c;
         if (array_grow((void **)&s->chunks, &s->cap, s->nchunks, sizeof *s->chunks) ||
-            !(c = huge_calloc(HUGE)))
+            !(c = huge_calloc(n)))
             return NULL;
-        s->chunks[s->nchunks++] = c;
+        s->chunks[s->nchunks++] = (struct chunk){ c, n };
         s->carved = 0;
     }
-    void *b = s->chunks[s->nchunks - 1] + s->carved; /* zero: fresh from mmap */
+    void *b = s->chunks[s->nchunks - 1].p + s->carved; /* zero: fresh from huge_calloc */
     s->carved += s->size;
     return b;
 }

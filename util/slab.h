@@ -9,7 +9,8 @@
 
 #include <stddef.h>
 
-/* Blocks of one size, reused once put back. */
+/* Blocks of one size, reused once put back. Its chunks start at 16 KiB and
+ * double: only a slab of many blocks takes huge pages. */
 struct slab;
 
 /* Blocks of size bytes (rounded up to 64), at most 2 MiB: 0, -EINVAL or

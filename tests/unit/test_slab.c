@@ -1,7 +1,7 @@
 /*
  * util/slab: blocks are aligned to cache lines, zeroed, distinct, reused
- * once put back, and come from as many 2 MiB chunks as they need; large
- * huge_calloc's are zeroed and aligned to a huge page.
+ * once put back, and come from as many chunks as they need, small ones
+ * first; large huge_calloc's are zeroed and aligned to a huge page.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -42,6 +42,33 @@ static void test_blocks(void)
     slab_free(NULL);
 }
 
+/* Resident memory, in bytes. */
+static size_t resident(void)
+{
+    long pages = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    CHECK(f && fscanf(f, "%ld %ld", &pages, &rss) == 2);
+    if (f)
+        fclose(f);
+    return (size_t)rss * 4096;
+}
+
+/* A slab of one block keeps little: a hundred of them (views without GROUP
+ * BY) stay far below a hundred huge pages. */
+static void test_small_slabs(void)
+{
+    struct slab *s[100];
+    size_t before = resident();
+    for (int i = 0; i < 100; i++) {
+        CHECK(slab_new(168, &s[i]) == 0);
+        memset(slab_get(s[i]), 1, 168);
+    }
+    size_t grew = resident() - before;
+    CHECK(grew < ((size_t)8 << 20), "100 slabs of one block take %zu bytes", grew);
+    for (int i = 0; i < 100; i++)
+        slab_free(s[i]);
+}
+
 static void test_huge_calloc(void)
 {
     size_t sizes[] = { 1, 4096, HUGE - 1, HUGE, 3 * HUGE + 17 };
@@ -61,6 +88,7 @@ static void test_huge_calloc(void)
 int main(void)
 {
     test_blocks();
+    test_small_slabs();
     test_huge_calloc();
     return check_failures ? 1 : 0;
 }
