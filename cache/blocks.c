@@ -2404,13 +2404,14 @@ uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino)
     return count_of(b, b->st_remote, ino) * b->bsize;
 }
 
-int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size, uint64_t *done)
+int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size, uint64_t *done,
+                const int *stop)
 {
     if (!b->ra.pool)
         return err_set(-EINVAL, "fetching is not started");
     uint64_t end = (size + b->bsize - 1) / b->bsize;
     int rc = 0;
-    for (uint64_t idx = 0; rc == 0 && idx < end; idx++)
+    for (uint64_t idx = 0; rc == 0 && idx < end && !__atomic_load_n(stop, __ATOMIC_RELAXED); idx++)
         if (is_remote(b, ino, idx) && claim(b, ino, idx, 1))
             rc = submit_fetch(b, batch, ino, idx, done);
     return rc;

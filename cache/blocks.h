@@ -252,8 +252,10 @@ uint64_t blocks_remote_bytes(struct blocks *b, uint64_t ino);
 /* Warm-up: queues a fetch into the disk tier of every block of ino that is
  * only in the bucket, in batch (the caller waits for it); each adds its
  * bytes to *done when it is in (atomically). A fetch that finds no room
- * fails with -ENOSPC. */
-int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size, uint64_t *done);
+ * fails with -ENOSPC. Once *stop is non-zero (read atomically) no more is
+ * queued: the fetches queued already end, and 0 is returned. */
+int blocks_warm(struct blocks *b, struct batch *batch, uint64_t ino, uint64_t size, uint64_t *done,
+                const int *stop);
 
 /* Waits for fetches under way (before the pool goes). */
 void blocks_prefetch_stop(struct blocks *b);

@@ -724,11 +724,13 @@ static int sizes_init(struct ivm *m)
 {
     const struct view *v = m->v;
     size_t n = v->ngroup + m->nstates;
+    int key_strings = 0;
     for (size_t i = 0; i < v->ngroup; i++)
-        m->strings |= v->from->cols[v->group[i]].type == T_VARCHAR;
-    int rc = m->strings ? 0 : slab_new(m->block_bytes, &m->blocks);
+        key_strings |= v->from->cols[v->group[i]].type == T_VARCHAR;
+    int rc = key_strings ? 0 : slab_new(m->block_bytes, &m->blocks);
     if (rc == -ENOMEM) /* -EINVAL: blocks too large for a slab, so malloc's */
         return rc;
+    m->strings = key_strings;
     for (size_t s = 0; s < m->nstates; s++)
         m->strings |= v->items[m->states[s].item].arg->type == T_VARCHAR;
     for (size_t i = 0; !m->strings && i < QUEUE; i++) {

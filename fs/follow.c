@@ -143,7 +143,17 @@ static void set_warming(struct follow *f, int on, const struct warm_progress *p)
     pthread_mutex_unlock(&f->lock);
 }
 
-/* Step 5. A cache too small for the tree is no error: reads fetch the rest. */
+static int stopping(struct follow *f)
+{
+    pthread_mutex_lock(&f->lock);
+    int stop = f->stop;
+    pthread_mutex_unlock(&f->lock);
+    return stop;
+}
+
+/* Step 5. A cache too small for the tree is no error: reads fetch the rest.
+ * A promotion or an unmount (follow_stop) cuts it short: it waits for the
+ * fetches queued, not for the whole tree. */
 static void warm_up(struct follow *f)
 {
     struct warm *w = NULL;
@@ -155,6 +165,8 @@ static void warm_up(struct follow *f)
     }
     while (warm_poll(w, &p)) {
         set_warming(f, 1, &p);
+        if (stopping(f))
+            warm_cancel(w);
         struct timespec pause = { 0, 50 * 1000000L };
         nanosleep(&pause, NULL);
     }
@@ -162,6 +174,9 @@ static void warm_up(struct follow *f)
     set_warming(f, 0, &p);
     if (rc)
         log_warn("warming the cache: %s", err_msg(rc));
+    else if (p.done < p.total)
+        log_info("warm-up stopped at %llu of %llu MiB: the rest is fetched when read",
+                 (unsigned long long)(p.done >> 20), (unsigned long long)(p.total >> 20));
 }
 
 /* One poll: a switch if the bucket has a newer snapshot, and its warm-up. */

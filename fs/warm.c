@@ -20,6 +20,7 @@ struct warm {
     struct warm_progress p;
     pthread_t thread;
     int rc, finished;
+    int cancel; /* warm_cancel: set once, read by the thread */
 };
 
 static size_t nfiles(const struct warm *w)
@@ -98,8 +99,9 @@ static void *run(void *arg)
     struct batch batch;
     batch_init(&batch);
     int rc = 0;
-    for (size_t i = 0; rc == 0 && i < nfiles(w); i++) {
-        rc = blocks_warm(w->fs->blocks, &batch, f[i].ino, f[i].size, &w->p.done);
+    for (size_t i = 0; rc == 0 && i < nfiles(w) && !__atomic_load_n(&w->cancel, __ATOMIC_RELAXED);
+         i++) {
+        rc = blocks_warm(w->fs->blocks, &batch, f[i].ino, f[i].size, &w->p.done, &w->cancel);
         __atomic_store_n(&w->p.files_done, i + 1, __ATOMIC_RELAXED);
     }
     int brc = batch_wait(&batch);
@@ -149,6 +151,11 @@ int warm_poll(struct warm *w, struct warm_progress *p)
 {
     snapshot_progress(w, p);
     return !__atomic_load_n(&w->finished, __ATOMIC_ACQUIRE);
+}
+
+void warm_cancel(struct warm *w)
+{
+    __atomic_store_n(&w->cancel, 1, __ATOMIC_RELAXED);
 }
 
 int warm_finish(struct warm *w, struct warm_progress *p)

@@ -25,6 +25,10 @@ int warm_start(struct fs *fs, uint64_t ino, struct warm **out);
 /* Where it is; returns 1 while fetches are under way, 0 once all ended. */
 int warm_poll(struct warm *w, struct warm_progress *p);
 
+/* Queues no more fetches: warm_finish then waits only for those queued
+ * (a few blocks' worth, the fetch pool's queue), not for the whole tree. */
+void warm_cancel(struct warm *w);
+
 /* Waits for the end, fills p, frees w. Returns 0 or the first error. */
 int warm_finish(struct warm *w, struct warm_progress *p);
 

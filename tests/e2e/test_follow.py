@@ -3,6 +3,7 @@ each newer snapshot at one instant, files opened before a switch keep their vers
 promoted follower's snapshots win over a writer that still runs, which is fenced."""
 
 import errno
+import hashlib
 import json
 import os
 import threading
@@ -256,3 +257,30 @@ def test_a_file_unlinked_while_open_is_in_no_snapshot(mounts):
         r = mounts("--read-only", name="reader")
         assert sorted(os.listdir(r.path)) == ["kept"]
         assert which_version(held.read()) == 3
+
+
+@pytest.mark.parametrize("bucket_url", ["swift"], indirect=True)
+def test_promote_cuts_a_warm_up_short(mounts):
+    """A follower still warming up is promoted without fetching the rest of its tree first: the
+    warm-up stops with the blocks already asked for, and the rest comes when read."""
+    w = mounts("--block-size", "64K", name="writer")
+    files, size = 16, 4 << 20  # 64 MiB in 1,024 blocks of 64 KiB: a second or more of GETs
+    digests = []
+    for i in range(files):
+        data = os.urandom(size)
+        digests.append(hashlib.sha256(data).hexdigest())
+        with open(f"{w.path}/f{i:02}", "wb") as out:
+            out.write(data)
+    sync(w.path)
+    f = mounts("--follow=1", name="follower")
+    wait_for(lambda: status(f.path)["warming"])
+    w.kill()
+    p = ckptctl("promote", f.path)
+    assert p.returncode == 0, p.stderr.decode()
+    blocks = files * size // (64 << 10)
+    fetched = status(f.path)["chunks_fetched"]
+    assert fetched < blocks, f"promotion waited for the whole warm-up ({fetched} blocks)"
+    for i in range(files):
+        with open(f"{f.path}/f{i:02}", "rb") as src:
+            assert hashlib.sha256(src.read()).hexdigest() == digests[i], f"f{i:02}"
+    assert status(f.path)["chunks_fetched"] == blocks
