@@ -105,8 +105,10 @@ void expr_eval(const struct expr *e, const struct value *row, struct value *out)
         *out = (struct value){ .t = T_BOOLEAN, .b = (a->t == T_NULL) == (e->op == E_IS_NULL) };
         return;
     }
-    if (e->op == E_NOT || e->op == E_NEG)
-        return negate(a, out);
+    if (e->op == E_NOT || e->op == E_NEG) {
+        negate(a, out);
+        return;
+    }
     const struct value *b = operand(e->b, row, &tb);
     if (e->op == E_AND || e->op == E_OR)
         logic(e->op, a, b, out);
