@@ -150,7 +150,6 @@ struct ivm {
     struct queued queue[QUEUE]; /* invariant 5 */
     uint64_t queued, applied;   /* inserts ever queued and applied: queue[n % QUEUE] */
     struct value *values;       /* a change's key and args (key_and_args) */
-    struct value *prep;         /* a change being prepared (ivm_change) */
     struct value *scratch;      /* an output row being built */
     unsigned char *loaded;      /* per state: read already from the record being loaded */
     struct group **dirty;       /* invariant 4 */
@@ -546,12 +545,6 @@ static int apply(struct ivm *m, const struct value *key, uint64_t h, const struc
  * are read from the row when the change is applied.
  */
 
-size_t ivm_prep_width(const struct view *v)
-{
-    (void)v;
-    return 1;
-}
-
 void ivm_prepare(const struct view *v, const struct value *row, struct value *prep)
 {
     uint64_t h = ROW_HASH_SEED;
@@ -661,8 +654,9 @@ int ivm_change_prepared(struct ivm *m, const struct value *row, const struct val
 
 int ivm_change(struct ivm *m, const struct value *row, int weight)
 {
-    ivm_prepare(m->v, row, m->prep);
-    return ivm_change_prepared(m, row, m->prep, weight);
+    struct value prep[IVM_PREP_WIDTH];
+    ivm_prepare(m->v, row, prep);
+    return ivm_change_prepared(m, row, prep, weight);
 }
 
 /* One touched group's changes; the group goes if it no longer exists. */
@@ -752,7 +746,6 @@ static int layout_init(struct ivm *m)
 {
     const struct view *v = m->v;
     if (!(m->values = calloc(v->ngroup + v->nitems + 1, sizeof *m->values)) ||
-        !(m->prep = calloc(ivm_prep_width(v), sizeof *m->prep)) ||
         !(m->state_of = calloc(v->nitems + 1, sizeof *m->state_of)) ||
         !(m->states = calloc(v->nitems + 1, sizeof *m->states)) ||
         !(m->loaded = calloc(v->nitems + 1, 1)))
@@ -824,7 +817,6 @@ void ivm_free(struct ivm *m)
     free(m->dirty);
     free(m->touched);
     free(m->values);
-    free(m->prep);
     free(m->state_of);
     free(m->states);
     free(m->loaded);

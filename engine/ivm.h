@@ -30,9 +30,9 @@ int ivm_change(struct ivm *m, const struct value *row, int weight);
 
 /* What a change needs of its row alone (whether it passes WHERE, its
  * group's hash), worked out apart: a pure function of the view, so that a
- * thread parsing rows ahead can do it (input_prep). prep has room for
- * ivm_prep_width(v) values. */
-size_t ivm_prep_width(const struct view *v);
+ * thread parsing rows ahead can do it (input_prep). prep is IVM_PREP_WIDTH
+ * values. */
+#define IVM_PREP_WIDTH 1
 void ivm_prepare(const struct view *v, const struct value *row, struct value *prep);
 
 /* ivm_change of a row and its ivm_prepare. */

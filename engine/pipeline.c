@@ -98,7 +98,7 @@ static struct input_prep layout_rows(struct pipeline *p, size_t i)
     for (size_t v = 0; v < g->nviews; v++)
         if (g->views[v].from == g->tables[i]) {
             p->prep_at[v] = at;
-            at += ivm_prep_width(&g->views[v]);
+            at += IVM_PREP_WIDTH;
         }
     return (struct input_prep){ prepare, &p->tv[i], at - g->tables[i]->ncols };
 }

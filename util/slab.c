@@ -14,15 +14,20 @@
 #define FIRST ((size_t)16 << 10) /* a slab's first chunk; each next one twice, up to HUGE */
 _Static_assert((FIRST << 7) == HUGE, "the eighth chunk is a huge page");
 
+static size_t round_up(size_t n, size_t to)
+{
+    return (n + to - 1) / to * to;
+}
+
 /* From HUGE on, a mapping of whole huge pages, aligned to one: the kernel
  * backs only aligned 2 MiB ranges with a huge page. */
 void *huge_calloc(size_t n)
 {
     if (n < HUGE) {
-        void *p = aligned_alloc(LINE, (n + LINE - 1) / LINE * LINE);
+        void *p = aligned_alloc(LINE, round_up(n, LINE));
         return p ? memset(p, 0, n) : NULL;
     }
-    size_t len = (n + HUGE - 1) / HUGE * HUGE;
+    size_t len = round_up(n, HUGE);
     char *map = mmap(NULL, len + HUGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map == MAP_FAILED)
         return NULL;
@@ -37,7 +42,7 @@ void *huge_calloc(size_t n)
 void huge_free(void *p, size_t n)
 {
     if (p && n >= HUGE)
-        munmap(p, (n + HUGE - 1) / HUGE * HUGE);
+        munmap(p, round_up(n, HUGE));
     else
         free(p);
 }
@@ -64,7 +69,7 @@ int slab_new(size_t size, struct slab **out)
     struct slab *s = calloc(1, sizeof *s);
     if (!s)
         return -ENOMEM;
-    s->size = (size ? size + LINE - 1 : LINE) / LINE * LINE;
+    s->size = round_up(size ? size : 1, LINE);
     *out = s;
     return 0;
 }
